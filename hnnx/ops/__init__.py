@@ -1,0 +1,158 @@
+"""The ``hnnx`` ONNX op domain (opset 1).
+
+Each op is declared once (see :mod:`hnnx.ops.declare`); this module collects the
+declarations and derives from them what the rest of hnnx and ONNX tooling need:
+
+* :func:`register_schemas` — ``onnx.defs`` schemas with shape inference (done on import),
+  so ``onnx.checker.check_model(full_check=True)`` and ``infer_shapes`` accept hnnx nodes;
+* :func:`make_node` — a validated NodeProto;
+* :func:`attach_functions` — the model-local FunctionProto of every hnnx node, so a stock
+  ``onnxruntime.InferenceSession`` runs the model with no extra library;
+* :func:`reference_ops` — kernels for ``onnx.reference.ReferenceEvaluator``;
+* :func:`run_reference` — the numpy reference of one node.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from hnnx.errors import ModelError, NodeError
+from hnnx.ops.declare import DOMAIN, IR_VERSION, ONNX_OPSET, OPSET_VERSION, NodeView, OpDeclaration
+from hnnx.ops.fire import Fire
+from hnnx.ops.lif import LIF
+
+__all__ = [
+    "DOMAIN", "OPSET_VERSION", "ONNX_OPSET", "IR_VERSION", "REGISTRY", "OpDeclaration",
+    "LIF", "Fire", "make_node", "attach_functions", "register_schemas", "reference_ops",
+    "run_reference", "declaration", "hnnx_nodes", "op_table_markdown",
+]
+
+REGISTRY: dict[str, type[OpDeclaration]] = {decl.name: decl for decl in (LIF, Fire)}
+"""Every hnnx op declaration by op type."""
+
+
+def declaration(op_type: str) -> type[OpDeclaration]:
+    """The declaration of hnnx op ``op_type``; ModelError if there is none."""
+    try:
+        return REGISTRY[op_type]
+    except KeyError:
+        raise ModelError(f"unknown hnnx op {op_type!r} (known: {', '.join(sorted(REGISTRY))})") from None
+
+
+def register_schemas() -> None:
+    """Register every hnnx schema with ``onnx.defs`` (idempotent)."""
+    for decl in REGISTRY.values():
+        if onnx.defs.has(decl.name, DOMAIN):
+            continue
+        onnx.defs.register_schema(decl.schema())
+
+
+def make_node(
+    op_type: str,
+    inputs: Sequence[str],
+    outputs: Sequence[str],
+    name: str | None = None,
+    **attrs: Any,
+) -> onnx.NodeProto:
+    """A validated hnnx node. Every attribute is written explicitly (defaults filled).
+
+    ``inputs``/``outputs`` are tensor names; ``""`` marks an absent optional input.
+    Raises NodeError naming the node on bad attributes or ports.
+    """
+    decl = declaration(op_type)
+    label = name or f"{op_type}({', '.join(outputs)})"
+    resolved = decl.resolve(attrs, label)
+    written = {k: v for k, v in resolved.items() if v is not None}
+    node = helper.make_node(op_type, list(inputs), list(outputs), name=name, domain=DOMAIN, **written)
+    node.overload = decl.structure(decl.view(node))
+    return node
+
+
+def hnnx_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Every hnnx-domain node of ``graph``, including nodes inside subgraphs."""
+    for node in graph.node:
+        if node.domain == DOMAIN:
+            yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from hnnx_nodes(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from hnnx_nodes(sub)
+
+
+def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every hnnx node its overload key and the model the matching FunctionProtos.
+
+    Edits ``model`` in place and returns it: stale hnnx functions are replaced, the
+    ``hnnx`` opset is imported, and the IR version is raised to what overloads need.
+    Raises NodeError for an invalid hnnx node.
+    """
+    functions: dict[tuple[str, str], onnx.FunctionProto] = {}
+    for node in hnnx_nodes(model.graph):
+        decl = declaration(node.op_type)
+        view = decl.view(node)
+        node.overload = decl.structure(view)
+        key = (node.op_type, node.overload)
+        if key not in functions:
+            functions[key] = decl.function(view)
+    kept = [f for f in model.functions if f.domain != DOMAIN]
+    del model.functions[:]
+    model.functions.extend(kept + [functions[key] for key in sorted(functions)])
+    imports = {op.domain: op for op in model.opset_import}
+    if functions and DOMAIN not in imports:
+        model.opset_import.append(helper.make_opsetid(DOMAIN, OPSET_VERSION))
+    default = imports.get("") or imports.get("ai.onnx")
+    if default is None:
+        model.opset_import.append(helper.make_opsetid("", ONNX_OPSET))
+    model.ir_version = max(model.ir_version, IR_VERSION)
+    return model
+
+
+def run_reference(node: onnx.NodeProto, *inputs: np.ndarray | None) -> tuple[np.ndarray, ...]:
+    """Run the numpy reference kernel of one hnnx node on arrays."""
+    decl = declaration(node.op_type)
+    view = decl.view(node)
+    return decl.reference(view, *inputs)
+
+
+def reference_ops() -> list[type]:
+    """``OpRun`` kernels for ``onnx.reference.ReferenceEvaluator(model, new_ops=...)``."""
+    from onnx.reference.op_run import OpRun
+
+    kernels = []
+    for decl in REGISTRY.values():
+
+        def _run(self: Any, *inputs: np.ndarray | None, _decl: type[OpDeclaration] = decl, **_: Any) -> tuple:
+            view: NodeView = _decl.view(self.onnx_node)
+            present = [x if flag else None for x, flag in zip(inputs, view.inputs)]
+            return _decl.reference(view, *present)
+
+        kernels.append(type(decl.name, (OpRun,), {"op_domain": DOMAIN, "_run": _run}))
+    return kernels
+
+
+def op_table_markdown() -> str:
+    """The op reference (Markdown), generated from the declarations."""
+    lines = ["| op | summary | inputs | outputs |", "|---|---|---|---|"]
+    for decl in REGISTRY.values():
+        ins = "<br>".join(f"`{p.name}`{' (opt)' if p.optional else ''}" for p in decl.inputs)
+        outs = "<br>".join(f"`{p.name}`{' (opt)' if p.optional else ''}" for p in decl.outputs)
+        lines.append(f"| `hnnx.{decl.name}` | {decl.summary()} | {ins} | {outs} |")
+    sections = ["\n".join(lines)]
+    for decl in REGISTRY.values():
+        rows = ["| attribute | type | default | meaning |", "|---|---|---|---|"]
+        for a in decl.attributes:
+            default = "absent" if a.default is None else f"`{a.default}`"
+            rows.append(f"| `{a.name}` | {a.type.__name__} | {default} | {a.doc} |")
+        doc = "\n".join(line[4:] if line.startswith("    ") else line
+                        for line in (decl.__doc__ or "").strip().splitlines())
+        sections.append(f"### hnnx.{decl.name}\n\n{doc}\n\n" + "\n".join(rows))
+    return "\n\n".join(sections) + "\n"
+
+
+register_schemas()

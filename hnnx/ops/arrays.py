@@ -1,0 +1,337 @@
+"""Array namespaces that op equations are written against.
+
+A recurrent op writes its per-step equations once as a function of an ``xp`` object
+(``xp.add``, ``xp.greater``, ``xp.where``, ...). Three namespaces implement it:
+
+* :class:`NumpyOps` — eager numpy, the reference kernel;
+* :class:`OnnxOps` — records standard ONNX nodes, the FunctionProto body;
+* ``TorchOps`` (:mod:`hnnx.ops.torch_ops`) — torch tensors with surrogate gradients.
+
+Each operation is one IEEE operation (or an exact integer operation) in every namespace,
+in the order the step function states, so float results agree bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from hnnx.ops.declare import DOMAIN, ONNX_OPSET, NodeView, OpDeclaration, slug
+
+FLOAT = TensorProto.FLOAT
+INT32 = TensorProto.INT32
+INT64 = TensorProto.INT64
+BOOL = TensorProto.BOOL
+
+_NP_OF = {FLOAT: np.float32, INT32: np.int32, INT64: np.int64, BOOL: np.bool_}
+
+
+class NumpyOps:
+    """The numpy array namespace. ``params`` maps attribute names to their values."""
+
+    def __init__(self, integer: bool, params: dict[str, Any]) -> None:
+        self.integer = integer
+        self.dtype = np.int32 if integer else np.float32
+        self._params = params
+
+    # constants
+    def param(self, name: str) -> np.ndarray:
+        return np.asarray(self._params[name], dtype=np.float32).astype(self.dtype)
+
+    def param_int(self, name: str) -> np.ndarray:
+        return np.int32(self._params[name])
+
+    def param_q8(self, name: str) -> np.ndarray:
+        return np.int64(np.round(np.float32(self._params[name]) * np.float32(256.0)))
+
+    def literal(self, value: float | int) -> np.ndarray:
+        return self.dtype(value)
+
+    def literal_int(self, value: int) -> np.ndarray:
+        return np.int32(value)
+
+    # arithmetic (integer overflow is excluded by the callers' clamps)
+    def add(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.add(a, b)
+
+    def sub(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.subtract(a, b)
+
+    def mul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.multiply(a, b)
+
+    def maximum(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.maximum(a, b)
+
+    def minimum(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.minimum(a, b)
+
+    def clamp(self, x: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        return np.minimum(np.maximum(x, x.dtype.type(lo)), x.dtype.type(hi))
+
+    def greater(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.greater(a, b)
+
+    def equal(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.equal(a, b)
+
+    def where(self, cond: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        out = np.where(cond, a, b)
+        return out.astype(np.result_type(a, b), copy=False)
+
+    def spike(self, v: np.ndarray, theta: np.ndarray, fired: np.ndarray) -> np.ndarray:
+        return fired.astype(self.dtype)
+
+    def mul_q8_floor(self, x: np.ndarray, a: np.ndarray) -> np.ndarray:
+        """``floor(x·a / 256)`` for int32 ``x`` and int64 ``a``, exact (int64 product)."""
+        return ((x.astype(np.int64) * a) >> 8).astype(np.int32)
+
+
+def numpy_time_loop(
+    step: Callable[[Any, list[Any], list[Any]], tuple[list[Any], list[Any]]],
+    xp: NumpyOps,
+    states: list[np.ndarray],
+    xs: list[np.ndarray],
+    y_dtypes: Sequence[type],
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Run ``step`` over axis 0 of ``xs``; returns final states and stacked outputs."""
+    steps = xs[0].shape[0]
+    ys: list[list[np.ndarray]] = [[] for _ in y_dtypes]
+    for t in range(steps):
+        states, y_t = step(xp, states, [x[t] for x in xs])
+        for column, y in zip(ys, y_t):
+            column.append(y)
+    shape = xs[0].shape[1:]
+    stacked = [
+        np.stack(column) if column else np.zeros((0, *shape), dtype)
+        for column, dtype in zip(ys, y_dtypes)
+    ]
+    return states, stacked
+
+
+class Scope:
+    """A list of nodes being recorded (a function body or a subgraph)."""
+
+    def __init__(self, body: "FunctionBody", prefix: str) -> None:
+        self.body = body
+        self.prefix = prefix
+        self.nodes: list[onnx.NodeProto] = []
+
+    def op(self, op_type: str, *inputs: str, n_out: int = 1, **attrs: Any) -> Any:
+        outputs = [self.body.fresh(f"{self.prefix}{op_type}") for _ in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outputs, **attrs))
+        return outputs[0] if n_out == 1 else tuple(outputs)
+
+
+class FunctionBody:
+    """Builds the FunctionProto of one node variant.
+
+    Formal inputs/outputs are the declaration's port names, cut to what the node
+    connects. Constants live in the top scope so subgraphs reference them from outside.
+    """
+
+    def __init__(self, decl: type[OpDeclaration], view: NodeView) -> None:
+        self.decl = decl
+        self.view = view
+        self._count = 0
+        self.top = Scope(self, "")
+        self._constants: dict[tuple[Any, ...], str] = {}
+        self.input_names = [p.name for p in decl.inputs[: len(view.inputs)]]
+        self.output_names = [p.name for p in decl.outputs[: view.n_outputs]]
+        self._outputs_set: set[int] = set()
+
+    def fresh(self, hint: str) -> str:
+        self._count += 1
+        return f"{slug(hint)}_{self._count}"
+
+    def input(self, index: int) -> str:
+        return self.input_names[index]
+
+    def set_output(self, index: int, value: str) -> None:
+        if index < self.view.n_outputs:
+            self.top.nodes.append(helper.make_node("Identity", [value], [self.output_names[index]]))
+            self._outputs_set.add(index)
+
+    def literal(self, value: float | int, elem_type: int) -> str:
+        key = ("lit", float(value), elem_type)
+        if key not in self._constants:
+            name = self.fresh(f"c_{str(value).replace('-', 'm').replace('.', 'p')}")
+            tensor = helper.make_tensor(name, elem_type, [], [value])
+            self.top.nodes.append(helper.make_node("Constant", [], [name], value=tensor))
+            self._constants[key] = name
+        return self._constants[key]
+
+    def literal_1d(self, values: Sequence[int]) -> str:
+        key = ("ints", tuple(values))
+        if key not in self._constants:
+            name = self.fresh("c_ints")
+            self.top.nodes.append(helper.make_node("Constant", [], [name], value_ints=list(values)))
+            self._constants[key] = name
+        return self._constants[key]
+
+    def attr_value(self, attr: str, attr_type: str) -> str:
+        """A Constant reading attribute ``attr`` of the calling node (``value_float``/``value_int``)."""
+        key = ("attr", attr, attr_type)
+        if key not in self._constants:
+            name = self.fresh(f"attr_{attr}")
+            node = helper.make_node("Constant", [], [name])
+            ref = onnx.AttributeProto()
+            ref.name = attr_type
+            ref.ref_attr_name = attr
+            ref.type = onnx.AttributeProto.FLOAT if attr_type == "value_float" else onnx.AttributeProto.INT
+            node.attribute.append(ref)
+            self.top.nodes.append(node)
+            self._constants[key] = name
+        return self._constants[key]
+
+    def subgraph(
+        self,
+        name: str,
+        inputs: list[tuple[str, int]],
+        build: Callable[[Scope, list[str]], list[tuple[str, int]]],
+    ) -> onnx.GraphProto:
+        """Record a rank-1 subgraph (Scan body): ``build(scope, input_names)`` returns
+        its outputs as ``(name, elem_type)``."""
+        scope = Scope(self, f"{name}_")
+        input_names = [self.fresh(f"{name}_{hint}") for hint, _ in inputs]
+        outputs = build(scope, input_names)
+        # Graph outputs must be produced inside the graph; Identity also keeps them distinct.
+        out_infos = []
+        for index, (value, elem_type) in enumerate(outputs):
+            out_name = self.fresh(f"{name}_out{index}")
+            scope.nodes.append(helper.make_node("Identity", [value], [out_name]))
+            out_infos.append(helper.make_tensor_value_info(out_name, elem_type, ["M"]))
+        in_infos = [helper.make_tensor_value_info(n, t, ["M"]) for n, (_, t) in zip(input_names, inputs)]
+        return helper.make_graph(scope.nodes, name, in_infos, out_infos)
+
+    def to_function(self, overload: str) -> onnx.FunctionProto:
+        missing = set(range(self.view.n_outputs)) - self._outputs_set
+        if missing:
+            raise AssertionError(f"{self.decl.name} body left outputs {sorted(missing)} unset")
+        defaults = [
+            helper.make_attribute(a.name, a.default) for a in self.decl.attributes if a.default is not None
+        ]
+        no_default = [a.name for a in self.decl.attributes if a.default is None]
+        function = helper.make_function(
+            DOMAIN,
+            self.decl.name,
+            self.input_names,
+            self.output_names,
+            self.top.nodes,
+            [helper.make_opsetid("", ONNX_OPSET)],
+            attributes=no_default,
+            attribute_protos=defaults,
+            doc_string=self.decl.summary(),
+        )
+        function.overload = overload
+        return function
+
+
+class OnnxOps:
+    """The ONNX array namespace: every call records nodes into ``scope``."""
+
+    def __init__(self, scope: Scope, integer: bool) -> None:
+        self.scope = scope
+        self.body = scope.body
+        self.integer = integer
+        self.elem = INT32 if integer else FLOAT
+
+    def param(self, name: str) -> str:
+        value = self.body.attr_value(name, "value_float")
+        if self.integer:
+            return self._top_cast(value, INT32, f"{name}_i32")
+        return value
+
+    def param_int(self, name: str) -> str:
+        return self._top_cast(self.body.attr_value(name, "value_int"), INT32, f"{name}_i32")
+
+    def param_q8(self, name: str) -> str:
+        key = ("q8", name)
+        consts = self.body._constants
+        if key not in consts:
+            top = self.body.top
+            scaled = top.op("Mul", self.body.attr_value(name, "value_float"), self.body.literal(256.0, FLOAT))
+            consts[key] = top.op("Cast", top.op("Round", scaled), to=INT64)
+        return consts[key]
+
+    def _top_cast(self, value: str, to: int, hint: str) -> str:
+        key = ("cast", value, to)
+        consts = self.body._constants
+        if key not in consts:
+            consts[key] = self.body.top.op("Cast", value, to=to)
+        return consts[key]
+
+    def literal(self, value: float | int) -> str:
+        return self.body.literal(value, self.elem)
+
+    def literal_int(self, value: int) -> str:
+        return self.body.literal(value, INT32)
+
+    def add(self, a: str, b: str) -> str:
+        return self.scope.op("Add", a, b)
+
+    def sub(self, a: str, b: str) -> str:
+        return self.scope.op("Sub", a, b)
+
+    def mul(self, a: str, b: str) -> str:
+        return self.scope.op("Mul", a, b)
+
+    def maximum(self, a: str, b: str) -> str:
+        return self.scope.op("Max", a, b)
+
+    def minimum(self, a: str, b: str) -> str:
+        return self.scope.op("Min", a, b)
+
+    def clamp(self, x: str, lo: int, hi: int) -> str:
+        # Operands of a clamp are always in the compute type (int32 in integer mode).
+        return self.scope.op("Clip", x, self.literal(lo), self.literal(hi))
+
+    def greater(self, a: str, b: str) -> str:
+        return self.scope.op("Greater", a, b)
+
+    def equal(self, a: str, b: str) -> str:
+        return self.scope.op("Equal", a, b)
+
+    def where(self, cond: str, a: str, b: str) -> str:
+        return self.scope.op("Where", cond, a, b)
+
+    def spike(self, v: str, theta: str, fired: str) -> str:
+        return self.scope.op("Cast", fired, to=self.elem)
+
+    def mul_q8_floor(self, x: str, a: str) -> str:
+        wide = self.scope.op("Mul", self.scope.op("Cast", x, to=INT64), a)
+        # floor division by 256: Mod with fmod=0 takes the divisor's sign, so this is exact.
+        c256 = self.body.literal(256, INT64)
+        floor_div = self.scope.op("Div", self.scope.op("Sub", wide, self.scope.op("Mod", wide, c256)), c256)
+        return self.scope.op("Cast", floor_div, to=INT32)
+
+
+def onnx_time_scan(
+    body: FunctionBody,
+    step: Callable[[Any, list[Any], list[Any]], tuple[list[Any], list[Any]]],
+    integer: bool,
+    states: list[tuple[str, int]],
+    xs: list[tuple[str, int]],
+    y_types: list[int],
+) -> tuple[list[str], list[str]]:
+    """Emit a ``Scan`` over axis 0 that runs ``step`` per time step.
+
+    ``states``: initial values ``[M]`` with element types; ``xs``: time-major ``[T, M]``
+    inputs. Returns the final states ``[M]`` and the stacked per-step outputs ``[T, M]``.
+    """
+
+    def build(scope: Scope, names: list[str]) -> list[tuple[str, int]]:
+        xp = OnnxOps(scope, integer)
+        new_states, ys = step(xp, names[: len(states)], names[len(states):])
+        return [(s, t) for s, (_, t) in zip(new_states, states)] + list(zip(ys, y_types))
+
+    graph = body.subgraph("step", [("state", t) for _, t in states] + [("x", t) for _, t in xs], build)
+    outputs = body.top.op(
+        "Scan", *[s for s, _ in states], *[x for x, _ in xs],
+        n_out=len(states) + len(y_types), body=graph, num_scan_inputs=len(xs),
+    )
+    outputs = list(outputs) if isinstance(outputs, tuple) else [outputs]
+    return outputs[: len(states)], outputs[len(states):]

@@ -1,0 +1,312 @@
+"""The declarative form of an ``hnnx`` op.
+
+An op is declared once, as a subclass of :class:`OpDeclaration`: its docstring is its
+specification, its ports and attributes are data, and two methods carry its numerics —
+:meth:`OpDeclaration.reference` (numpy) and :meth:`OpDeclaration.build_body` (standard
+ONNX ops). Everything else — the ``onnx.defs`` schema with shape inference, the
+model-local ``FunctionProto``, the ``onnx.reference`` kernel, attribute validation and
+the op reference table — is derived here from that declaration.
+
+Ops whose numerics are a per-time-step recurrence write the step once against the
+array namespace of :mod:`hnnx.ops.arrays`, so the numpy reference and the ONNX body
+run literally the same equations.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from hnnx.errors import NodeError
+
+DOMAIN = "hnnx"
+"""The ONNX domain of every hnnx op."""
+OPSET_VERSION = 1
+"""The version of the ``hnnx`` opset."""
+ONNX_OPSET = 21
+"""The standard ONNX opset that function bodies are written in."""
+IR_VERSION = 10
+"""ONNX IR version of models hnnx writes (function overloads need IR 10)."""
+
+_ATTR_TYPES = {
+    float: onnx.defs.OpSchema.AttrType.FLOAT,
+    int: onnx.defs.OpSchema.AttrType.INT,
+    str: onnx.defs.OpSchema.AttrType.STRING,
+}
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """One attribute of an op.
+
+    ``default=None`` with ``required=False`` declares an attribute that may be absent
+    (its absence has a meaning stated in ``doc``).
+    """
+
+    name: str
+    type: type  # float, int or str
+    default: float | int | str | None
+    doc: str
+    choices: tuple[str, ...] = ()
+    required: bool = False
+
+    def check(self, value: Any, node: str) -> float | int | str:
+        """Return ``value`` converted to this attribute's type, or raise NodeError."""
+        if self.type is str:
+            if not isinstance(value, str):
+                raise NodeError(node, f"attribute {self.name!r} must be a string, got {value!r}")
+            if self.choices and value not in self.choices:
+                raise NodeError(
+                    node, f"attribute {self.name!r} must be one of {', '.join(self.choices)}; got {value!r}"
+                )
+            return value
+        if self.type is int:
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise NodeError(node, f"attribute {self.name!r} must be an integer, got {value!r}")
+            return int(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise NodeError(node, f"attribute {self.name!r} must be a number, got {value!r}")
+        value = float(np.float32(value))  # what an ONNX FLOAT attribute can hold
+        if not math.isfinite(value):
+            raise NodeError(node, f"attribute {self.name!r} must be finite, got {value!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class Port:
+    """One input or output of an op. ``type`` names a type constraint or is a fixed type."""
+
+    name: str
+    doc: str
+    type: str = "T"
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class TypeConstraint:
+    name: str
+    allowed: tuple[str, ...]
+    doc: str
+
+
+@dataclass
+class NodeView:
+    """What a declaration needs to know of one node: its resolved attributes and
+    which of its inputs/outputs are connected (``""`` marks an absent optional one)."""
+
+    name: str
+    attrs: dict[str, Any]
+    inputs: tuple[bool, ...]
+    n_outputs: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def has_input(self, index: int) -> bool:
+        return index < len(self.inputs) and self.inputs[index]
+
+    def has_output(self, index: int) -> bool:
+        return index < self.n_outputs
+
+
+class OpDeclaration:
+    """Base class of every hnnx op declaration (see the module docstring).
+
+    Subclasses set ``inputs``, ``outputs``, ``attributes``, ``type_constraints`` and
+    implement :meth:`reference` and :meth:`build_body`; they may refine
+    :meth:`validate`, :meth:`structure` and :meth:`infer_types`.
+    """
+
+    name: ClassVar[str]
+    inputs: ClassVar[tuple[Port, ...]]
+    outputs: ClassVar[tuple[Port, ...]]
+    attributes: ClassVar[tuple[Attribute, ...]]
+    type_constraints: ClassVar[tuple[TypeConstraint, ...]]
+
+    # ------------------------------------------------------------------ attributes
+    @classmethod
+    def attribute(cls, name: str) -> Attribute:
+        for attr in cls.attributes:
+            if attr.name == name:
+                return attr
+        raise KeyError(name)
+
+    @classmethod
+    def resolve(cls, given: dict[str, Any], node: str) -> dict[str, Any]:
+        """Type-check ``given`` attributes, fill defaults and run :meth:`validate`.
+
+        Returns a dict holding every attribute (absent optional ones map to None).
+        """
+        known = {a.name for a in cls.attributes}
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise NodeError(node, f"{cls.name} has no attribute {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        attrs: dict[str, Any] = {}
+        for attr in cls.attributes:
+            if attr.name in given and given[attr.name] is not None:
+                attrs[attr.name] = attr.check(given[attr.name], node)
+            elif attr.required:
+                raise NodeError(node, f"{cls.name} needs attribute {attr.name!r}")
+            else:
+                attrs[attr.name] = attr.default
+        cls.validate(attrs, node)
+        return attrs
+
+    @classmethod
+    def validate(cls, attrs: dict[str, Any], node: str) -> None:
+        """Semantic checks across attributes; raise NodeError naming ``node``."""
+
+    # ------------------------------------------------------------------ structure
+    @classmethod
+    def structure(cls, view: NodeView) -> str:
+        """The overload key: a short deterministic string naming the body variant.
+
+        Nodes whose keys are equal share one FunctionProto. The default covers ops
+        whose body depends only on which ports are connected.
+        """
+        return _port_key(view)
+
+    @classmethod
+    def view(cls, node: onnx.NodeProto) -> NodeView:
+        """Resolve a NodeProto of this op into a :class:`NodeView`."""
+        label = node.name or f"{cls.name}({', '.join(node.output)})"
+        given = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        for key, value in list(given.items()):
+            if isinstance(value, bytes):
+                given[key] = value.decode()
+        if len(node.input) > len(cls.inputs):
+            raise NodeError(label, f"{cls.name} takes at most {len(cls.inputs)} inputs, got {len(node.input)}")
+        if len(node.output) > len(cls.outputs):
+            raise NodeError(label, f"{cls.name} has at most {len(cls.outputs)} outputs, got {len(node.output)}")
+        for index, port in enumerate(cls.inputs):
+            present = index < len(node.input) and node.input[index] != ""
+            if not port.optional and not present:
+                raise NodeError(label, f"{cls.name} input {index} ({port.name!r}) is required")
+        if not node.output or node.output[0] == "":
+            raise NodeError(label, f"{cls.name} output 0 ({cls.outputs[0].name!r}) is required")
+        attrs = cls.resolve(given, label)
+        return NodeView(label, attrs, tuple(name != "" for name in node.input), len(node.output))
+
+    # ------------------------------------------------------------------ numerics
+    @classmethod
+    def reference(cls, view: NodeView, *inputs: np.ndarray | None) -> tuple[np.ndarray, ...]:
+        """numpy reference kernel; returns one array per node output."""
+        raise NotImplementedError
+
+    @classmethod
+    def build_body(cls, view: NodeView, body: "FunctionBody") -> None:
+        """Emit the standard-ONNX body of the variant ``view`` into ``body``."""
+        raise NotImplementedError
+
+    @classmethod
+    def infer_types(cls, view: NodeView, input_types: list[onnx.TypeProto | None]) -> list[onnx.TypeProto]:
+        """Output types for shape inference. Default: every output like input 0."""
+        return [input_types[0]] * view.n_outputs
+
+    # ------------------------------------------------------------------ derived
+    @classmethod
+    def summary(cls) -> str:
+        return (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+
+    @classmethod
+    def schema(cls) -> onnx.defs.OpSchema:
+        """The ``onnx.defs`` schema of this op, with Python shape inference."""
+        OpSchema = onnx.defs.OpSchema
+        opt = OpSchema.FormalParameterOption
+
+        def formal(port: Port) -> OpSchema.FormalParameter:
+            return OpSchema.FormalParameter(
+                port.name, port.type, port.doc, param_option=opt.Optional if port.optional else opt.Single
+            )
+
+        attributes = []
+        for attr in cls.attributes:
+            if attr.default is not None:
+                attributes.append(OpSchema.Attribute(attr.name, helper.make_attribute(attr.name, attr.default), attr.doc))
+            else:
+                attributes.append(OpSchema.Attribute(attr.name, _ATTR_TYPES[attr.type], attr.doc, required=attr.required))
+        schema = OpSchema(
+            cls.name,
+            DOMAIN,
+            OPSET_VERSION,
+            doc=cls.__doc__ or "",
+            inputs=[formal(p) for p in cls.inputs],
+            outputs=[formal(p) for p in cls.outputs],
+            type_constraints=[(tc.name, list(tc.allowed), tc.doc) for tc in cls.type_constraints],
+            attributes=attributes,
+        )
+
+        def infer(ctx: onnx.shape_inference.InferenceContext) -> None:
+            node = _node_from_context(cls, ctx)
+            view = cls.view(node)
+            types = [ctx.get_input_type(i) if view.has_input(i) else None for i in range(len(node.input))]
+            for index, out_type in enumerate(cls.infer_types(view, types)):
+                if out_type is not None and index < ctx.get_num_outputs():
+                    ctx.set_output_type(index, out_type)
+
+        schema.set_type_and_shape_inference_function(infer)
+        return schema
+
+    @classmethod
+    def function(cls, view: NodeView) -> onnx.FunctionProto:
+        """The model-local FunctionProto (overload ``structure(view)``) for ``view``."""
+        from hnnx.ops.arrays import FunctionBody
+
+        body = FunctionBody(cls, view)
+        cls.build_body(view, body)
+        return body.to_function(cls.structure(view))
+
+
+def _port_key(view: NodeView) -> str:
+    inputs = "".join("1" if present else "0" for present in view.inputs)
+    return f"i{inputs}o{view.n_outputs}"
+
+
+def _node_from_context(cls: type[OpDeclaration], ctx: Any) -> onnx.NodeProto:
+    """Rebuild enough of a NodeProto from a shape-inference context to resolve it."""
+    attrs = {}
+    for attr in cls.attributes:
+        proto = ctx.get_attribute(attr.name)
+        if proto is not None:
+            attrs[attr.name] = helper.get_attribute_value(proto)
+    inputs = [f"in{i}" if ctx.has_input(i) else "" for i in range(ctx.get_num_inputs())]
+    outputs = [f"out{i}" for i in range(ctx.get_num_outputs())]
+    name = ctx.get_display_name() or cls.name
+    return helper.make_node(cls.name, inputs, outputs, name=name, domain=DOMAIN, **attrs)
+
+
+def slug(text: str) -> str:
+    """A safe fragment for generated names."""
+    return re.sub(r"[^A-Za-z0-9_]+", "_", text).strip("_") or "x"
+
+
+def tensor_type(elem_type: int, shape: Sequence[int | str | None] | None) -> onnx.TypeProto:
+    """A tensor TypeProto (``shape=None``: unknown rank)."""
+    return helper.make_tensor_type_proto(elem_type, shape)
+
+
+Dim = int | str | None
+
+
+def dims_of(type_proto: onnx.TypeProto | None) -> list[Dim] | None:
+    """The dims of a tensor type (``None`` entries are unknown); None for unknown rank."""
+    if type_proto is None or not type_proto.tensor_type.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+            for d in type_proto.tensor_type.shape.dim]
+
+
+def broadcast_shape(a: list[Dim] | None, b: list[Dim] | None) -> list[Dim] | None:
+    """Numpy-style broadcast of two dim lists; unknown where it cannot be decided."""
+    if a is None or b is None:
+        return None
+    out: list[Dim] = []
+    for i in range(max(len(a), len(b))):
+        x = a[len(a) - 1 - i] if i < len(a) else 1
+        y = b[len(b) - 1 - i] if i < len(b) else 1
+        out.append(y if x == 1 else x if y == 1 or x == y else None)
+    return out[::-1]

@@ -1,0 +1,297 @@
+"""``hnnx.LIF`` — the full leaky integrate-and-fire neuron (ExtendedLIF / TianjicX P08)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import onnx
+
+from hnnx.errors import NodeError
+from hnnx.ops.arrays import FLOAT, INT32, FunctionBody, NumpyOps, OnnxOps, numpy_time_loop, onnx_time_scan
+from hnnx.ops.declare import (Attribute, NodeView, OpDeclaration, Port, TypeConstraint, _port_key, dims_of,
+                               tensor_type)
+
+EXACT_ATTRIBUTE_LIMIT = 2**24
+"""Integer-mode constants travel in float32 attributes, exact up to this magnitude."""
+
+RESET_MODES = ("hard", "soft", "soft_constant", "none")
+SURROGATES = ("rectangle", "sigmoid", "atan")
+
+# Attributes that hold a membrane-domain constant: integers in integer mode.
+_MEMBRANE_CONSTANTS = ("threshold", "v_reset", "reset_decrement", "v_init", "beta", "v_lower",
+                       "theta_beta", "theta_increment")
+
+
+class LIF(OpDeclaration):
+    """Leaky integrate-and-fire neuron over time axis 0: current ``[T, N, ...]`` → spikes ``[T, N, ...]``.
+
+    Per time step t, for every neuron, in this order (the ExtendedLIF neuron of the HNN
+    framework and the TianjicX soma primitive P08, without threshold noise):
+
+    1. threshold: ``θ = θ0 + θa`` (``θa`` = adaptive component from the previous step,
+       only when threshold adaptation is on), then ``θ = max(θ, v_lower)`` if ``v_lower`` is set;
+    2. integrate: ``v1 = v + u[t]`` while the refractory counter is 0, else ``v1 = v``;
+    3. fire: ``s = 1 if v1 > θ else 0`` (strict);
+    4. reset where ``s = 1``: ``hard``: ``v2 = v_reset``; ``soft``: ``v2 = v1 − θ``;
+       ``soft_constant``: ``v2 = v1 − reset_decrement``; ``none``: ``v2 = v1``;
+    5. leak: ``v3 = alpha·v2 + beta`` (``alpha = 1`` is no multiplicative leak; integer mode:
+       ``floor(A·v2 / 256) + beta`` with ``A = round(256·alpha)``), then
+       ``v3 = max(v3, v_lower)`` if set; ``v3`` is the state of the next step;
+    6. threshold adaptation: ``θa' = theta_alpha·θa + theta_beta + s·theta_increment``
+       (integer: ``floor(round(256·theta_alpha)·θa / 256) + …``);
+    7. refractory: ``r' = refractory`` if ``s`` else ``max(r − 1, 0)``.
+
+    The first step starts from ``v0`` (input) or ``v_init`` (attribute), un-leaked.
+    IF is LIF with ``alpha = 1, beta = 0``.
+
+    ``mode = "integer"``: int32 tensors; the input current, every membrane stage and the
+    adaptive threshold saturate to signed ``state_bits``-bit integers (28 as on TianjicX);
+    all constants must be integers of magnitude ≤ 2^24; ``256·alpha`` and
+    ``256·theta_alpha`` must be integers. Integer arithmetic is exact (the leak product
+    is formed in int64).
+
+    ``surrogate``/``surrogate_width`` do not change the forward pass; they choose the
+    pseudo-derivative ``∂s/∂v`` used when training (rectangle: ``1/w`` inside
+    ``|v − θ| < w/2``).
+    """
+
+    name = "LIF"
+    inputs = (
+        Port("current", "input current per step, [T, N, ...]"),
+        Port("v0", "initial membrane potential, broadcastable to [N, ...]", optional=True),
+        Port("theta0", "initial adaptive-threshold component θa, broadcastable to [N, ...]", optional=True),
+        Port("refractory0", "initial refractory counter (steps), broadcastable to [N, ...]",
+             type="tensor(int32)", optional=True),
+    )
+    outputs = (
+        Port("spikes", "0/1 spikes, [T, N, ...], in the type of `current`"),
+        Port("v", "membrane potential after the last step, [N, ...]", optional=True),
+        Port("theta", "adaptive-threshold component after the last step, [N, ...]", optional=True),
+        Port("refractory", "refractory counter after the last step, [N, ...]",
+             type="tensor(int32)", optional=True),
+    )
+    type_constraints = (
+        TypeConstraint("T", ("tensor(float)", "tensor(int32)"), "float32 in float mode, int32 in integer mode"),
+    )
+    attributes = (
+        Attribute("mode", str, "float", "numeric mode: `float` (float32) or `integer` (int32, chip-exact)",
+                  choices=("float", "integer")),
+        Attribute("threshold", float, 1.0, "base firing threshold θ0"),
+        Attribute("reset_mode", str, "hard", "`hard` (to v_reset), `soft` (subtract θ), "
+                  "`soft_constant` (subtract reset_decrement) or `none`", choices=RESET_MODES),
+        Attribute("v_reset", float, 0.0, "membrane value after a spike in `hard` reset mode"),
+        Attribute("reset_decrement", float, 0.0, "amount subtracted after a spike in `soft_constant` mode"),
+        Attribute("v_init", float, 0.0, "initial membrane when input `v0` is absent"),
+        Attribute("alpha", float, 1.0, "multiplicative membrane leak in [0, 1]; 1 = no multiplicative leak"),
+        Attribute("beta", float, 0.0, "additive membrane leak per step"),
+        Attribute("v_lower", float, None, "lower saturation of membrane and threshold; absent = none"),
+        Attribute("refractory", int, 0, "refractory period in steps after a spike (input ignored)"),
+        Attribute("theta_alpha", float, 1.0, "multiplicative decay of the adaptive threshold θa, in [0, 1]"),
+        Attribute("theta_beta", float, 0.0, "additive change of θa per step"),
+        Attribute("theta_increment", float, 0.0, "increase of θa per spike"),
+        Attribute("state_bits", int, 28, "integer mode: width of the signed saturating state"),
+        Attribute("surrogate", str, "rectangle", "training pseudo-derivative: rectangle, sigmoid or atan",
+                  choices=SURROGATES),
+        Attribute("surrogate_width", float, 1.0, "width of the surrogate window (> 0)"),
+    )
+
+    # ------------------------------------------------------------------ validation
+    @classmethod
+    def validate(cls, attrs: dict[str, Any], node: str) -> None:
+        for name in ("alpha", "theta_alpha"):
+            if not 0.0 <= attrs[name] <= 1.0:
+                raise NodeError(node, f"LIF attribute {name!r} must lie in [0, 1], got {attrs[name]}")
+        if attrs["refractory"] < 0:
+            raise NodeError(node, f"LIF attribute 'refractory' must be ≥ 0, got {attrs['refractory']}")
+        if attrs["surrogate_width"] <= 0:
+            raise NodeError(node, f"LIF attribute 'surrogate_width' must be > 0, got {attrs['surrogate_width']}")
+        if attrs["mode"] != "integer":
+            return
+        bits = attrs["state_bits"]
+        if not 2 <= bits <= 31:
+            raise NodeError(node, f"LIF attribute 'state_bits' must lie in [2, 31], got {bits}")
+        lo, hi = state_range(bits)
+        for name in _MEMBRANE_CONSTANTS:
+            value = attrs[name]
+            if value is None:
+                continue
+            if value != int(value) or abs(value) > EXACT_ATTRIBUTE_LIMIT:
+                raise NodeError(node, f"integer-mode LIF attribute {name!r} must be an integer of magnitude "
+                                      f"≤ 2^24, got {value}")
+            if not lo <= value <= hi:
+                raise NodeError(node, f"integer-mode LIF attribute {name!r} = {int(value)} does not fit "
+                                      f"{bits}-bit state")
+        for name in ("alpha", "theta_alpha"):
+            if attrs[name] * 256 != int(attrs[name] * 256):
+                raise NodeError(node, f"integer-mode LIF attribute {name!r} must be a multiple of 1/256, "
+                                      f"got {attrs[name]}")
+
+    @classmethod
+    def structure(cls, view: NodeView) -> str:
+        flags = _flags(view)
+        parts = [f"int{view.attrs['state_bits']}" if flags.integer else "float", view.attrs["reset_mode"]]
+        parts += [name for name in ("leak", "beta", "sat", "adapt", "theta_leak", "refr") if getattr(flags, name)]
+        return "-".join(parts) + "-" + _port_key(view)
+
+    @classmethod
+    def infer_types(cls, view: NodeView, input_types: list[onnx.TypeProto | None]) -> list[onnx.TypeProto]:
+        current = input_types[0]
+        elem = current.tensor_type.elem_type
+        expected = INT32 if view.attrs["mode"] == "integer" else FLOAT
+        if elem != expected:
+            raise NodeError(view.name, f"LIF in {view.attrs['mode']} mode needs "
+                                       f"{onnx.TensorProto.DataType.Name(expected).lower()} current, "
+                                       f"got {onnx.TensorProto.DataType.Name(elem).lower()}")
+        dims = dims_of(current)
+        neuron_dims = dims[1:] if dims is not None else None
+        return [current, tensor_type(elem, neuron_dims), tensor_type(elem, neuron_dims),
+                tensor_type(INT32, neuron_dims)][: view.n_outputs]
+
+    # ------------------------------------------------------------------ numerics
+    @classmethod
+    def reference(cls, view: NodeView, current: np.ndarray, v0: np.ndarray | None = None,
+                  theta0: np.ndarray | None = None, refractory0: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, ...]:
+        flags = _flags(view)
+        dtype = np.int32 if flags.integer else np.float32
+        if current.dtype != dtype:
+            raise NodeError(view.name, f"LIF in {view.attrs['mode']} mode needs {np.dtype(dtype).name} "
+                                       f"current, got {current.dtype}")
+        xp = NumpyOps(flags.integer, view.attrs)
+        neuron_shape = current.shape[1:]
+        size = int(np.prod(neuron_shape, dtype=np.int64))
+
+        def initial(given: np.ndarray | None, fill: np.ndarray, as_type: type) -> np.ndarray:
+            if given is None:
+                return np.full(size, fill, as_type)
+            return np.broadcast_to(np.asarray(given, as_type), neuron_shape).reshape(size).copy()
+
+        states = [initial(v0, xp.param("v_init"), dtype)]
+        if flags.adapt:
+            states.append(initial(theta0, dtype(0), dtype))
+        if flags.refr:
+            states.append(initial(refractory0, np.int32(0), np.int32))
+        finals, (spikes,) = numpy_time_loop(
+            _step_for(flags), xp, states, [current.reshape(current.shape[0], size)], [dtype]
+        )
+        outputs = [spikes.reshape(current.shape)] + [final.reshape(neuron_shape) for final in finals]
+        # Outputs 2 and 3 are only requested when their state is carried (see _flags).
+        return tuple(outputs[: view.n_outputs])
+
+    @classmethod
+    def build_body(cls, view: NodeView, body: FunctionBody) -> None:
+        flags = _flags(view)
+        top = body.top
+        xp = OnnxOps(top, flags.integer)
+        elem = xp.elem
+        current = body.input(0)
+        shape = top.op("Shape", current)
+        neuron_shape = top.op("Slice", shape, body.literal_1d([1]), body.literal_1d([2**62]))
+        size = top.op("ReduceProd", neuron_shape, keepdims=1)
+        flat = top.op("Reshape", current, top.op("Concat", top.op("Slice", shape, body.literal_1d([0]),
+                                                                  body.literal_1d([1])), size, axis=0))
+
+        def initial(index: int, fill: str) -> str:
+            if view.has_input(index):
+                return top.op("Reshape", top.op("Expand", body.input(index), neuron_shape), size)
+            return top.op("Expand", fill, size)
+
+        states = [(initial(1, xp.param("v_init")), elem)]
+        if flags.adapt:
+            states.append((initial(2, xp.literal(0)), elem))
+        if flags.refr:
+            states.append((initial(3, xp.literal_int(0)), INT32))
+        finals, (spikes,) = onnx_time_scan(body, _step_for(flags), flags.integer, states, [(flat, elem)], [elem])
+        body.set_output(0, top.op("Reshape", spikes, shape))
+        for index, final in enumerate(finals[: view.n_outputs - 1], 1):
+            body.set_output(index, top.op("Reshape", final, neuron_shape))
+
+
+def state_range(bits: int) -> tuple[int, int]:
+    """The signed saturation range of a ``bits``-bit state: ``(−2^(bits−1), 2^(bits−1) − 1)``."""
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+def _flags(view: NodeView) -> SimpleNamespace:
+    """Which parts of the equations a node uses (its structure)."""
+    a = view.attrs
+    return SimpleNamespace(
+        integer=a["mode"] == "integer",
+        bits=a["state_bits"],
+        reset=a["reset_mode"],
+        leak=a["alpha"] != 1.0,
+        beta=a["beta"] != 0.0,
+        sat=a["v_lower"] is not None,
+        adapt=(a["theta_alpha"] != 1.0 or a["theta_beta"] != 0.0 or a["theta_increment"] != 0.0
+               or view.has_input(2) or view.has_output(2)),
+        theta_leak=a["theta_alpha"] != 1.0,
+        refr=a["refractory"] > 0 or view.has_input(3) or view.has_output(3),
+    )
+
+
+def _step_for(flags: SimpleNamespace):
+    """The per-step equations (see the LIF docstring), for any array namespace ``xp``."""
+
+    lo, hi = state_range(flags.bits)
+
+    def saturate(xp: Any, x: Any) -> Any:
+        return xp.clamp(x, lo, hi) if flags.integer else x
+
+    def scaled(xp: Any, x: Any, factor: str) -> Any:
+        if flags.integer:
+            return xp.mul_q8_floor(x, xp.param_q8(factor))
+        return xp.mul(x, xp.param(factor))
+
+    def step(xp: Any, states: list[Any], xs: list[Any]) -> tuple[list[Any], list[Any]]:
+        states = list(states)
+        v = states.pop(0)
+        theta_a = states.pop(0) if flags.adapt else None
+        refractory = states.pop(0) if flags.refr else None
+        (u,) = xs
+        u = saturate(xp, u)
+        # 1. threshold
+        if flags.adapt:
+            theta = saturate(xp, xp.add(xp.param("threshold"), theta_a))
+        else:
+            theta = xp.param("threshold")
+        if flags.sat:
+            theta = xp.maximum(theta, xp.param("v_lower"))
+        # 2. integrate, gated by the refractory counter
+        v1 = saturate(xp, xp.add(v, u))
+        if flags.refr:
+            v1 = xp.where(xp.equal(refractory, xp.literal_int(0)), v1, v)
+        # 3. fire
+        fired = xp.greater(v1, theta)
+        spikes = xp.spike(v1, theta, fired)
+        # 4. reset
+        if flags.reset == "hard":
+            v2 = xp.where(fired, xp.param("v_reset"), v1)
+        elif flags.reset == "soft":
+            v2 = saturate(xp, xp.where(fired, xp.sub(v1, theta), v1))
+        elif flags.reset == "soft_constant":
+            v2 = saturate(xp, xp.where(fired, xp.sub(v1, xp.param("reset_decrement")), v1))
+        else:
+            v2 = v1
+        # 5. leak and lower saturation
+        v3 = v2
+        if flags.leak:
+            v3 = scaled(xp, v3, "alpha")
+        if flags.beta:
+            v3 = saturate(xp, xp.add(v3, xp.param("beta")))
+        if flags.sat:
+            v3 = xp.maximum(v3, xp.param("v_lower"))
+        new_states = [v3]
+        # 6. threshold adaptation
+        if flags.adapt:
+            decayed = scaled(xp, theta_a, "theta_alpha") if flags.theta_leak else theta_a
+            decayed = xp.add(decayed, xp.param("theta_beta"))
+            new_states.append(saturate(xp, xp.where(fired, xp.add(decayed, xp.param("theta_increment")), decayed)))
+        # 7. refractory counter
+        if flags.refr:
+            counted_down = xp.maximum(xp.sub(refractory, xp.literal_int(1)), xp.literal_int(0))
+            new_states.append(xp.where(fired, xp.param_int("refractory"), counted_down))
+        return new_states, [spikes]
+
+    return step
