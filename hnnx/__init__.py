@@ -1,3 +1,16 @@
-"""hnnx — hybrid ANN/SNN networks as ONNX graphs: simulate, quantize and lower to neuromorphic chips."""
+"""hnnx — hybrid ANN/SNN networks as ONNX graphs: simulate, quantize and lower to neuromorphic chips.
+
+>>> import hnnx
+>>> model = hnnx.load("model.onnx")
+>>> result = hnnx.simulate(model, "test.npz")
+>>> print(result.summary())
+"""
+
+from hnnx.errors import DataError, HnnxError, ModelError, NodeError
+from hnnx.model import load, save
+from hnnx.runtime import SimulationResult, Simulator, simulate
 
 __version__ = "0.1.0"
+
+__all__ = ["load", "save", "simulate", "Simulator", "SimulationResult", "HnnxError", "ModelError",
+           "NodeError", "DataError", "__version__"]

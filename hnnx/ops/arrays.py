@@ -26,7 +26,8 @@ INT32 = TensorProto.INT32
 INT64 = TensorProto.INT64
 BOOL = TensorProto.BOOL
 
-_NP_OF = {FLOAT: np.float32, INT32: np.int32, INT64: np.int64, BOOL: np.bool_}
+StepFunction = Callable[[Any, list[Any], list[Any]], "tuple[list[Any], list[Any]]"]
+"""``step(xp, states, inputs_t) -> (new_states, outputs_t)`` — one time step of an op."""
 
 
 class NumpyOps:
@@ -89,27 +90,26 @@ class NumpyOps:
         """``floor(x·a / 256)`` for int32 ``x`` and int64 ``a``, exact (int64 product)."""
         return ((x.astype(np.int64) * a) >> 8).astype(np.int32)
 
+    # eager multi-step plumbing
+    def initial_state(self, given: np.ndarray | None, fill: np.ndarray, neuron_shape: tuple[int, ...]) -> np.ndarray:
+        """A flat ``[M]`` state: ``given`` broadcast to ``neuron_shape``, else ``fill``."""
+        size = int(np.prod(neuron_shape, dtype=np.int64))
+        if given is None:
+            return np.full(size, fill, fill.dtype)
+        return np.broadcast_to(np.asarray(given, fill.dtype), neuron_shape).reshape(size).copy()
 
-def numpy_time_loop(
-    step: Callable[[Any, list[Any], list[Any]], tuple[list[Any], list[Any]]],
-    xp: NumpyOps,
-    states: list[np.ndarray],
-    xs: list[np.ndarray],
-    y_dtypes: Sequence[type],
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Run ``step`` over axis 0 of ``xs``; returns final states and stacked outputs."""
-    steps = xs[0].shape[0]
-    ys: list[list[np.ndarray]] = [[] for _ in y_dtypes]
-    for t in range(steps):
-        states, y_t = step(xp, states, [x[t] for x in xs])
-        for column, y in zip(ys, y_t):
-            column.append(y)
-    shape = xs[0].shape[1:]
-    stacked = [
-        np.stack(column) if column else np.zeros((0, *shape), dtype)
-        for column, dtype in zip(ys, y_dtypes)
-    ]
-    return states, stacked
+    def time_loop(self, step: StepFunction, states: list[Any], xs: list[np.ndarray]
+                  ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Run ``step`` over axis 0 of ``xs``; final states and outputs stacked on axis 0."""
+        columns: list[list[np.ndarray]] = []
+        for t in range(xs[0].shape[0]):
+            states, y_t = step(self, states, [x[t] for x in xs])
+            columns = columns or [[] for _ in y_t]
+            for column, y in zip(columns, y_t):
+                column.append(y)
+        if not columns:  # T = 0: outputs shaped like the (empty) first input
+            return states, [np.zeros(xs[0].shape, self.dtype)]
+        return states, [np.stack(column) for column in columns]
 
 
 class Scope:
@@ -311,7 +311,7 @@ class OnnxOps:
 
 def onnx_time_scan(
     body: FunctionBody,
-    step: Callable[[Any, list[Any], list[Any]], tuple[list[Any], list[Any]]],
+    step: StepFunction,
     integer: bool,
     states: list[tuple[str, int]],
     xs: list[tuple[str, int]],

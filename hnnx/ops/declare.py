@@ -198,6 +198,17 @@ class OpDeclaration:
         raise NotImplementedError
 
     @classmethod
+    def torch_forward(cls, view: NodeView, *inputs: Any) -> tuple[Any, ...]:
+        """torch forward pass with surrogate gradients; one tensor per node output."""
+        raise NotImplementedError(f"{cls.name} has no torch implementation")
+
+    @classmethod
+    def view_for(cls, attrs: dict[str, Any], inputs: Sequence[bool], n_outputs: int, name: str = "") -> NodeView:
+        """A :class:`NodeView` from Python attributes (for running an op outside a graph)."""
+        label = name or cls.name
+        return NodeView(label, cls.resolve(attrs, label), tuple(inputs), n_outputs)
+
+    @classmethod
     def build_body(cls, view: NodeView, body: "FunctionBody") -> None:
         """Emit the standard-ONNX body of the variant ``view`` into ``body``."""
         raise NotImplementedError

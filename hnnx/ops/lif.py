@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 from typing import Any
 
@@ -9,7 +10,7 @@ import numpy as np
 import onnx
 
 from hnnx.errors import NodeError
-from hnnx.ops.arrays import FLOAT, INT32, FunctionBody, NumpyOps, OnnxOps, numpy_time_loop, onnx_time_scan
+from hnnx.ops.arrays import FLOAT, INT32, FunctionBody, NumpyOps, OnnxOps, onnx_time_scan
 from hnnx.ops.declare import (Attribute, NodeView, OpDeclaration, Port, TypeConstraint, _port_key, dims_of,
                                tensor_type)
 
@@ -154,31 +155,20 @@ class LIF(OpDeclaration):
     def reference(cls, view: NodeView, current: np.ndarray, v0: np.ndarray | None = None,
                   theta0: np.ndarray | None = None, refractory0: np.ndarray | None = None
                   ) -> tuple[np.ndarray, ...]:
-        flags = _flags(view)
-        dtype = np.int32 if flags.integer else np.float32
+        integer = view.attrs["mode"] == "integer"
+        dtype = np.int32 if integer else np.float32
         if current.dtype != dtype:
             raise NodeError(view.name, f"LIF in {view.attrs['mode']} mode needs {np.dtype(dtype).name} "
                                        f"current, got {current.dtype}")
-        xp = NumpyOps(flags.integer, view.attrs)
-        neuron_shape = current.shape[1:]
-        size = int(np.prod(neuron_shape, dtype=np.int64))
+        return _run_eager(view, NumpyOps(integer, view.attrs), current, v0, theta0, refractory0)
 
-        def initial(given: np.ndarray | None, fill: np.ndarray, as_type: type) -> np.ndarray:
-            if given is None:
-                return np.full(size, fill, as_type)
-            return np.broadcast_to(np.asarray(given, as_type), neuron_shape).reshape(size).copy()
+    @classmethod
+    def torch_forward(cls, view: NodeView, current: Any, v0: Any = None, theta0: Any = None,
+                      refractory0: Any = None) -> tuple[Any, ...]:
+        from hnnx.ops.torch_ops import TorchOps
 
-        states = [initial(v0, xp.param("v_init"), dtype)]
-        if flags.adapt:
-            states.append(initial(theta0, dtype(0), dtype))
-        if flags.refr:
-            states.append(initial(refractory0, np.int32(0), np.int32))
-        finals, (spikes,) = numpy_time_loop(
-            _step_for(flags), xp, states, [current.reshape(current.shape[0], size)], [dtype]
-        )
-        outputs = [spikes.reshape(current.shape)] + [final.reshape(neuron_shape) for final in finals]
-        # Outputs 2 and 3 are only requested when their state is carried (see _flags).
-        return tuple(outputs[: view.n_outputs])
+        integer = view.attrs["mode"] == "integer"
+        return _run_eager(view, TorchOps(integer, view.attrs, current.device), current, v0, theta0, refractory0)
 
     @classmethod
     def build_body(cls, view: NodeView, body: FunctionBody) -> None:
@@ -212,6 +202,23 @@ class LIF(OpDeclaration):
 def state_range(bits: int) -> tuple[int, int]:
     """The signed saturation range of a ``bits``-bit state: ``(−2^(bits−1), 2^(bits−1) − 1)``."""
     return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+def _run_eager(view: NodeView, xp: Any, current: Any, v0: Any, theta0: Any, refractory0: Any) -> tuple[Any, ...]:
+    """Multi-step LIF in an eager namespace (numpy or torch)."""
+    flags = _flags(view)
+    neuron_shape = tuple(current.shape[1:])
+    states = [xp.initial_state(v0, xp.param("v_init"), neuron_shape)]
+    if flags.adapt:
+        states.append(xp.initial_state(theta0, xp.literal(0), neuron_shape))
+    if flags.refr:
+        states.append(xp.initial_state(refractory0, xp.literal_int(0), neuron_shape))
+    steps = current.shape[0]
+    flat = current.reshape(steps, math.prod(neuron_shape))
+    finals, (spikes,) = xp.time_loop(_step_for(flags), states, [flat])
+    outputs = [spikes.reshape(current.shape)] + [final.reshape(neuron_shape) for final in finals]
+    # Outputs 2 and 3 are only requested when their state is carried (see _flags).
+    return tuple(outputs[: view.n_outputs])
 
 
 def _flags(view: NodeView) -> SimpleNamespace:

@@ -1,0 +1,132 @@
+"""The ``hnnx`` command line. Each command parses its options, calls the library and prints.
+
+Errors in the user's input print one line ``hnnx: error: ...`` on stderr and exit with 2.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from hnnx.errors import HnnxError
+
+EXIT_BAD_INPUT = 2
+
+
+def _reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn HnnxError into one line on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except HnnxError as exc:
+            click.echo(f"hnnx: error: {exc}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="hnnx")
+def main() -> None:
+    """hnnx — hybrid ANN/SNN networks as ONNX graphs."""
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@_reports_errors
+def inspect(model: Path) -> None:
+    """Show MODEL's inputs and outputs, op histogram and hnnx nodes."""
+    import onnx
+
+    import hnnx
+    from hnnx import ops
+    from hnnx.runtime.data import spec_of
+
+    proto = hnnx.load(model)
+    graph = proto.graph
+    initializers = {init.name for init in graph.initializer}
+    click.echo(f"model: {model}  (IR {proto.ir_version}, opsets: "
+               + ", ".join(f"{op.domain or 'ai.onnx'} {op.version}" for op in proto.opset_import) + ")")
+    click.echo("inputs:")
+    for vi in graph.input:
+        if vi.name not in initializers:
+            click.echo(f"  {spec_of(vi).describe()}")
+    click.echo("outputs:")
+    for vi in graph.output:
+        click.echo(f"  {spec_of(vi).describe()}")
+    parameters = sum(int(onnx.numpy_helper.to_array(init).size) for init in graph.initializer)
+    click.echo(f"parameters: {parameters:,} in {len(initializers)} initializers")
+    histogram = collections.Counter(
+        f"{node.domain}.{node.op_type}" if node.domain else node.op_type for node in graph.node
+    )
+    click.echo("ops:")
+    for op_type, count in sorted(histogram.items(), key=lambda item: (-item[1], item[0])):
+        click.echo(f"  {count:5d}  {op_type}")
+    hnnx_nodes = list(ops.hnnx_nodes(graph))
+    click.echo(f"hnnx nodes: {len(hnnx_nodes)}")
+    for node in hnnx_nodes:
+        view = ops.declaration(node.op_type).view(node)
+        click.echo(f"  {view.name}  ({node.op_type}, body {node.overload})")
+        click.echo(f"    inputs:  {', '.join(name or '-' for name in node.input)}")
+        click.echo(f"    outputs: {', '.join(name or '-' for name in node.output)}")
+        for key, value in view.attrs.items():
+            if value is not None:
+                click.echo(f"    {key} = {value}")
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--input", "-i", "data", required=True, type=click.Path(path_type=Path),
+              help="Data: .npz keyed by input names (optional 'labels'), .npy, or a directory of them.")
+@click.option("--labels", type=click.Path(path_type=Path), default=None,
+              help="Labels .npy (default: the 'labels' array of the data, if any).")
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Samples per onnxruntime run.")
+@click.option("--probe", "probes", multiple=True, metavar="TENSOR",
+              help="Record an intermediate tensor (repeatable).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
+              help="Write outputs and probes to this .npz file.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@_reports_errors
+def simulate(model: Path, data: Path, labels: Path | None, batch_size: int, probes: tuple[str, ...],
+             threads: int | None, output: Path | None, progress: bool) -> None:
+    """Run MODEL on a dataset: accuracy, firing rates, probes."""
+    import hnnx
+
+    if output is not None and output.suffix != ".npz":
+        raise HnnxError(f"{output}: the output file must end in .npz")
+    result = hnnx.simulate(model, data, labels=labels, batch_size=batch_size, probes=probes,
+                           threads=threads, progress=progress and sys.stderr.isatty())
+    click.echo(result.summary())
+    if output is not None:
+        result.save(output)
+        click.echo(f"wrote {output}")
+
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("hnnx-demo"), show_default=True,
+              help="Directory for the model and the test data.")
+@click.option("--epochs", type=click.IntRange(min=1), default=25, show_default=True, help="Training epochs.")
+@_reports_errors
+def demo(out_dir: Path, epochs: int) -> None:
+    """Train a small hybrid ANN→SNN net on the bundled digits, save it as ONNX and simulate it."""
+    from hnnx.demo import run_demo
+
+    click.echo("training a hybrid ANN→SNN network on the digits data (8×8 pixels, 10 classes)...")
+    model_path, result = run_demo(out_dir, epochs=epochs, progress=sys.stderr.isatty())
+    click.echo(f"saved {model_path} and {out_dir / 'digits_test.npz'}")
+    click.echo(result.summary())
+    click.echo(f"next: hnnx inspect {model_path}")
+    click.echo(f"      hnnx simulate {model_path} --input {out_dir / 'digits_test.npz'} --probe hidden_spikes")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""The torch array namespace: op equations on torch tensors, with surrogate gradients.
+
+Imported lazily (torch is only needed for training). The forward pass of every
+operation is the same IEEE operation as in :class:`hnnx.ops.arrays.NumpyOps`, so torch,
+numpy and onnxruntime give identical float32 spikes. The spike function
+``s = 1[v > θ]`` gets the pseudo-derivative ``∂s/∂v = −∂s/∂θ = g(v − θ)`` chosen by the
+node's ``surrogate`` attribute; each has peak ``1/w`` at ``v = θ`` and unit area
+(``w = surrogate_width``):
+
+* ``rectangle``: ``g(x) = 1/w`` where ``|x| < w/2``, else 0;
+* ``sigmoid``:   ``g(x) = (4/w)·σ(4x/w)·(1 − σ(4x/w))``;
+* ``atan``:      ``g(x) = (1/w) / (1 + (πx/w)²)``.
+
+The reset uses the boolean spike without gradient (a detached reset).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+
+
+class SurrogateSpike(torch.autograd.Function):
+    """Heaviside forward, surrogate backward. Inputs: ``v − θ`` and the boolean spikes."""
+
+    @staticmethod
+    def forward(ctx: Any, excess: torch.Tensor, fired: torch.Tensor, kind: str, width: float) -> torch.Tensor:
+        ctx.save_for_backward(excess)
+        ctx.kind, ctx.width = kind, width
+        return fired.to(excess.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+        (excess,) = ctx.saved_tensors
+        return grad * surrogate_derivative(excess, ctx.kind, ctx.width), None, None, None
+
+
+def surrogate_derivative(x: torch.Tensor, kind: str, width: float) -> torch.Tensor:
+    """The pseudo-derivative ``g(x)`` of the spike function at ``x = v − θ``."""
+    if kind == "rectangle":
+        return (x.abs() < width / 2).to(x.dtype) / width
+    if kind == "sigmoid":
+        sig = torch.sigmoid(4.0 * x / width)
+        return (4.0 / width) * sig * (1.0 - sig)
+    if kind == "atan":
+        return (1.0 / width) / (1.0 + (math.pi * x / width) ** 2)
+    raise ValueError(f"unknown surrogate {kind!r}")
+
+
+class TorchOps:
+    """Array namespace over torch tensors (see :mod:`hnnx.ops.arrays`)."""
+
+    def __init__(self, integer: bool, params: dict[str, Any], device: torch.device | None = None) -> None:
+        self.integer = integer
+        self.dtype = torch.int32 if integer else torch.float32
+        self._params = params
+        self._device = device
+        self._surrogate = (params.get("surrogate", "rectangle"), float(params.get("surrogate_width", 1.0)))
+
+    def _scalar(self, value: float | int, dtype: torch.dtype) -> torch.Tensor:
+        return torch.tensor(value, dtype=dtype, device=self._device)
+
+    def param(self, name: str) -> torch.Tensor:
+        value = float(self._params[name])
+        return self._scalar(int(value) if self.integer else value, self.dtype)
+
+    def param_int(self, name: str) -> torch.Tensor:
+        return self._scalar(int(self._params[name]), torch.int32)
+
+    def param_q8(self, name: str) -> torch.Tensor:
+        return self._scalar(int(round(float(self._params[name]) * 256)), torch.int64)
+
+    def literal(self, value: float | int) -> torch.Tensor:
+        return self._scalar(value, self.dtype)
+
+    def literal_int(self, value: int) -> torch.Tensor:
+        return self._scalar(value, torch.int32)
+
+    def add(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a + b
+
+    def sub(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a - b
+
+    def mul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a * b
+
+    def maximum(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.maximum(a, b)
+
+    def minimum(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.minimum(a, b)
+
+    def clamp(self, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        return torch.clamp(x, lo, hi)
+
+    def greater(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a > b
+
+    def equal(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a == b
+
+    def where(self, cond: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.where(cond, a, b)
+
+    def spike(self, v: torch.Tensor, theta: torch.Tensor, fired: torch.Tensor) -> torch.Tensor:
+        if self.integer:
+            return fired.to(self.dtype)
+        return SurrogateSpike.apply(v - theta, fired, *self._surrogate)
+
+    def mul_q8_floor(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return torch.div(x.to(torch.int64) * a, 256, rounding_mode="floor").to(torch.int32)
+
+    # eager multi-step plumbing
+    def initial_state(self, given: torch.Tensor | None, fill: torch.Tensor, neuron_shape: tuple[int, ...]
+                      ) -> torch.Tensor:
+        """A flat ``[M]`` state: ``given`` broadcast to ``neuron_shape``, else ``fill``."""
+        size = math.prod(neuron_shape)
+        if given is None:
+            return fill.expand(size).clone()
+        return torch.broadcast_to(torch.as_tensor(given, dtype=fill.dtype), neuron_shape).reshape(size)
+
+    def time_loop(self, step: Callable[..., Any], states: list[torch.Tensor], xs: Sequence[torch.Tensor]
+                  ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Run ``step`` over axis 0 of ``xs``; final states and outputs stacked on axis 0."""
+        columns: list[list[torch.Tensor]] = []
+        for t in range(xs[0].shape[0]):
+            states, y_t = step(self, states, [x[t] for x in xs])
+            columns = columns or [[] for _ in y_t]
+            for column, y in zip(columns, y_t):
+                column.append(y)
+        if not columns:  # T = 0: outputs shaped like the (empty) first input
+            return states, [torch.zeros(xs[0].shape, dtype=self.dtype)]
+        return states, [torch.stack(column) for column in columns]

@@ -1,0 +1,191 @@
+"""Datasets for simulation: arrays keyed by graph input name, validated against the model.
+
+A dataset is a ``.npz`` file keyed by graph input names (plus optional ``labels``), a
+``.npy`` file (one-input models), a directory of such files (concatenated in name
+order), or a dict of arrays. Arrays are in the model's layout: ``[N, ...]`` for
+ordinary inputs, ``[T, N, ...]`` for time-major inputs (first dim named ``T``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from hnnx.errors import DataError
+
+LABELS_KEY = "labels"
+TIME_DIM_NAMES = frozenset({"t", "time", "steps", "timesteps", "time_steps"})
+
+Dim = int | str | None
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A graph input or output: name, numpy dtype, dims (None = unknown rank)."""
+
+    name: str
+    dtype: np.dtype
+    dims: tuple[Dim, ...] | None
+
+    @property
+    def batch_axis(self) -> int:
+        """1 for time-major tensors (first dim named like ``T``), else 0."""
+        return 1 if is_time_major(self.dims) else 0
+
+    def describe(self) -> str:
+        dims = "?" if self.dims is None else "[" + ", ".join("?" if d is None else str(d) for d in self.dims) + "]"
+        return f"{self.name}: {self.dtype.name} {dims}"
+
+
+def is_time_major(dims: Sequence[Dim] | None) -> bool:
+    return bool(dims) and isinstance(dims[0], str) and dims[0].lower() in TIME_DIM_NAMES
+
+
+def spec_of(value_info: onnx.ValueInfoProto) -> TensorSpec:
+    tensor = value_info.type.tensor_type
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)) if tensor.elem_type else np.dtype("float32")
+    dims = None
+    if tensor.HasField("shape"):
+        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim)
+    return TensorSpec(value_info.name, dtype, dims)
+
+
+@dataclass
+class Dataset:
+    """Validated model inputs (``arrays``) with optional integer ``labels`` ``[N]``."""
+
+    arrays: dict[str, np.ndarray]
+    labels: np.ndarray | None
+    size: int
+    source: str
+
+    def batch(self, specs: Sequence[TensorSpec], start: int, stop: int) -> dict[str, np.ndarray]:
+        """Samples ``start:stop`` of every input, sliced on its batch axis."""
+        out = {}
+        for spec in specs:
+            index = [slice(None)] * self.arrays[spec.name].ndim
+            index[spec.batch_axis] = slice(start, stop)
+            out[spec.name] = np.ascontiguousarray(self.arrays[spec.name][tuple(index)])
+        return out
+
+
+def read_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Arrays stored at ``path`` (.npz, .npy or a directory of them). ``.npy`` → key ``""``."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".npz", ".npy"))
+        if not files:
+            raise DataError(f"{path}: directory holds no .npz or .npy file")
+        parts = [read_arrays(f) for f in files]
+        keys = set(parts[0])
+        for f, part in zip(files, parts):
+            if set(part) != keys:
+                raise DataError(f"{f}: holds arrays {sorted(part)}, but {files[0].name} holds {sorted(keys)}")
+        return {key: _concat_batches([p[key] for p in parts], key, path) for key in keys}
+    if not path.is_file():
+        raise DataError(f"{path}: no such data file")
+    try:
+        if path.suffix == ".npy":
+            return {"": np.load(path, allow_pickle=False)}
+        with np.load(path, allow_pickle=False) as archive:
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                return {"": archive}
+            return {key: archive[key] for key in archive.files}
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .npz/.npy file ({exc})") from None
+
+
+def _concat_batches(arrays: list[np.ndarray], key: str, path: Path) -> np.ndarray:
+    # Files in a directory split the samples; a time-major array cannot be told apart here,
+    # so arrays are joined on axis 0 unless the caller's model says otherwise (see load_dataset).
+    try:
+        return np.concatenate(arrays, axis=0)
+    except ValueError as exc:
+        raise DataError(f"{path}: arrays {key!r} of its files do not concatenate ({exc})") from None
+
+
+def load_dataset(
+    data: str | os.PathLike | Mapping[str, np.ndarray],
+    inputs: Sequence[TensorSpec],
+    labels: str | os.PathLike | np.ndarray | None = None,
+) -> Dataset:
+    """Read and validate a dataset for a model with graph inputs ``inputs``.
+
+    ``labels``: an array, a ``.npy`` file, or None (use the ``labels`` array of the
+    data if present). Raises DataError naming the file and array at fault.
+    """
+    source = str(data) if not isinstance(data, Mapping) else "data"
+    raw = dict(data) if isinstance(data, Mapping) else read_arrays(data)
+    if "" in raw:  # a bare .npy
+        if len(inputs) != 1:
+            raise DataError(f"{source}: a .npy file feeds one input, but the model has {len(inputs)} "
+                            f"({', '.join(s.name for s in inputs)}); use a .npz keyed by input name")
+        raw = {inputs[0].name: raw.pop("")}
+    arrays: dict[str, np.ndarray] = {}
+    for spec in inputs:
+        if spec.name not in raw:
+            have = ", ".join(sorted(k for k in raw if k != LABELS_KEY)) or "nothing"
+            raise DataError(f"{source}: no array for model input {spec.name!r} (the file has: {have})")
+        arrays[spec.name] = _validated(raw[spec.name], spec, source)
+    sizes = {spec.name: arrays[spec.name].shape[spec.batch_axis] for spec in inputs}
+    if len(set(sizes.values())) > 1:
+        raise DataError(f"{source}: inputs disagree on the number of samples: {sizes}")
+    size = next(iter(sizes.values())) if sizes else 0
+    if size == 0:
+        raise DataError(f"{source}: holds no samples")
+    label_array = _labels(labels, raw, source, size)
+    return Dataset(arrays, label_array, size, source)
+
+
+def _validated(array: np.ndarray, spec: TensorSpec, source: str) -> np.ndarray:
+    where = f"{source}: array {spec.name!r}"
+    if array.dtype.kind not in "biuf":
+        raise DataError(f"{where} has dtype {array.dtype}, not a number type")
+    if spec.dims is not None:
+        if array.ndim != len(spec.dims):
+            raise DataError(f"{where} has shape {list(array.shape)}, the model expects {spec.describe()}")
+        for axis, (have, want) in enumerate(zip(array.shape, spec.dims)):
+            if axis != spec.batch_axis and isinstance(want, int) and want > 0 and have != want:
+                raise DataError(f"{where} has shape {list(array.shape)}, the model expects {spec.describe()}")
+    if array.ndim <= spec.batch_axis:
+        raise DataError(f"{where} has shape {list(array.shape)}: no batch axis {spec.batch_axis}")
+    if array.dtype.kind == "f":
+        bad = ~np.isfinite(array)
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise DataError(f"{where} holds {int(bad.sum())} NaN/inf values (first at index {first})")
+    if spec.dtype.kind in "iu" and array.dtype.kind == "f":
+        if not np.array_equal(array, np.round(array)):
+            raise DataError(f"{where} holds fractional values, the model input is {spec.dtype.name}")
+    if spec.dtype.kind in "iu":
+        info = np.iinfo(spec.dtype)
+        if array.size and (array.min() < info.min or array.max() > info.max):
+            raise DataError(f"{where} holds values outside the {spec.dtype.name} range")
+    return np.ascontiguousarray(array, dtype=spec.dtype)
+
+
+def _labels(labels: str | os.PathLike | np.ndarray | None, raw: dict[str, np.ndarray], source: str,
+            size: int) -> np.ndarray | None:
+    if labels is None:
+        if LABELS_KEY not in raw:
+            return None
+        array, where = raw[LABELS_KEY], f"{source}: array 'labels'"
+    elif isinstance(labels, np.ndarray):
+        array, where = labels, "labels"
+    else:
+        loaded = read_arrays(labels)
+        if len(loaded) != 1 and LABELS_KEY not in loaded:
+            raise DataError(f"{labels}: holds several arrays and none is named 'labels'")
+        array = loaded.get(LABELS_KEY, next(iter(loaded.values())))
+        where = f"{labels}"
+    array = np.asarray(array)
+    if array.ndim != 1 or array.shape[0] != size:
+        raise DataError(f"{where}: labels must have shape [{size}] (one per sample), got {list(array.shape)}")
+    if array.dtype.kind not in "iu" and not (array.dtype.kind == "f" and np.array_equal(array, np.round(array))):
+        raise DataError(f"{where}: labels must be integer class indices, got dtype {array.dtype}")
+    return array.astype(np.int64)

@@ -1,0 +1,143 @@
+"""onnxruntime sessions for models with hnnx nodes, with probes and firing-rate taps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from hnnx import ops
+from hnnx.errors import HnnxError, ModelError
+from hnnx.runtime.data import TensorSpec, spec_of
+
+RATE_PREFIX = "hnnx.firing_rate."
+
+
+@dataclass(frozen=True)
+class SpikingLayer:
+    """A LIF node whose spikes the session counts: node label and its tap outputs."""
+
+    name: str
+    spikes: str
+    sum_output: str
+    count_output: str
+
+
+class Simulator:
+    """An onnxruntime session over a model with hnnx nodes.
+
+    Function bodies are attached automatically; ``probes`` names intermediate tensors to
+    return next to the graph outputs; with ``firing_rates`` every top-level LIF node's
+    spike count is reduced inside the graph (no spike tensors are copied out).
+    ``threads`` sets onnxruntime's intra-op threads (None: onnxruntime's default).
+    """
+
+    def __init__(self, model: onnx.ModelProto, probes: Sequence[str] = (), firing_rates: bool = True,
+                 threads: int | None = None) -> None:
+        model = _copy(model)
+        ops.attach_functions(model)
+        self.inputs = [spec_of(vi) for vi in model.graph.input if vi.name not in _initializer_names(model)]
+        self.outputs = [spec_of(vi) for vi in model.graph.output]
+        types = _value_types(model)
+        self.probes = []
+        for name in dict.fromkeys(probes):
+            if name not in types:
+                raise ModelError(f"probe {name!r}: the model has no tensor of that name")
+            if name not in {o.name for o in self.outputs}:
+                model.graph.output.append(_value_info(name, types[name]))
+            self.probes.append(spec_of(_value_info(name, types[name])))
+        self.spiking_layers = _add_rate_taps(model) if firing_rates else []
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(model.SerializeToString(), options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ModelError(f"onnxruntime cannot load the model: {_first_line(exc)}") from None
+        self._output_names = [o.name for o in self.outputs] + [p.name for p in self.probes if
+                                                                 p.name not in {o.name for o in self.outputs}]
+        self.model = model
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, tuple[float, int]]]:
+        """Run one batch. Returns ``(tensors by name, {layer: (spike sum, element count)})``."""
+        names = self._output_names + [t for layer in self.spiking_layers
+                                      for t in (layer.sum_output, layer.count_output)]
+        try:
+            values = self.session.run(names, dict(feeds))
+        except Exception as exc:
+            raise HnnxError(f"onnxruntime failed: {_first_line(exc)}") from None
+        tensors = dict(zip(names[: len(self._output_names)], values))
+        taps = values[len(self._output_names):]
+        counts = {layer.name: (float(taps[2 * i]), int(taps[2 * i + 1]))
+                  for i, layer in enumerate(self.spiking_layers)}
+        return tensors, counts
+
+
+def _add_rate_taps(model: onnx.ModelProto) -> list[SpikingLayer]:
+    layers = []
+    for index, node in enumerate(n for n in model.graph.node if n.domain == ops.DOMAIN and n.op_type == "LIF"):
+        label = node.name or node.output[0]
+        spikes = node.output[0]
+        as_float = f"{RATE_PREFIX}{index}.float"
+        total = f"{RATE_PREFIX}{index}.sum"
+        count = f"{RATE_PREFIX}{index}.count"
+        model.graph.node.extend([
+            helper.make_node("Cast", [spikes], [as_float], to=TensorProto.DOUBLE),
+            helper.make_node("ReduceSum", [as_float], [total], keepdims=0),
+            helper.make_node("Size", [spikes], [count]),
+        ])
+        model.graph.output.extend([
+            helper.make_tensor_value_info(total, TensorProto.DOUBLE, []),
+            helper.make_tensor_value_info(count, TensorProto.INT64, []),
+        ])
+        layers.append(SpikingLayer(label, spikes, total, count))
+    return layers
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def _initializer_names(model: onnx.ModelProto) -> set[str]:
+    return {init.name for init in model.graph.initializer}
+
+
+def _value_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+    """The type of every named tensor of the top graph (after shape inference)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # inference is best effort here; the session reports real errors
+        inferred = model
+    graph = inferred.graph
+    types = {vi.name: vi.type for vi in [*graph.value_info, *graph.input, *graph.output]}
+    for init in graph.initializer:
+        types.setdefault(init.name, helper.make_tensor_type_proto(init.data_type, list(init.dims)))
+    for node in graph.node:
+        for name in node.output:
+            if name and name not in types:
+                types[name] = onnx.TypeProto()  # produced but untyped: let onnxruntime decide
+    return types
+
+
+def _value_info(name: str, type_proto: onnx.TypeProto) -> onnx.ValueInfoProto:
+    info = onnx.ValueInfoProto()
+    info.name = name
+    info.type.CopyFrom(type_proto)
+    return info
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+__all__ = ["Simulator", "SpikingLayer", "TensorSpec"]
