@@ -28,7 +28,7 @@ from hnnx.ops.lif import LIF
 __all__ = [
     "DOMAIN", "OPSET_VERSION", "ONNX_OPSET", "IR_VERSION", "REGISTRY", "OpDeclaration",
     "LIF", "Fire", "make_node", "attach_functions", "register_schemas", "reference_ops",
-    "run_reference", "declaration", "hnnx_nodes", "op_table_markdown",
+    "run_reference", "declaration", "hnnx_nodes", "op_summary_markdown", "op_reference_markdown",
 ]
 
 REGISTRY: dict[str, type[OpDeclaration]] = {decl.name: decl for decl in (LIF, Fire)}
@@ -136,22 +136,31 @@ def reference_ops() -> list[type]:
     return kernels
 
 
-def op_table_markdown() -> str:
-    """The op reference (Markdown), generated from the declarations."""
+def op_summary_markdown() -> str:
+    """One Markdown table row per op (the README's op table), from the declarations."""
     lines = ["| op | summary | inputs | outputs |", "|---|---|---|---|"]
     for decl in REGISTRY.values():
         ins = "<br>".join(f"`{p.name}`{' (opt)' if p.optional else ''}" for p in decl.inputs)
         outs = "<br>".join(f"`{p.name}`{' (opt)' if p.optional else ''}" for p in decl.outputs)
         lines.append(f"| `hnnx.{decl.name}` | {decl.summary()} | {ins} | {outs} |")
-    sections = ["\n".join(lines)]
+    return "\n".join(lines) + "\n"
+
+
+def op_reference_markdown() -> str:
+    """The full op reference (docs/ops.md): summary table, then each op's spec and attributes."""
+    sections = [op_summary_markdown().rstrip("\n")]
     for decl in REGISTRY.values():
         rows = ["| attribute | type | default | meaning |", "|---|---|---|---|"]
         for a in decl.attributes:
             default = "absent" if a.default is None else f"`{a.default}`"
             rows.append(f"| `{a.name}` | {a.type.__name__} | {default} | {a.doc} |")
+        ports = ["| port | type | meaning |", "|---|---|---|"]
+        for kind, group in (("input", decl.inputs), ("output", decl.outputs)):
+            for p in group:
+                ports.append(f"| {kind} `{p.name}`{' (optional)' if p.optional else ''} | `{p.type}` | {p.doc} |")
         doc = "\n".join(line[4:] if line.startswith("    ") else line
                         for line in (decl.__doc__ or "").strip().splitlines())
-        sections.append(f"### hnnx.{decl.name}\n\n{doc}\n\n" + "\n".join(rows))
+        sections.append(f"### hnnx.{decl.name}\n\n{doc}\n\n" + "\n".join(ports) + "\n\n" + "\n".join(rows))
     return "\n\n".join(sections) + "\n"
 
 

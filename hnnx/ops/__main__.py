@@ -3,8 +3,8 @@
     python -m hnnx.ops > docs/ops.md
 """
 
-from hnnx.ops import op_table_markdown
+from hnnx.ops import op_reference_markdown
 
 print("# hnnx op reference\n")
 print("Generated from the op declarations by `python -m hnnx.ops > docs/ops.md`; do not edit by hand.\n")
-print(op_table_markdown(), end="")
+print(op_reference_markdown(), end="")
