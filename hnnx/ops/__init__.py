@@ -23,15 +23,16 @@ from onnx import helper
 from hnnx.errors import ModelError, NodeError
 from hnnx.ops.declare import DOMAIN, IR_VERSION, ONNX_OPSET, OPSET_VERSION, NodeView, OpDeclaration
 from hnnx.ops.fire import Fire
+from hnnx.ops.hybrid import A2S, S2A
 from hnnx.ops.lif import LIF
 
 __all__ = [
     "DOMAIN", "OPSET_VERSION", "ONNX_OPSET", "IR_VERSION", "REGISTRY", "OpDeclaration",
-    "LIF", "Fire", "make_node", "attach_functions", "register_schemas", "reference_ops",
+    "LIF", "Fire", "A2S", "S2A", "make_node", "attach_functions", "register_schemas", "reference_ops",
     "run_reference", "declaration", "hnnx_nodes", "op_summary_markdown", "op_reference_markdown",
 ]
 
-REGISTRY: dict[str, type[OpDeclaration]] = {decl.name: decl for decl in (LIF, Fire)}
+REGISTRY: dict[str, type[OpDeclaration]] = {decl.name: decl for decl in (LIF, Fire, A2S, S2A)}
 """Every hnnx op declaration by op type."""
 
 

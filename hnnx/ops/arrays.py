@@ -90,6 +90,82 @@ class NumpyOps:
         """``floor(x·a / 256)`` for int32 ``x`` and int64 ``a``, exact (int64 product)."""
         return ((x.astype(np.int64) * a) >> 8).astype(np.int32)
 
+
+    # hybrid-unit operations (float)
+    def div(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.divide(a, b)
+
+    def less(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.less(a, b)
+
+    def relu(self, x: np.ndarray) -> np.ndarray:
+        return np.maximum(x, x.dtype.type(0))
+
+    def sign(self, x: np.ndarray) -> np.ndarray:
+        return np.sign(x)
+
+    def round_clamp(self, x: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        """Round half to even, then clamp to ``[lo, hi]``."""
+        return self.clamp(np.round(x), lo, hi)
+
+    def bernoulli(self, p: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """``1[u < p]`` in the compute type."""
+        return np.less(u, p).astype(self.dtype)
+
+    def min_axis1(self, x: np.ndarray) -> np.ndarray:
+        return x.min(axis=1, keepdims=True)
+
+    def max_axis1(self, x: np.ndarray) -> np.ndarray:
+        return x.max(axis=1, keepdims=True)
+
+    def sum_axis1(self, x: np.ndarray, width: int) -> np.ndarray:
+        """Sum over axis 1 (of size ``width``), in index order, keeping the axis."""
+        total = x[:, 0:1]
+        for k in range(1, width):
+            total = total + x[:, k:k + 1]
+        return total
+
+    def slice_axis1(self, x: np.ndarray, start: int, stop: int) -> np.ndarray:
+        return x[:, start:stop]
+
+    def concat_axis1(self, parts: Sequence[np.ndarray]) -> np.ndarray:
+        return np.concatenate(parts, axis=1)
+
+    def unsqueeze(self, x: np.ndarray, axis: int) -> np.ndarray:
+        return np.expand_dims(x, axis)
+
+    def expand_time(self, x1: np.ndarray, steps: int) -> np.ndarray:
+        """``[1, ...]`` repeated to ``[steps, ...]``."""
+        return np.repeat(x1, steps, axis=0)
+
+    def column3(self, w: np.ndarray, k: int) -> np.ndarray:
+        """Column ``k`` of a ``[R, K]`` matrix as ``[R, 1, 1]``."""
+        return w[:, k:k + 1, None]
+
+    def rows3(self, b: np.ndarray) -> np.ndarray:
+        """A ``[R]`` vector as ``[R, 1, 1]``."""
+        return b.reshape(-1, 1, 1)
+
+    # uint32 arithmetic (wrapping) for the counter-based generator
+    def u32(self, value: int) -> np.ndarray:
+        return np.uint32(value)
+
+    def u32_mul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.multiply(a, b, dtype=np.uint32)
+
+    def u32_add(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.add(a, b, dtype=np.uint32)
+
+    def u32_xor(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.bitwise_xor(a, b)
+
+    def u32_shr(self, a: np.ndarray, bits: int) -> np.ndarray:
+        return np.right_shift(a, np.uint32(bits))
+
+    def u32_to_unit(self, r: np.ndarray) -> np.ndarray:
+        """The top 24 bits of ``r`` as a float32 in [0, 1)."""
+        return np.right_shift(r, np.uint32(8)).astype(np.float32) * np.float32(2.0**-24)
+
     # eager multi-step plumbing
     def initial_state(self, given: np.ndarray | None, fill: np.ndarray, neuron_shape: tuple[int, ...]) -> np.ndarray:
         """A flat ``[M]`` state: ``given`` broadcast to ``neuron_shape``, else ``fill``."""
@@ -307,6 +383,72 @@ class OnnxOps:
         c256 = self.body.literal(256, INT64)
         floor_div = self.scope.op("Div", self.scope.op("Sub", wide, self.scope.op("Mod", wide, c256)), c256)
         return self.scope.op("Cast", floor_div, to=INT32)
+
+    # hybrid-unit operations (float)
+    def div(self, a: str, b: str) -> str:
+        return self.scope.op("Div", a, b)
+
+    def less(self, a: str, b: str) -> str:
+        return self.scope.op("Less", a, b)
+
+    def relu(self, x: str) -> str:
+        return self.scope.op("Relu", x)
+
+    def sign(self, x: str) -> str:
+        return self.scope.op("Sign", x)
+
+    def round_clamp(self, x: str, lo: int, hi: int) -> str:
+        return self.clamp(self.scope.op("Round", x), lo, hi)
+
+    def bernoulli(self, p: str, u: str) -> str:
+        return self.scope.op("Cast", self.scope.op("Less", u, p), to=self.elem)
+
+    def min_axis1(self, x: str) -> str:
+        return self.scope.op("ReduceMin", x, self.body.literal_1d([1]), keepdims=1)
+
+    def max_axis1(self, x: str) -> str:
+        return self.scope.op("ReduceMax", x, self.body.literal_1d([1]), keepdims=1)
+
+    def sum_axis1(self, x: str, width: int) -> str:
+        total = self.slice_axis1(x, 0, 1)
+        for k in range(1, width):
+            total = self.add(total, self.slice_axis1(x, k, k + 1))
+        return total
+
+    def slice_axis1(self, x: str, start: int, stop: int) -> str:
+        return self.scope.op("Slice", x, self.body.literal_1d([start]), self.body.literal_1d([stop]),
+                             self.body.literal_1d([1]))
+
+    def concat_axis1(self, parts: Sequence[str]) -> str:
+        return parts[0] if len(parts) == 1 else self.scope.op("Concat", *parts, axis=1)
+
+    def unsqueeze(self, x: str, axis: int) -> str:
+        return self.scope.op("Unsqueeze", x, self.body.literal_1d([axis]))
+
+    def column3(self, w: str, k: int) -> str:
+        return self.scope.op("Unsqueeze", self.slice_axis1(w, k, k + 1), self.body.literal_1d([2]))
+
+    def rows3(self, b: str) -> str:
+        return self.scope.op("Unsqueeze", b, self.body.literal_1d([1, 2]))
+
+    def u32(self, value: int) -> str:
+        return self.body.literal(value, TensorProto.UINT32)
+
+    def u32_mul(self, a: str, b: str) -> str:
+        return self.scope.op("Mul", a, b)
+
+    def u32_add(self, a: str, b: str) -> str:
+        return self.scope.op("Add", a, b)
+
+    def u32_xor(self, a: str, b: str) -> str:
+        return self.scope.op("BitwiseXor", a, b)
+
+    def u32_shr(self, a: str, bits: int) -> str:
+        return self.scope.op("BitShift", a, self.u32(bits), direction="RIGHT")
+
+    def u32_to_unit(self, r: str) -> str:
+        top = self.scope.op("Cast", self.u32_shr(r, 8), to=FLOAT)
+        return self.scope.op("Mul", top, self.body.literal(2.0**-24, FLOAT))
 
 
 def onnx_time_scan(

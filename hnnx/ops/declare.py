@@ -189,7 +189,13 @@ class OpDeclaration:
         if not node.output or node.output[0] == "":
             raise NodeError(label, f"{cls.name} output 0 ({cls.outputs[0].name!r}) is required")
         attrs = cls.resolve(given, label)
-        return NodeView(label, attrs, tuple(name != "" for name in node.input), len(node.output))
+        view = NodeView(label, attrs, tuple(name != "" for name in node.input), len(node.output))
+        cls.check_ports(view)
+        return view
+
+    @classmethod
+    def check_ports(cls, view: NodeView) -> None:
+        """Checks of which optional ports may or must be connected, given the attributes."""
 
     # ------------------------------------------------------------------ numerics
     @classmethod
@@ -206,7 +212,9 @@ class OpDeclaration:
     def view_for(cls, attrs: dict[str, Any], inputs: Sequence[bool], n_outputs: int, name: str = "") -> NodeView:
         """A :class:`NodeView` from Python attributes (for running an op outside a graph)."""
         label = name or cls.name
-        return NodeView(label, cls.resolve(attrs, label), tuple(inputs), n_outputs)
+        view = NodeView(label, cls.resolve(attrs, label), tuple(inputs), n_outputs)
+        cls.check_ports(view)
+        return view
 
     @classmethod
     def build_body(cls, view: NodeView, body: "FunctionBody") -> None:

@@ -37,6 +37,20 @@ class SurrogateSpike(torch.autograd.Function):
         return grad * surrogate_derivative(excess, ctx.kind, ctx.width), None, None, None
 
 
+class StraightThrough(torch.autograd.Function):
+    """Forward: ``value`` exactly. Backward: the gradient goes to ``x`` (times ``mask``)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(mask if mask is not None else torch.ones((), dtype=x.dtype))
+        return value
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None, None
+
+
 def surrogate_derivative(x: torch.Tensor, kind: str, width: float) -> torch.Tensor:
     """The pseudo-derivative ``g(x)`` of the spike function at ``x = v − θ``."""
     if kind == "rectangle":
@@ -112,6 +126,56 @@ class TorchOps:
 
     def mul_q8_floor(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         return torch.div(x.to(torch.int64) * a, 256, rounding_mode="floor").to(torch.int32)
+
+    # hybrid-unit operations (float); discrete ones pass gradients straight through
+    def div(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a / b
+
+    def less(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a < b
+
+    def relu(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x)
+
+    def sign(self, x: torch.Tensor) -> torch.Tensor:
+        return StraightThrough.apply(x, torch.sign(x).detach(), None)
+
+    def round_clamp(self, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        inside = ((x >= lo) & (x <= hi)).to(x.dtype)
+        return StraightThrough.apply(x, torch.clamp(torch.round(x), lo, hi).detach(), inside)
+
+    def bernoulli(self, p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return StraightThrough.apply(p, (u < p).to(p.dtype), None)
+
+    def min_axis1(self, x: torch.Tensor) -> torch.Tensor:
+        return x.amin(dim=1, keepdim=True)
+
+    def max_axis1(self, x: torch.Tensor) -> torch.Tensor:
+        return x.amax(dim=1, keepdim=True)
+
+    def sum_axis1(self, x: torch.Tensor, width: int) -> torch.Tensor:
+        total = x[:, 0:1]
+        for k in range(1, width):
+            total = total + x[:, k:k + 1]
+        return total
+
+    def slice_axis1(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        return x[:, start:stop]
+
+    def concat_axis1(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(list(parts), dim=1)
+
+    def unsqueeze(self, x: torch.Tensor, axis: int) -> torch.Tensor:
+        return x.unsqueeze(axis)
+
+    def expand_time(self, x1: torch.Tensor, steps: int) -> torch.Tensor:
+        return x1.expand(steps, *x1.shape[1:])
+
+    def column3(self, w: torch.Tensor, k: int) -> torch.Tensor:
+        return w[:, k:k + 1, None]
+
+    def rows3(self, b: torch.Tensor) -> torch.Tensor:
+        return b.reshape(-1, 1, 1)
 
     # eager multi-step plumbing
     def initial_state(self, given: torch.Tensor | None, fill: torch.Tensor, neuron_shape: tuple[int, ...]

@@ -1,0 +1,402 @@
+"""Hybrid Units — the ANN↔SNN converters of HNN (Zhao et al., Nat. Commun. 2022).
+
+``hnnx.A2S`` turns an ANN activation ``[N, ...]`` into a spike/time sequence
+``[T, N, ...]``; ``hnnx.S2A`` turns a spike sequence ``[T, N, ...]`` back into ANN
+values. Time is axis 0 (the original HUs put time last).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+
+from hnnx.errors import NodeError
+from hnnx.ops.arrays import FLOAT, INT64, FunctionBody, NumpyOps, OnnxOps
+from hnnx.ops.declare import (Attribute, NodeView, OpDeclaration, Port, TypeConstraint, _port_key, dims_of,
+                              tensor_type)
+
+GOLDEN = 0x9E3779B9
+"""Added to the seed before hashing, so seed 0 is not the hash's fixed point."""
+
+
+# ---------------------------------------------------------------------------- generator
+def mix32(xp: Any, z: Any) -> Any:
+    """The 32-bit integer hash ``lowbias32`` (uint32, wrapping)::
+
+        z ^= z >> 16;  z *= 0x7FEB352D;  z ^= z >> 15;  z *= 0x846CA68B;  z ^= z >> 16
+    """
+    z = xp.u32_xor(z, xp.u32_shr(z, 16))
+    z = xp.u32_mul(z, xp.u32(0x7FEB352D))
+    z = xp.u32_xor(z, xp.u32_shr(z, 15))
+    z = xp.u32_mul(z, xp.u32(0x846CA68B))
+    return xp.u32_xor(z, xp.u32_shr(z, 16))
+
+
+def uniform_field(xp: Any, seed: Any, steps: Any, elements: Any) -> Any:
+    """Counter-based uniforms ``u[t, i]`` in [0, 1), ``[T, M]`` float32.
+
+    ``seed``: uint32 scalar; ``steps``: ``0..T−1`` and ``elements``: ``0..M−1`` as uint32.
+    ``key = mix32(seed + 0x9E3779B9)``; ``r = mix32(mix32(key ^ t) ^ mix32(i))``;
+    ``u = (r >> 8) · 2^−24``.
+    """
+    key = mix32(xp, xp.u32_add(seed, xp.u32(GOLDEN)))
+    per_step = mix32(xp, xp.u32_xor(key, steps))
+    per_element = mix32(xp, elements)
+    r = mix32(xp, xp.u32_xor(xp.unsqueeze(per_step, 1), xp.unsqueeze(per_element, 0)))
+    return xp.u32_to_unit(r)
+
+
+def numpy_uniform_field(seed: int, steps: int, elements: int) -> np.ndarray:
+    """:func:`uniform_field` evaluated in numpy: ``[steps, elements]`` float32."""
+    xp = NumpyOps(False, {})
+    return uniform_field(xp, np.uint32(seed), np.arange(steps, dtype=np.uint32),
+                         np.arange(elements, dtype=np.uint32))
+
+
+# ---------------------------------------------------------------------------- A2S
+class A2S(OpDeclaration):
+    """ANN→SNN Hybrid Unit: ``x [N, ...]`` → ``y [T, N, ...]`` with ``T = steps``.
+
+    Coding (per sample n, element i, step t):
+
+    * ``direct``: ``y[t] = x`` (the same value every step);
+    * ``rate``: ``y[t, n, i] = 1 if u[t, i] < p[n, i] else 0``, a Bernoulli spike train with
+      probability ``p``. ``normalize = "minmax"``: ``p = (x − min) / (max − min)`` over the
+      elements of each sample (0 where a sample is constant); ``"clip"``: ``p = clip(x, 0, 1)``.
+      ``u[t, i]`` is a counter-based uniform in [0, 1) from ``seed``, step ``t`` and element
+      index ``i`` within a sample: ``key = mix32(seed + 0x9E3779B9)``,
+      ``u = (mix32(mix32(key ^ t) ^ mix32(i)) >> 8) · 2^−24`` with ``mix32`` the
+      lowbias32 hash (``z ^= z>>16; z *= 0x7FEB352D; z ^= z>>15; z *= 0x846CA68B; z ^= z>>16``,
+      uint32). Every executor draws the same numbers, and a sample's spikes do not depend
+      on its batch;
+    * ``learnable``: ``y[t] = weight[t]·x + bias[t]`` (inputs ``weight``/``bias`` of shape ``[T]``).
+
+    Then ``activation`` (``relu`` or none) and the precision ``converter``: ``identity``;
+    ``sign`` (−1/0/1); ``round`` (half to even, clamped to signed ``bits``-bit integers).
+    Training passes gradients straight through rate sampling, sign and round (inside the range).
+    """
+
+    name = "A2S"
+    inputs = (
+        Port("x", "ANN activation, [N, ...]"),
+        Port("weight", "learnable coding: per-step gain, [T]", optional=True),
+        Port("bias", "learnable coding: per-step offset, [T]", optional=True),
+    )
+    outputs = (Port("y", "coded sequence, [T, N, ...]"),)
+    type_constraints = (TypeConstraint("T", ("tensor(float)",), "float32"),)
+    attributes = (
+        Attribute("steps", int, None, "number of time steps T (≥ 1)", required=True),
+        Attribute("coding", str, "direct", "`direct`, `rate` or `learnable`", choices=("direct", "rate", "learnable")),
+        Attribute("normalize", str, "minmax", "rate coding: `minmax` (per sample) or `clip` to [0, 1]",
+                  choices=("minmax", "clip")),
+        Attribute("seed", int, 0, "rate coding: generator seed in [0, 2^32)"),
+        Attribute("activation", str, "none", "non-linearity after coding: `none` or `relu`",
+                  choices=("none", "relu")),
+        Attribute("converter", str, "identity", "precision converter: `identity`, `sign` or `round`",
+                  choices=("identity", "sign", "round")),
+        Attribute("bits", int, 8, "`round` converter: signed integer width (2–24)"),
+    )
+
+    @classmethod
+    def validate(cls, attrs: dict[str, Any], node: str) -> None:
+        if attrs["steps"] < 1:
+            raise NodeError(node, f"A2S attribute 'steps' must be ≥ 1, got {attrs['steps']}")
+        if not 0 <= attrs["seed"] < 2**32:
+            raise NodeError(node, f"A2S attribute 'seed' must lie in [0, 2^32), got {attrs['seed']}")
+        if not 2 <= attrs["bits"] <= 24:
+            raise NodeError(node, f"A2S attribute 'bits' must lie in [2, 24], got {attrs['bits']}")
+
+    @classmethod
+    def check_ports(cls, view: NodeView) -> None:
+        learnable = view.attrs["coding"] == "learnable"
+        if learnable and not view.has_input(1):
+            raise NodeError(view.name, "A2S with coding 'learnable' needs input 1 (weight, [T])")
+        if not learnable and (view.has_input(1) or view.has_input(2)):
+            raise NodeError(view.name, f"A2S with coding {view.attrs['coding']!r} takes no weight/bias inputs")
+
+    @classmethod
+    def structure(cls, view: NodeView) -> str:
+        a = view.attrs
+        parts = [a["coding"]]
+        if a["coding"] == "rate":
+            parts.append(a["normalize"])
+        if a["activation"] != "none":
+            parts.append(a["activation"])
+        if a["converter"] != "identity":
+            parts.append(a["converter"] + (str(a["bits"]) if a["converter"] == "round" else ""))
+        return "-".join(parts) + "-" + _port_key(view)
+
+    @classmethod
+    def infer_types(cls, view: NodeView, input_types: list[onnx.TypeProto | None]) -> list[onnx.TypeProto]:
+        x = input_types[0]
+        dims = dims_of(x)
+        return [tensor_type(x.tensor_type.elem_type, None if dims is None else [view.attrs["steps"], *dims])]
+
+    @classmethod
+    def reference(cls, view: NodeView, x: np.ndarray, weight: np.ndarray | None = None,
+                  bias: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+        _check_float(view, x)
+        return (_a2s_eager(view, NumpyOps(False, view.attrs), x, weight, bias, numpy_uniform_field),)
+
+    @classmethod
+    def torch_forward(cls, view: NodeView, x: Any, weight: Any = None, bias: Any = None) -> tuple[Any, ...]:
+        import torch
+
+        from hnnx.ops.torch_ops import TorchOps
+
+        def field(seed: int, steps: int, elements: int) -> Any:
+            return torch.from_numpy(numpy_uniform_field(seed, steps, elements)).to(x.device)
+
+        return (_a2s_eager(view, TorchOps(False, view.attrs, x.device), x, weight, bias, field),)
+
+    @classmethod
+    def build_body(cls, view: NodeView, body: FunctionBody) -> None:
+        top = body.top
+        xp = OnnxOps(top, integer=False)
+        x = body.input(0)
+        shape = top.op("Shape", x)
+        sample_shape = top.op("Slice", shape, body.literal_1d([1]), body.literal_1d([2**62]))
+        elements = top.op("ReduceProd", sample_shape, keepdims=1)
+        batch = top.op("Slice", shape, body.literal_1d([0]), body.literal_1d([1]))
+        flat = top.op("Reshape", x, top.op("Concat", batch, elements, axis=0))  # [N, M]
+        steps = top.op("Reshape", body.attr_value("steps", "value_int"), body.literal_1d([1]))
+        step_shape = top.op("Concat", steps, batch, elements, axis=0)
+
+        def field(_: Any) -> str:
+            seed = top.op("Cast", body.attr_value("seed", "value_int"), to=onnx.TensorProto.UINT32)
+            zero, one = body.literal(0, INT64), body.literal(1, INT64)
+
+            def counter(stop: str) -> str:
+                return top.op("Cast", top.op("Range", zero, top.op("Squeeze", stop), one),
+                              to=onnx.TensorProto.UINT32)
+
+            return uniform_field(xp, seed, counter(steps), counter(elements))
+
+        def expand(x1: str) -> str:
+            return top.op("Expand", x1, step_shape)
+
+        weight = body.input(1) if view.has_input(1) else None
+        bias = body.input(2) if view.has_input(2) else None
+        coded = _a2s_core(view, xp, flat, weight, bias, field, expand)
+        body.set_output(0, top.op("Reshape", coded, top.op("Concat", steps, shape, axis=0)))
+
+
+def _check_float(view: NodeView, x: Any) -> None:
+    if x.dtype != np.float32:
+        raise NodeError(view.name, f"{view.name}: input must be float32, got {x.dtype}")
+
+
+def _a2s_eager(view: NodeView, xp: Any, x: Any, weight: Any, bias: Any,
+               field: Callable[[int, int, int], Any]) -> Any:
+    """A2S in an eager namespace (numpy or torch): flatten samples, code, restore shape."""
+    steps = view.attrs["steps"]
+    batch, sample_shape = x.shape[0], tuple(x.shape[1:])
+    elements = math.prod(sample_shape)
+    flat = x.reshape(batch, elements)
+    coded = _a2s_core(view, xp, flat, weight, bias,
+                      lambda _: field(view.attrs["seed"], steps, elements),
+                      lambda x1: xp.expand_time(x1, steps))
+    return coded.reshape(steps, batch, *sample_shape)
+
+
+def _a2s_core(view: NodeView, xp: Any, flat: Any, weight: Any, bias: Any,
+              field: Callable[[Any], Any], expand: Callable[[Any], Any]) -> Any:
+    """The A2S equations on ``flat [N, M]`` → ``[T, N, M]`` (see the A2S docstring)."""
+    a = view.attrs
+    x1 = xp.unsqueeze(flat, 0)  # [1, N, M]
+    if a["coding"] == "direct":
+        y = expand(x1)
+    elif a["coding"] == "learnable":
+        y = xp.mul(xp.rows3(weight), x1)
+        if bias is not None:
+            y = xp.add(y, xp.rows3(bias))
+    else:
+        if a["normalize"] == "minmax":
+            low, high = xp.min_axis1(flat), xp.max_axis1(flat)
+            spread = xp.greater(high, low)
+            safe_range = xp.where(spread, xp.sub(high, low), xp.literal(1.0))
+            p = xp.where(spread, xp.div(xp.sub(flat, low), safe_range), xp.literal(0.0))
+        else:
+            p = xp.clamp(flat, 0, 1)
+        u = xp.unsqueeze(field(None), 1)  # [T, 1, M]
+        y = xp.bernoulli(xp.unsqueeze(p, 0), u)
+    if a["activation"] == "relu":
+        y = xp.relu(y)
+    if a["converter"] == "sign":
+        y = xp.sign(y)
+    elif a["converter"] == "round":
+        limit = 1 << (a["bits"] - 1)
+        y = xp.round_clamp(y, -limit, limit - 1)
+    return y
+
+
+# ---------------------------------------------------------------------------- S2A
+class S2A(OpDeclaration):
+    """SNN→ANN Hybrid Unit: spikes ``x [T, N, ...]`` → ``[T', N, ...]`` or ``[N, ...]``.
+
+    The T steps are cut into ``T / window`` consecutive windows (T must be divisible).
+    Inside each window j, with ``x_j[τ] = x[j·window + τ]`` and ``K = kernel`` (default
+    ``window``), ``s = stride`` (default ``K``), ``L = floor((window + 2·padding − K)/s) + 1``
+    outputs per window, output ``j·L + l`` is:
+
+    * ``rate``: ``Σ_{k<K} x_j[l·s + k] / K`` — the firing rate in a sliding window;
+      ``kernel = stride = window`` gives one rate per window;
+    * ``learnable``: ``Σ_{k<K} weight[j, k]·x_j[l·s + k − padding] + bias[j]`` (terms outside
+      the window are zero padding; a single weight/bias row is shared by every window);
+    * ``global``: the mean over all T steps, output ``[N, ...]`` (no window).
+
+    Then ``activation`` (``relu`` or none). Sums run in index order, so results are
+    bit-identical across executors for spike inputs.
+    """
+
+    name = "S2A"
+    inputs = (
+        Port("x", "spikes, [T, N, ...]"),
+        Port("weight", "learnable: kernels, [T / window, kernel] or [1, kernel]", optional=True),
+        Port("bias", "learnable: offsets, [T / window] or [1]", optional=True),
+    )
+    outputs = (Port("y", "[T / window · L, N, ...], or [N, ...] for `global`"),)
+    type_constraints = (TypeConstraint("T", ("tensor(float)",), "float32"),)
+    attributes = (
+        Attribute("mode", str, "rate", "`rate` (windowed), `global` (mean over all steps) or `learnable`",
+                  choices=("rate", "global", "learnable")),
+        Attribute("window", int, 1, "window length in steps; T must be a multiple"),
+        Attribute("kernel", int, 0, "averaging/convolution kernel in steps; 0 = window"),
+        Attribute("stride", int, 0, "kernel stride in steps; 0 = kernel"),
+        Attribute("padding", int, 0, "learnable: zero padding on both sides of each window"),
+        Attribute("activation", str, "none", "non-linearity: `none` or `relu`", choices=("none", "relu")),
+    )
+
+    @classmethod
+    def validate(cls, attrs: dict[str, Any], node: str) -> None:
+        if attrs["mode"] == "global":
+            return
+        window = attrs["window"]
+        kernel = attrs["kernel"] or window
+        stride = attrs["stride"] or kernel
+        if window < 1 or kernel < 1 or stride < 1 or attrs["padding"] < 0:
+            raise NodeError(node, f"S2A needs window, kernel, stride ≥ 1 and padding ≥ 0, got window={window} "
+                                  f"kernel={kernel} stride={stride} padding={attrs['padding']}")
+        if attrs["mode"] == "rate" and attrs["padding"]:
+            raise NodeError(node, "S2A padding applies to mode 'learnable' only")
+        if kernel > window + 2 * attrs["padding"]:
+            raise NodeError(node, f"S2A kernel {kernel} is longer than the (padded) window {window}")
+
+    @classmethod
+    def check_ports(cls, view: NodeView) -> None:
+        learnable = view.attrs["mode"] == "learnable"
+        if learnable and not view.has_input(1):
+            raise NodeError(view.name, "S2A mode 'learnable' needs input 1 (weight, [T / window, kernel])")
+        if not learnable and (view.has_input(1) or view.has_input(2)):
+            raise NodeError(view.name, f"S2A mode {view.attrs['mode']!r} takes no weight/bias inputs")
+
+    @classmethod
+    def geometry(cls, attrs: dict[str, Any]) -> tuple[int, int, int, int, int]:
+        """``(window, kernel, stride, padding, outputs per window L)``."""
+        window = attrs["window"]
+        kernel = attrs["kernel"] or window
+        stride = attrs["stride"] or kernel
+        padding = attrs["padding"]
+        return window, kernel, stride, padding, (window + 2 * padding - kernel) // stride + 1
+
+    @classmethod
+    def structure(cls, view: NodeView) -> str:
+        a = view.attrs
+        parts = [a["mode"]]
+        if a["mode"] != "global":
+            window, kernel, stride, padding, _ = cls.geometry(a)
+            parts.append(f"w{window}k{kernel}s{stride}p{padding}")
+        if a["activation"] != "none":
+            parts.append(a["activation"])
+        return "-".join(parts) + "-" + _port_key(view)
+
+    @classmethod
+    def infer_types(cls, view: NodeView, input_types: list[onnx.TypeProto | None]) -> list[onnx.TypeProto]:
+        x = input_types[0]
+        dims = dims_of(x)
+        if dims is None:
+            return [tensor_type(x.tensor_type.elem_type, None)]
+        if view.attrs["mode"] == "global":
+            return [tensor_type(x.tensor_type.elem_type, dims[1:])]
+        window, *_, per_window = cls.geometry(view.attrs)
+        steps = dims[0]
+        out_steps = steps // window * per_window if isinstance(steps, int) and steps % window == 0 else None
+        return [tensor_type(x.tensor_type.elem_type, [out_steps, *dims[1:]])]
+
+    @classmethod
+    def reference(cls, view: NodeView, x: np.ndarray, weight: np.ndarray | None = None,
+                  bias: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+        _check_float(view, x)
+        return (_s2a_eager(view, NumpyOps(False, view.attrs), x, weight, bias),)
+
+    @classmethod
+    def torch_forward(cls, view: NodeView, x: Any, weight: Any = None, bias: Any = None) -> tuple[Any, ...]:
+        from hnnx.ops.torch_ops import TorchOps
+
+        return (_s2a_eager(view, TorchOps(False, view.attrs, x.device), x, weight, bias),)
+
+    @classmethod
+    def build_body(cls, view: NodeView, body: FunctionBody) -> None:
+        top = body.top
+        xp = OnnxOps(top, integer=False)
+        x = body.input(0)
+        shape = top.op("Shape", x)
+        rest = top.op("Slice", shape, body.literal_1d([1]), body.literal_1d([2**62]))
+        if view.attrs["mode"] == "global":
+            steps = top.op("Cast", top.op("Slice", shape, body.literal_1d([0]), body.literal_1d([1])), to=FLOAT)
+            total = top.op("ReduceSum", x, body.literal_1d([0]), keepdims=0)
+            body.set_output(0, top.op("Div", total, top.op("Squeeze", steps)))
+            return
+        window = cls.geometry(view.attrs)[0]
+        elements = top.op("ReduceProd", rest, keepdims=1)
+        windows = top.op("Reshape", x, top.op("Concat", body.literal_1d([-1, window]), elements, axis=0))
+        weight = body.input(1) if view.has_input(1) else None
+        bias = body.input(2) if view.has_input(2) else None
+        pooled = _s2a_core(view, xp, windows, weight, bias)  # [num, L, M]
+        body.set_output(0, top.op("Reshape", pooled, top.op("Concat", body.literal_1d([-1]), rest, axis=0)))
+
+
+def _s2a_eager(view: NodeView, xp: Any, x: Any, weight: Any, bias: Any) -> Any:
+    """S2A in an eager namespace (numpy or torch)."""
+    steps, rest = x.shape[0], tuple(x.shape[1:])
+    if view.attrs["mode"] == "global":
+        if steps == 0:
+            raise NodeError(view.name, "S2A global rate of an empty sequence (T = 0)")
+        return xp.div(x.sum(0), xp.literal(float(steps)))
+    window = S2A.geometry(view.attrs)[0]
+    if steps % window or steps == 0:
+        raise NodeError(view.name, f"S2A needs T to be a positive multiple of window {window}, got T = {steps}")
+    windows = x.reshape(steps // window, window, math.prod(rest))
+    if weight is not None and weight.shape[0] not in (1, steps // window):
+        raise NodeError(view.name, f"S2A weight has {weight.shape[0]} rows, expected 1 or T / window = "
+                                   f"{steps // window}")
+    pooled = _s2a_core(view, xp, windows, weight, bias)
+    return pooled.reshape(-1, *rest)
+
+
+def _s2a_core(view: NodeView, xp: Any, windows: Any, weight: Any, bias: Any) -> Any:
+    """The windowed S2A equations on ``windows [num, window, M]`` → ``[num, L, M]``."""
+    window, kernel, stride, padding, per_window = S2A.geometry(view.attrs)
+    columns = []
+    for position in range(per_window):
+        start = position * stride
+        if view.attrs["mode"] == "rate":
+            total = xp.sum_axis1(xp.slice_axis1(windows, start, start + kernel), kernel)
+            column = xp.div(total, xp.literal(float(kernel)))
+        else:
+            column = None
+            for k in range(kernel):
+                index = start + k - padding
+                if 0 <= index < window:
+                    term = xp.mul(xp.column3(weight, k), xp.slice_axis1(windows, index, index + 1))
+                    column = term if column is None else xp.add(column, term)
+            if column is None:  # the kernel lies entirely in the padding
+                column = xp.mul(xp.slice_axis1(windows, 0, 1), xp.literal(0.0))
+            if bias is not None:
+                column = xp.add(column, xp.rows3(bias))
+        columns.append(column)
+    pooled = xp.concat_axis1(columns)
+    return xp.relu(pooled) if view.attrs["activation"] == "relu" else pooled
