@@ -123,17 +123,14 @@ def build_hybrid_model(weights: dict[str, np.ndarray], steps: int = STEPS) -> on
 def run_demo(out_dir: Path, epochs: int = 25, progress: bool = True) -> "tuple[Path, object]":
     """Train, save and simulate the demo network; returns the model path and the result."""
     import hnnx
+    from hnnx.model import write_atomic
+    from hnnx.runtime.simulate import npz_bytes
 
     out_dir.mkdir(parents=True, exist_ok=True)
     data = load_digits()
     weights = train_hybrid(data, epochs=epochs)
     model_path = hnnx.save(build_hybrid_model(weights), out_dir / "digits_hybrid.onnx")
     data_path = out_dir / "digits_test.npz"
-    from hnnx.model import write_atomic
-    import io
-
-    buffer = io.BytesIO()
-    np.savez(buffer, pixels=data.x_test, labels=data.y_test)
-    write_atomic(data_path, buffer.getvalue())
+    write_atomic(data_path, npz_bytes({"pixels": data.x_test, "labels": data.y_test}))
     result = hnnx.simulate(model_path, data_path, progress=progress)
     return model_path, result

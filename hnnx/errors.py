@@ -18,9 +18,15 @@ class ModelError(HnnxError):
 class NodeError(ModelError):
     """An ``hnnx`` node has invalid attributes, inputs or outputs."""
 
-    def __init__(self, node: str, message: str) -> None:
-        super().__init__(f"node {node!r}: {message}")
+    def __init__(self, node: str, message: str, source: str | None = None) -> None:
+        prefix = f"{source}: " if source else ""
+        super().__init__(f"{prefix}node {node!r}: {message}")
         self.node = node
+        self.detail = message
+
+    def at(self, source: str) -> "NodeError":
+        """The same error, naming the file or model it was found in."""
+        return NodeError(self.node, self.detail, source)
 
 
 class DataError(HnnxError):

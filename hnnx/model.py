@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 
 from hnnx import ops
-from hnnx.errors import HnnxError, ModelError
+from hnnx.errors import HnnxError, ModelError, NodeError
 
 PathLike = str | os.PathLike
 
@@ -32,8 +32,10 @@ def load(path: PathLike) -> onnx.ModelProto:
         raise ModelError(f"{path}: not an ONNX model (empty graph)")
     try:
         ops.attach_functions(model)
+    except NodeError as exc:
+        raise exc.at(str(path)) from None
     except HnnxError as exc:
-        raise type(exc)(f"{path}: {exc}") from None
+        raise ModelError(f"{path}: {exc}") from None
     check(model, source=str(path))
     return model
 
@@ -46,6 +48,8 @@ def check(model: onnx.ModelProto, source: str = "model") -> None:
         raise ModelError(f"{source}: invalid ONNX model: {_first_line(exc)}") from None
     except onnx.shape_inference.InferenceError as exc:
         raise ModelError(f"{source}: shape inference failed: {_first_line(exc)}") from None
+    except NodeError as exc:  # raised by an hnnx schema's shape inference
+        raise exc.at(source) from None
 
 
 def save(model: onnx.ModelProto, path: PathLike) -> Path:
@@ -64,16 +68,25 @@ def save(model: onnx.ModelProto, path: PathLike) -> Path:
 def write_atomic(path: PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file and rename."""
     path = Path(path)
-    if path.parent and not path.parent.exists():
+    if not path.parent.is_dir():
         raise HnnxError(f"{path}: directory {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    if path.is_dir():
+        raise HnnxError(f"{path}: is a directory")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the mode open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _first_line(exc: BaseException) -> str:

@@ -21,7 +21,7 @@ import onnx
 from onnx import helper
 
 from hnnx.errors import ModelError, NodeError
-from hnnx.ops.declare import DOMAIN, IR_VERSION, ONNX_OPSET, OPSET_VERSION, NodeView, OpDeclaration
+from hnnx.ops.declare import DOMAIN, IR_VERSION, MIN_ONNX_OPSET, ONNX_OPSET, OPSET_VERSION, NodeView, OpDeclaration
 from hnnx.ops.fire import Fire
 from hnnx.ops.hybrid import A2S, S2A
 from hnnx.ops.lif import LIF
@@ -93,21 +93,25 @@ def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     ``hnnx`` opset is imported, and the IR version is raised to what overloads need.
     Raises NodeError for an invalid hnnx node.
     """
+    imports = {op.domain: op for op in model.opset_import}
+    default = imports.get("") or imports.get("ai.onnx")
+    opset = default.version if default is not None else ONNX_OPSET
     functions: dict[tuple[str, str], onnx.FunctionProto] = {}
     for node in hnnx_nodes(model.graph):
+        if opset < MIN_ONNX_OPSET:
+            raise ModelError(f"hnnx nodes need ai.onnx opset ≥ {MIN_ONNX_OPSET}, the model imports {opset}; "
+                             f"convert it first (onnx.version_converter.convert_version)")
         decl = declaration(node.op_type)
         view = decl.view(node)
         node.overload = decl.structure(view)
         key = (node.op_type, node.overload)
         if key not in functions:
-            functions[key] = decl.function(view)
+            functions[key] = decl.function(view, opset)
     kept = [f for f in model.functions if f.domain != DOMAIN]
     del model.functions[:]
     model.functions.extend(kept + [functions[key] for key in sorted(functions)])
-    imports = {op.domain: op for op in model.opset_import}
     if functions and DOMAIN not in imports:
         model.opset_import.append(helper.make_opsetid(DOMAIN, OPSET_VERSION))
-    default = imports.get("") or imports.get("ai.onnx")
     if default is None:
         model.opset_import.append(helper.make_opsetid("", ONNX_OPSET))
     model.ir_version = max(model.ir_version, IR_VERSION)

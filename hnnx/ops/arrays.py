@@ -209,9 +209,10 @@ class FunctionBody:
     connects. Constants live in the top scope so subgraphs reference them from outside.
     """
 
-    def __init__(self, decl: type[OpDeclaration], view: NodeView) -> None:
+    def __init__(self, decl: type[OpDeclaration], view: NodeView, opset: int = ONNX_OPSET) -> None:
         self.decl = decl
         self.view = view
+        self.opset = opset
         self._count = 0
         self.top = Scope(self, "")
         self._constants: dict[tuple[Any, ...], str] = {}
@@ -279,8 +280,8 @@ class FunctionBody:
         for index, (value, elem_type) in enumerate(outputs):
             out_name = self.fresh(f"{name}_out{index}")
             scope.nodes.append(helper.make_node("Identity", [value], [out_name]))
-            out_infos.append(helper.make_tensor_value_info(out_name, elem_type, ["M"]))
-        in_infos = [helper.make_tensor_value_info(n, t, ["M"]) for n, (_, t) in zip(input_names, inputs)]
+            out_infos.append(helper.make_tensor_value_info(out_name, elem_type, [None]))
+        in_infos = [helper.make_tensor_value_info(n, t, [None]) for n, (_, t) in zip(input_names, inputs)]
         return helper.make_graph(scope.nodes, name, in_infos, out_infos)
 
     def to_function(self, overload: str) -> onnx.FunctionProto:
@@ -297,7 +298,7 @@ class FunctionBody:
             self.input_names,
             self.output_names,
             self.top.nodes,
-            [helper.make_opsetid("", ONNX_OPSET)],
+            [helper.make_opsetid("", self.opset)],
             attributes=no_default,
             attribute_protos=defaults,
             doc_string=self.decl.summary(),

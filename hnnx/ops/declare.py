@@ -30,7 +30,9 @@ DOMAIN = "hnnx"
 OPSET_VERSION = 1
 """The version of the ``hnnx`` opset."""
 ONNX_OPSET = 21
-"""The standard ONNX opset that function bodies are written in."""
+"""The standard ONNX opset hnnx writes new models in."""
+MIN_ONNX_OPSET = 18
+"""The oldest standard opset function bodies can be written in (axes-as-input reductions, bitwise ops)."""
 IR_VERSION = 10
 """ONNX IR version of models hnnx writes (function overloads need IR 10)."""
 
@@ -271,11 +273,12 @@ class OpDeclaration:
         return schema
 
     @classmethod
-    def function(cls, view: NodeView) -> onnx.FunctionProto:
-        """The model-local FunctionProto (overload ``structure(view)``) for ``view``."""
+    def function(cls, view: NodeView, opset: int = ONNX_OPSET) -> onnx.FunctionProto:
+        """The model-local FunctionProto (overload ``structure(view)``) for ``view``, in the
+        model's standard ``opset`` (≥ MIN_ONNX_OPSET)."""
         from hnnx.ops.arrays import FunctionBody
 
-        body = FunctionBody(cls, view)
+        body = FunctionBody(cls, view, opset)
         cls.build_body(view, body)
         return body.to_function(cls.structure(view))
 
@@ -294,7 +297,9 @@ def _node_from_context(cls: type[OpDeclaration], ctx: Any) -> onnx.NodeProto:
             attrs[attr.name] = helper.get_attribute_value(proto)
     inputs = [f"in{i}" if ctx.has_input(i) else "" for i in range(ctx.get_num_inputs())]
     outputs = [f"out{i}" for i in range(ctx.get_num_outputs())]
-    name = ctx.get_display_name() or cls.name
+    # The display name reads "node LIF[hnnx] (name)": keep the node's own name.
+    display = ctx.get_display_name() or ""
+    name = display[display.rfind("(") + 1:-1] if display.endswith(")") and "(" in display else cls.name
     return helper.make_node(cls.name, inputs, outputs, name=name, domain=DOMAIN, **attrs)
 
 

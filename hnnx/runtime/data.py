@@ -9,6 +9,7 @@ ordinary inputs, ``[T, N, ...]`` for time-major inputs (first dim named ``T``).
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -74,45 +75,47 @@ class Dataset:
         return out
 
 
-def read_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Arrays stored at ``path`` (.npz, .npy or a directory of them). ``.npy`` → key ``""``."""
+def read_arrays(path: str | os.PathLike) -> list[dict[str, np.ndarray]]:
+    """The arrays stored at ``path``, one dict per file (a directory: its .npz/.npy files
+    in name order). A ``.npy`` file gives the key ``""``."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".npz", ".npy"))
+        files = sorted(p for p in path.iterdir() if p.suffix in (".npz", ".npy") and p.is_file())
         if not files:
             raise DataError(f"{path}: directory holds no .npz or .npy file")
-        parts = [read_arrays(f) for f in files]
-        keys = set(parts[0])
+        parts = [read_arrays(f)[0] for f in files]
         for f, part in zip(files, parts):
-            if set(part) != keys:
-                raise DataError(f"{f}: holds arrays {sorted(part)}, but {files[0].name} holds {sorted(keys)}")
-        return {key: _concat_batches([p[key] for p in parts], key, path) for key in keys}
+            if set(part) != set(parts[0]):
+                raise DataError(f"{f}: holds arrays {sorted(part)}, but {files[0].name} holds {sorted(parts[0])}")
+        return parts
     if not path.is_file():
         raise DataError(f"{path}: no such data file")
     try:
-        if path.suffix == ".npy":
-            return {"": np.load(path, allow_pickle=False)}
-        with np.load(path, allow_pickle=False) as archive:
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                return {"": archive}
-            return {key: archive[key] for key in archive.files}
-    except (ValueError, OSError, EOFError) as exc:
-        raise DataError(f"{path}: not a readable .npz/.npy file ({exc})") from None
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            return [{"": loaded}]
+        with loaded as archive:
+            return [{key: archive[key] for key in archive.files}]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise DataError(f"{path}: not a readable .npz/.npy file ({type(exc).__name__}: {exc})") from None
 
 
-def _concat_batches(arrays: list[np.ndarray], key: str, path: Path) -> np.ndarray:
-    # Files in a directory split the samples; a time-major array cannot be told apart here,
-    # so arrays are joined on axis 0 unless the caller's model says otherwise (see load_dataset).
+def _joined(parts: list[dict[str, np.ndarray]], key: str, axis: int, source: str) -> np.ndarray:
+    """Array ``key`` of every file, concatenated on its sample axis."""
+    arrays = [np.asarray(part[key]) for part in parts]
+    if len(arrays) == 1:
+        return arrays[0]
     try:
-        return np.concatenate(arrays, axis=0)
-    except ValueError as exc:
-        raise DataError(f"{path}: arrays {key!r} of its files do not concatenate ({exc})") from None
+        return np.concatenate(arrays, axis=axis)
+    except (ValueError, np.exceptions.AxisError) as exc:
+        raise DataError(f"{source}: arrays {key!r} of its files do not join on the sample axis {axis} ({exc})"
+                        ) from None
 
 
 def load_dataset(
     data: str | os.PathLike | Mapping[str, np.ndarray],
     inputs: Sequence[TensorSpec],
-    labels: str | os.PathLike | np.ndarray | None = None,
+    labels: str | os.PathLike | Sequence[int] | np.ndarray | None = None,
 ) -> Dataset:
     """Read and validate a dataset for a model with graph inputs ``inputs``.
 
@@ -120,18 +123,20 @@ def load_dataset(
     data if present). Raises DataError naming the file and array at fault.
     """
     source = str(data) if not isinstance(data, Mapping) else "data"
-    raw = dict(data) if isinstance(data, Mapping) else read_arrays(data)
-    if "" in raw:  # a bare .npy
+    parts = [dict(data)] if isinstance(data, Mapping) else read_arrays(data)
+    if "" in parts[0]:  # bare .npy files
         if len(inputs) != 1:
             raise DataError(f"{source}: a .npy file feeds one input, but the model has {len(inputs)} "
                             f"({', '.join(s.name for s in inputs)}); use a .npz keyed by input name")
-        raw = {inputs[0].name: raw.pop("")}
+        parts = [{inputs[0].name: part.pop(""), **part} for part in parts]
+    keys = parts[0]
     arrays: dict[str, np.ndarray] = {}
     for spec in inputs:
-        if spec.name not in raw:
-            have = ", ".join(sorted(k for k in raw if k != LABELS_KEY)) or "nothing"
+        if spec.name not in keys:
+            have = ", ".join(sorted(k for k in keys if k != LABELS_KEY)) or "nothing"
             raise DataError(f"{source}: no array for model input {spec.name!r} (the file has: {have})")
-        arrays[spec.name] = _validated(raw[spec.name], spec, source)
+        arrays[spec.name] = _validated(_joined(parts, spec.name, spec.batch_axis, source), spec, source)
+    raw = {LABELS_KEY: _joined(parts, LABELS_KEY, 0, source)} if LABELS_KEY in keys else {}
     sizes = {spec.name: arrays[spec.name].shape[spec.batch_axis] for spec in inputs}
     if len(set(sizes.values())) > 1:
         raise DataError(f"{source}: inputs disagree on the number of samples: {sizes}")
@@ -144,6 +149,7 @@ def load_dataset(
 
 def _validated(array: np.ndarray, spec: TensorSpec, source: str) -> np.ndarray:
     where = f"{source}: array {spec.name!r}"
+    array = np.asarray(array)
     if array.dtype.kind not in "biuf":
         raise DataError(f"{where} has dtype {array.dtype}, not a number type")
     if spec.dims is not None:
@@ -169,19 +175,20 @@ def _validated(array: np.ndarray, spec: TensorSpec, source: str) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=spec.dtype)
 
 
-def _labels(labels: str | os.PathLike | np.ndarray | None, raw: dict[str, np.ndarray], source: str,
+def _labels(labels: str | os.PathLike | Sequence[int] | np.ndarray | None, raw: dict[str, np.ndarray], source: str,
             size: int) -> np.ndarray | None:
     if labels is None:
         if LABELS_KEY not in raw:
             return None
         array, where = raw[LABELS_KEY], f"{source}: array 'labels'"
-    elif isinstance(labels, np.ndarray):
-        array, where = labels, "labels"
+    elif not isinstance(labels, (str, os.PathLike)):
+        array, where = np.asarray(labels), "labels"
     else:
-        loaded = read_arrays(labels)
-        if len(loaded) != 1 and LABELS_KEY not in loaded:
+        files = read_arrays(labels)
+        if len(files[0]) != 1 and LABELS_KEY not in files[0]:
             raise DataError(f"{labels}: holds several arrays and none is named 'labels'")
-        array = loaded.get(LABELS_KEY, next(iter(loaded.values())))
+        key = LABELS_KEY if LABELS_KEY in files[0] else next(iter(files[0]))
+        array = _joined(files, key, 0, str(labels))
         where = f"{labels}"
     array = np.asarray(array)
     if array.ndim != 1 or array.shape[0] != size:

@@ -50,6 +50,7 @@ class Simulator:
             if name not in {o.name for o in self.outputs}:
                 model.graph.output.append(_value_info(name, types[name]))
             self.probes.append(spec_of(_value_info(name, types[name])))
+        self.batch_axes = _symbolic_batch_axes(model, self.inputs)
         self.spiking_layers = _add_rate_taps(model) if firing_rates else []
         options = ort.SessionOptions()
         options.log_severity_level = 3
@@ -99,6 +100,38 @@ def _add_rate_taps(model: onnx.ModelProto) -> list[SpikingLayer]:
         ])
         layers.append(SpikingLayer(label, spikes, total, count))
     return layers
+
+
+BATCH_DIM = "hnnx_batch"
+
+
+def _symbolic_batch_axes(model: onnx.ModelProto, inputs: Sequence[TensorSpec]) -> dict[str, int]:
+    """Which axis of each tensor holds the samples, by shape inference with a symbolic batch.
+
+    Every graph input gets the dim name ``hnnx_batch`` on its sample axis; tensors whose
+    inferred shape carries that name exactly once map to its position.
+    """
+    probe = _copy(model)
+    del probe.graph.value_info[:]
+    for vi in probe.graph.output:  # declared output shapes would mask the inferred ones
+        vi.type.tensor_type.ClearField("shape")
+    by_name = {spec.name: spec for spec in inputs}
+    for vi in probe.graph.input:
+        spec = by_name.get(vi.name)
+        dims = vi.type.tensor_type.shape.dim
+        if spec is not None and vi.type.tensor_type.HasField("shape") and spec.batch_axis < len(dims):
+            dims[spec.batch_axis].Clear()
+            dims[spec.batch_axis].dim_param = BATCH_DIM
+    try:
+        inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True)
+    except Exception:  # best effort: the observed batch sizes decide instead
+        return {}
+    axes = {}
+    for vi in [*inferred.graph.value_info, *inferred.graph.output]:
+        marked = [i for i, d in enumerate(vi.type.tensor_type.shape.dim) if d.dim_param == BATCH_DIM]
+        if len(marked) == 1:
+            axes[vi.name] = marked[0]
+    return axes
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:

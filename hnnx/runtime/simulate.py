@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 import time
+import zipfile
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -50,13 +52,19 @@ class SimulationResult:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write outputs and probes (keyed by tensor name) to an ``.npz`` file, atomically."""
-        import io
-
         from hnnx.model import write_atomic
 
-        buffer = io.BytesIO()
-        np.savez(buffer, **{**self.probes, **self.outputs})
-        write_atomic(path, buffer.getvalue())
+        write_atomic(path, npz_bytes({**self.probes, **self.outputs}))
+
+
+def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """An uncompressed ``.npz`` archive of ``arrays`` (any key, even ``file``)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+    return buffer.getvalue()
 
 
 def simulate(
@@ -86,11 +94,13 @@ def simulate(
     collected: dict[str, list[np.ndarray]] = {}
     spike_sums = {layer.name: [0.0, 0] for layer in simulator.spiking_layers}
     specs = {spec.name: spec for spec in [*simulator.outputs, *simulator.probes]}
+    batch_sizes: list[int] = []
     started = time.perf_counter()
     with tqdm(total=dataset.size, unit="sample", disable=not progress, leave=False) as bar:
         for start in range(0, dataset.size, batch_size):
             stop = min(start + batch_size, dataset.size)
             tensors, counts = simulator.run(dataset.batch(simulator.inputs, start, stop))
+            batch_sizes.append(stop - start)
             for name, value in tensors.items():
                 collected.setdefault(name, []).append(value)
             for name, (total, count) in counts.items():
@@ -98,7 +108,10 @@ def simulate(
                 spike_sums[name][1] += count
             bar.update(stop - start)
     seconds = time.perf_counter() - started
-    joined = {name: _join(parts, specs[name], dataset.size) for name, parts in collected.items()}
+    joined = {}
+    for name, parts in collected.items():
+        preferred = simulator.batch_axes.get(name, specs[name].batch_axis)
+        joined[name] = _join(name, parts, preferred, batch_sizes)
     output_names = [spec.name for spec in simulator.outputs]
     result = SimulationResult(
         outputs={name: joined[name] for name in output_names},
@@ -126,18 +139,20 @@ def accuracy(output: np.ndarray, labels: np.ndarray, spec: TensorSpec | None = N
     return float((predicted == labels).mean())
 
 
-def _join(parts: list[np.ndarray], spec: TensorSpec, samples: int) -> np.ndarray:
-    """Concatenate per-batch arrays on their batch axis.
+def _join(name: str, parts: list[np.ndarray], preferred: int, batch_sizes: list[int]) -> np.ndarray:
+    """Concatenate per-batch arrays on their sample axis.
 
-    The batch axis is the spec's (1 for a time-major first dim, else 0) when the batch
-    sizes add up to the sample count there; otherwise the first axis where they do.
+    The sample axis is ``preferred`` (from shape inference or a time-major dim name) when the
+    batch sizes fit it, else the first axis that fits them; a tensor that does not depend on
+    the batch (same shape in every batch, no axis fits) is returned from the first batch.
     """
     if parts[0].ndim == 0:
         return np.stack(parts)
-    if len(parts) == 1:
-        return parts[0]
-    candidates = [spec.batch_axis] + [a for a in range(parts[0].ndim) if a != spec.batch_axis]
-    for axis in candidates:
-        if axis < parts[0].ndim and sum(p.shape[axis] for p in parts) == samples:
-            return np.concatenate(parts, axis=axis)
-    raise HnnxError(f"tensor {spec.name!r}: no axis of its shape {list(parts[0].shape)} is the batch axis")
+    fits = [axis for axis in range(parts[0].ndim)
+            if all(part.shape[axis] == size for part, size in zip(parts, batch_sizes))]
+    if not fits:
+        if all(part.shape == parts[0].shape for part in parts):
+            return parts[0]
+        raise HnnxError(f"tensor {name!r}: no axis of its shape {list(parts[0].shape)} holds the samples")
+    axis = preferred if preferred in fits else fits[0]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)
