@@ -224,9 +224,38 @@ class OpDeclaration:
         raise NotImplementedError
 
     @classmethod
+    def output_shapes(cls, view: NodeView, shapes: list[list[Any] | None]) -> list[list[Any] | None]:
+        """Output shapes from input shapes (None = unknown rank; absent inputs are None).
+
+        Dims are ints, torch SymInts or :class:`UnknownDim`; write plain arithmetic on them
+        (no comparisons), so one function serves ONNX shape inference and torch export.
+        Default: every output shaped like input 0.
+        """
+        return [shapes[0]] * view.n_outputs
+
+    @classmethod
+    def check_types(cls, view: NodeView, elem_types: list[int | None]) -> None:
+        """Reject input element types (ONNX enums; None = absent) the node cannot take."""
+
+    @classmethod
+    def output_elem_types(cls, view: NodeView, elem_types: list[Any]) -> list[Any]:
+        """Output element types: a port with a fixed type gets it (via ``fixed``), a port typed
+        by the constraint gets input 0's type. Works for ONNX enums and torch dtypes alike."""
+        return [elem_types[0] if port.type == cls.inputs[0].type else port.type
+                for port in cls.outputs[: view.n_outputs]]
+
+    @classmethod
     def infer_types(cls, view: NodeView, input_types: list[onnx.TypeProto | None]) -> list[onnx.TypeProto]:
-        """Output types for shape inference. Default: every output like input 0."""
-        return [input_types[0]] * view.n_outputs
+        """ONNX output types, derived from :meth:`output_shapes` and the port types."""
+        elems = [t.tensor_type.elem_type if t is not None else None for t in input_types]
+        cls.check_types(view, elems)
+        shapes = [None if t is None else _to_symbolic(dims_of(t)) for t in input_types]
+        out_types = []
+        for elem, shape in zip(cls.output_elem_types(view, elems), cls.output_shapes(view, shapes)):
+            if isinstance(elem, str):
+                elem = _FIXED_ELEM_TYPES[elem]
+            out_types.append(tensor_type(elem, None if shape is None else [_from_symbolic(d) for d in shape]))
+        return out_types
 
     # ------------------------------------------------------------------ derived
     @classmethod
@@ -324,13 +353,32 @@ def dims_of(type_proto: onnx.TypeProto | None) -> list[Dim] | None:
             for d in type_proto.tensor_type.shape.dim]
 
 
-def broadcast_shape(a: list[Dim] | None, b: list[Dim] | None) -> list[Dim] | None:
-    """Numpy-style broadcast of two dim lists; unknown where it cannot be decided."""
-    if a is None or b is None:
+class UnknownDim:
+    """A dim of an ONNX shape in :meth:`OpDeclaration.output_shapes`: named or unknown.
+
+    Arithmetic on it gives an unknown dim; passed through unchanged it keeps its name.
+    """
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name
+
+    def _unknown(self, *_: Any) -> "UnknownDim":
+        return UnknownDim()
+
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _unknown
+    __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = _unknown
+
+
+_FIXED_ELEM_TYPES = {"tensor(int32)": onnx.TensorProto.INT32, "tensor(float)": onnx.TensorProto.FLOAT}
+
+
+def _to_symbolic(dims: list[Dim] | None) -> list[int | UnknownDim] | None:
+    if dims is None:
         return None
-    out: list[Dim] = []
-    for i in range(max(len(a), len(b))):
-        x = a[len(a) - 1 - i] if i < len(a) else 1
-        y = b[len(b) - 1 - i] if i < len(b) else 1
-        out.append(y if x == 1 else x if y == 1 or x == y else None)
-    return out[::-1]
+    return [d if isinstance(d, int) else UnknownDim(d) for d in dims]
+
+
+def _from_symbolic(dim: Any) -> Dim:
+    if isinstance(dim, UnknownDim):
+        return dim.name
+    return int(dim)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-import onnx
 
 from hnnx.ops.arrays import FunctionBody
-from hnnx.ops.declare import (Attribute, NodeView, OpDeclaration, Port, TypeConstraint, broadcast_shape,
-                               dims_of, tensor_type)
+from hnnx.ops.declare import Attribute, NodeView, OpDeclaration, Port, TypeConstraint
 from hnnx.ops.lif import SURROGATES
 
 
@@ -43,7 +43,12 @@ class Fire(OpDeclaration):
         body.set_output(0, body.top.op("CastLike", fired, body.input(0)))
 
     @classmethod
-    def infer_types(cls, view: NodeView, input_types: list[onnx.TypeProto | None]) -> list[onnx.TypeProto]:
-        v, threshold = input_types
-        shape = broadcast_shape(dims_of(v), dims_of(threshold))
-        return [tensor_type(v.tensor_type.elem_type, shape)]
+    def output_shapes(cls, view: NodeView, shapes: list[list[Any] | None]) -> list[list[Any] | None]:
+        v, threshold = shapes
+        if v is None or threshold is None:
+            return [None]
+        rank = max(len(v), len(threshold))
+        v = [1] * (rank - len(v)) + list(v)
+        threshold = [1] * (rank - len(threshold)) + list(threshold)
+        # A dim of 1 broadcasts; otherwise the dims agree (by ONNX/numpy rules) and v's is kept.
+        return [[t if isinstance(d, int) and d == 1 else d for d, t in zip(v, threshold)]]

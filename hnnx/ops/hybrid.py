@@ -15,8 +15,7 @@ import onnx
 
 from hnnx.errors import NodeError
 from hnnx.ops.arrays import FLOAT, INT64, FunctionBody, NumpyOps, OnnxOps
-from hnnx.ops.declare import (Attribute, NodeView, OpDeclaration, Port, TypeConstraint, _port_key, dims_of,
-                              tensor_type)
+from hnnx.ops.declare import Attribute, NodeView, OpDeclaration, Port, TypeConstraint, _port_key
 
 GOLDEN = 0x9E3779B9
 """Added to the seed before hashing, so seed 0 is not the hash's fixed point."""
@@ -130,10 +129,9 @@ class A2S(OpDeclaration):
         return "-".join(parts) + "-" + _port_key(view)
 
     @classmethod
-    def infer_types(cls, view: NodeView, input_types: list[onnx.TypeProto | None]) -> list[onnx.TypeProto]:
-        x = input_types[0]
-        dims = dims_of(x)
-        return [tensor_type(x.tensor_type.elem_type, None if dims is None else [view.attrs["steps"], *dims])]
+    def output_shapes(cls, view: NodeView, shapes: list[list[Any] | None]) -> list[list[Any] | None]:
+        x = shapes[0]
+        return [None if x is None else [view.attrs["steps"], *x]]
 
     @classmethod
     def reference(cls, view: NodeView, x: np.ndarray, weight: np.ndarray | None = None,
@@ -314,17 +312,14 @@ class S2A(OpDeclaration):
         return "-".join(parts) + "-" + _port_key(view)
 
     @classmethod
-    def infer_types(cls, view: NodeView, input_types: list[onnx.TypeProto | None]) -> list[onnx.TypeProto]:
-        x = input_types[0]
-        dims = dims_of(x)
-        if dims is None:
-            return [tensor_type(x.tensor_type.elem_type, None)]
+    def output_shapes(cls, view: NodeView, shapes: list[list[Any] | None]) -> list[list[Any] | None]:
+        x = shapes[0]
+        if x is None:
+            return [None]
         if view.attrs["mode"] == "global":
-            return [tensor_type(x.tensor_type.elem_type, dims[1:])]
+            return [list(x[1:])]
         window, *_, per_window = cls.geometry(view.attrs)
-        steps = dims[0]
-        out_steps = steps // window * per_window if isinstance(steps, int) and steps % window == 0 else None
-        return [tensor_type(x.tensor_type.elem_type, [out_steps, *dims[1:]])]
+        return [[x[0] // window * per_window, *x[1:]]]
 
     @classmethod
     def reference(cls, view: NodeView, x: np.ndarray, weight: np.ndarray | None = None,

@@ -11,8 +11,7 @@ import onnx
 
 from hnnx.errors import NodeError
 from hnnx.ops.arrays import FLOAT, INT32, FunctionBody, NumpyOps, OnnxOps, onnx_time_scan
-from hnnx.ops.declare import (Attribute, NodeView, OpDeclaration, Port, TypeConstraint, _port_key, dims_of,
-                               tensor_type)
+from hnnx.ops.declare import (Attribute, NodeView, OpDeclaration, Port, TypeConstraint, _port_key)
 
 EXACT_ATTRIBUTE_LIMIT = 2**24
 """Integer-mode constants travel in float32 attributes, exact up to this magnitude."""
@@ -137,18 +136,18 @@ class LIF(OpDeclaration):
         return "-".join(parts) + "-" + _port_key(view)
 
     @classmethod
-    def infer_types(cls, view: NodeView, input_types: list[onnx.TypeProto | None]) -> list[onnx.TypeProto]:
-        current = input_types[0]
-        elem = current.tensor_type.elem_type
+    def check_types(cls, view: NodeView, elem_types: list[int | None]) -> None:
         expected = INT32 if view.attrs["mode"] == "integer" else FLOAT
-        if elem != expected:
-            raise NodeError(view.name, f"LIF in {view.attrs['mode']} mode needs "
-                                       f"{onnx.TensorProto.DataType.Name(expected).lower()} current, "
-                                       f"got {onnx.TensorProto.DataType.Name(elem).lower()}")
-        dims = dims_of(current)
-        neuron_dims = dims[1:] if dims is not None else None
-        return [current, tensor_type(elem, neuron_dims), tensor_type(elem, neuron_dims),
-                tensor_type(INT32, neuron_dims)][: view.n_outputs]
+        if elem_types[0] not in (expected, None, 0):
+            name = onnx.TensorProto.DataType.Name
+            raise NodeError(view.name, f"LIF in {view.attrs['mode']} mode needs {name(expected).lower()} "
+                                       f"current, got {name(elem_types[0]).lower()}")
+
+    @classmethod
+    def output_shapes(cls, view: NodeView, shapes: list[list[Any] | None]) -> list[list[Any] | None]:
+        current = shapes[0]
+        neurons = None if current is None else list(current[1:])
+        return [current, neurons, neurons, neurons][: view.n_outputs]
 
     # ------------------------------------------------------------------ numerics
     @classmethod
