@@ -7,7 +7,6 @@ from typing import Sequence
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
@@ -95,8 +94,3 @@ def assert_same_array(actual: np.ndarray, expected: np.ndarray, what: str) -> No
     assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
     assert np.array_equal(actual, expected), f"{what}:\n{actual}\n!=\n{expected}"
-
-
-@pytest.fixture
-def rng() -> np.random.Generator:
-    return np.random.default_rng(20240611)

@@ -172,7 +172,9 @@ class NumpyOps:
         size = int(np.prod(neuron_shape, dtype=np.int64))
         if given is None:
             return np.full(size, fill, fill.dtype)
-        return np.broadcast_to(np.asarray(given, fill.dtype), neuron_shape).reshape(size).copy()
+        given = np.asarray(given, fill.dtype)
+        # Broadcast both ways, as ONNX Expand does; the element count must then match.
+        return np.broadcast_to(given, np.broadcast_shapes(given.shape, neuron_shape)).reshape(size).copy()
 
     def time_loop(self, step: StepFunction, states: list[Any], xs: list[np.ndarray]
                   ) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -283,6 +285,19 @@ class FunctionBody:
             out_infos.append(helper.make_tensor_value_info(out_name, elem_type, [None]))
         in_infos = [helper.make_tensor_value_info(n, t, [None]) for n, (_, t) in zip(input_names, inputs)]
         return helper.make_graph(scope.nodes, name, in_infos, out_infos)
+
+    def branch(self, name: str, build: Callable[[Scope], list[str]], types: Sequence[int],
+               ranks: Sequence[int]) -> onnx.GraphProto:
+        """Record an input-less subgraph (an ``If`` branch) whose outputs have the given
+        element types and ranks."""
+        scope = Scope(self, f"{name}_")
+        values = build(scope)
+        out_infos = []
+        for index, (value, elem_type, rank) in enumerate(zip(values, types, ranks)):
+            out_name = self.fresh(f"{name}_out{index}")
+            scope.nodes.append(helper.make_node("Identity", [value], [out_name]))
+            out_infos.append(helper.make_tensor_value_info(out_name, elem_type, [None] * rank))
+        return helper.make_graph(scope.nodes, name, [], out_infos)
 
     def to_function(self, overload: str) -> onnx.FunctionProto:
         missing = set(range(self.view.n_outputs)) - self._outputs_set
@@ -472,9 +487,24 @@ def onnx_time_scan(
         return [(s, t) for s, (_, t) in zip(new_states, states)] + list(zip(ys, y_types))
 
     graph = body.subgraph("step", [("state", t) for _, t in states] + [("x", t) for _, t in xs], build)
+    n_out = len(states) + len(y_types)
+    ranks = [1] * len(states) + [2] * len(y_types)
+    types = [t for _, t in states] + y_types
+
+    def run_scan(scope: Scope) -> list[str]:
+        outputs = scope.op("Scan", *[s for s, _ in states], *[x for x, _ in xs],
+                           n_out=n_out, body=graph, num_scan_inputs=len(xs))
+        return list(outputs) if isinstance(outputs, tuple) else [outputs]
+
+    def no_steps(scope: Scope) -> list[str]:
+        # onnxruntime's Scan rejects zero iterations: keep the states, return empty outputs.
+        return [scope.op("Identity", s) for s, _ in states] + [scope.op("Cast", xs[0][0], to=t) for t in y_types]
+
+    steps = body.top.op("Gather", body.top.op("Shape", xs[0][0]), body.literal(0, INT64), axis=0)
     outputs = body.top.op(
-        "Scan", *[s for s, _ in states], *[x for x, _ in xs],
-        n_out=len(states) + len(y_types), body=graph, num_scan_inputs=len(xs),
+        "If", body.top.op("Equal", steps, body.literal(0, INT64)), n_out=n_out,
+        then_branch=body.branch("no_steps", no_steps, types, ranks),
+        else_branch=body.branch("steps", run_scan, types, ranks),
     )
     outputs = list(outputs) if isinstance(outputs, tuple) else [outputs]
     return outputs[: len(states)], outputs[len(states):]

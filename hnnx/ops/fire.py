@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from hnnx.errors import NodeError
 from hnnx.ops.arrays import FunctionBody
 from hnnx.ops.declare import Attribute, NodeView, OpDeclaration, Port, TypeConstraint
 from hnnx.ops.lif import SURROGATES
@@ -32,6 +33,11 @@ class Fire(OpDeclaration):
                   choices=SURROGATES),
         Attribute("surrogate_width", float, 1.0, "width of the surrogate window (> 0)"),
     )
+
+    @classmethod
+    def validate(cls, attrs: dict[str, Any], node: str) -> None:
+        if attrs["surrogate_width"] <= 0:
+            raise NodeError(node, f"Fire attribute 'surrogate_width' must be > 0, got {attrs['surrogate_width']}")
 
     @classmethod
     def reference(cls, view: NodeView, v: np.ndarray, threshold: np.ndarray) -> tuple[np.ndarray, ...]:

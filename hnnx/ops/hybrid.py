@@ -159,7 +159,7 @@ class A2S(OpDeclaration):
         sample_shape = top.op("Slice", shape, body.literal_1d([1]), body.literal_1d([2**62]))
         elements = top.op("ReduceProd", sample_shape, keepdims=1)
         batch = top.op("Slice", shape, body.literal_1d([0]), body.literal_1d([1]))
-        flat = top.op("Reshape", x, top.op("Concat", batch, elements, axis=0))  # [N, M]
+        flat = top.op("Reshape", x, top.op("Concat", batch, elements, axis=0), allowzero=1)  # [N, M]
         steps = top.op("Reshape", body.attr_value("steps", "value_int"), body.literal_1d([1]))
         step_shape = top.op("Concat", steps, batch, elements, axis=0)
 
@@ -179,7 +179,7 @@ class A2S(OpDeclaration):
         weight = body.input(1) if view.has_input(1) else None
         bias = body.input(2) if view.has_input(2) else None
         coded = _a2s_core(view, xp, flat, weight, bias, field, expand)
-        body.set_output(0, top.op("Reshape", coded, top.op("Concat", steps, shape, axis=0)))
+        body.set_output(0, top.op("Reshape", coded, top.op("Concat", steps, shape, axis=0), allowzero=1))
 
 
 def _check_float(view: NodeView, x: Any) -> None:

@@ -43,8 +43,11 @@ class LIF(OpDeclaration):
        (integer: ``floor(round(256·theta_alpha)·θa / 256) + …``);
     7. refractory: ``r' = refractory`` if ``s`` else ``max(r − 1, 0)``.
 
-    The first step starts from ``v0`` (input) or ``v_init`` (attribute), un-leaked.
-    IF is LIF with ``alpha = 1, beta = 0``.
+    The first step starts from ``v0`` (input) or ``v_init`` (attribute), un-leaked (HNN
+    defaults ``v_init`` to ``v_reset``; hnnx takes it as given, 0 by default). Initial states
+    are admitted as the neuron holds them: in integer mode ``v0`` and ``theta0`` saturate to
+    the state range, and a negative ``refractory0`` counts as 0. IF is LIF with
+    ``alpha = 1, beta = 0``.
 
     ``mode = "integer"``: int32 tensors; the input current, every membrane stage and the
     adaptive threshold saturate to signed ``state_bits``-bit integers (28 as on TianjicX);
@@ -180,11 +183,12 @@ class LIF(OpDeclaration):
         neuron_shape = top.op("Slice", shape, body.literal_1d([1]), body.literal_1d([2**62]))
         size = top.op("ReduceProd", neuron_shape, keepdims=1)
         flat = top.op("Reshape", current, top.op("Concat", top.op("Slice", shape, body.literal_1d([0]),
-                                                                  body.literal_1d([1])), size, axis=0))
+                                                                  body.literal_1d([1])), size, axis=0),
+                      allowzero=1)
 
         def initial(index: int, fill: str) -> str:
             if view.has_input(index):
-                return top.op("Reshape", top.op("Expand", body.input(index), neuron_shape), size)
+                return top.op("Reshape", top.op("Expand", body.input(index), neuron_shape), size, allowzero=1)
             return top.op("Expand", fill, size)
 
         states = [(initial(1, xp.param("v_init")), elem)]
@@ -192,10 +196,12 @@ class LIF(OpDeclaration):
             states.append((initial(2, xp.literal(0)), elem))
         if flags.refr:
             states.append((initial(3, xp.literal_int(0)), INT32))
+        states = [(value, elem_type) for value, (_, elem_type) in
+                  zip(_admitted(xp, flags, [s for s, _ in states]), states)]
         finals, (spikes,) = onnx_time_scan(body, _step_for(flags), flags.integer, states, [(flat, elem)], [elem])
-        body.set_output(0, top.op("Reshape", spikes, shape))
+        body.set_output(0, top.op("Reshape", spikes, shape, allowzero=1))
         for index, final in enumerate(finals[: view.n_outputs - 1], 1):
-            body.set_output(index, top.op("Reshape", final, neuron_shape))
+            body.set_output(index, top.op("Reshape", final, neuron_shape, allowzero=1))
 
 
 def state_range(bits: int) -> tuple[int, int]:
@@ -212,12 +218,26 @@ def _run_eager(view: NodeView, xp: Any, current: Any, v0: Any, theta0: Any, refr
         states.append(xp.initial_state(theta0, xp.literal(0), neuron_shape))
     if flags.refr:
         states.append(xp.initial_state(refractory0, xp.literal_int(0), neuron_shape))
+    states = _admitted(xp, flags, states)
     steps = current.shape[0]
     flat = current.reshape(steps, math.prod(neuron_shape))
     finals, (spikes,) = xp.time_loop(_step_for(flags), states, [flat])
     outputs = [spikes.reshape(current.shape)] + [final.reshape(neuron_shape) for final in finals]
     # Outputs 2 and 3 are only requested when their state is carried (see _flags).
     return tuple(outputs[: view.n_outputs])
+
+
+def _admitted(xp: Any, flags: SimpleNamespace, states: list[Any]) -> list[Any]:
+    """Initial states as the neuron holds them: integer membrane and threshold saturated to
+    the state range, refractory counter at least 0."""
+    states = list(states)
+    if flags.integer:
+        lo, hi = state_range(flags.bits)
+        count = 2 if flags.adapt else 1
+        states[:count] = [xp.clamp(state, lo, hi) for state in states[:count]]
+    if flags.refr:
+        states[-1] = xp.maximum(states[-1], xp.literal_int(0))
+    return states
 
 
 def _flags(view: NodeView) -> SimpleNamespace:

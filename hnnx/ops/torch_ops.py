@@ -184,7 +184,8 @@ class TorchOps:
         size = math.prod(neuron_shape)
         if given is None:
             return fill.expand(size).clone()
-        return torch.broadcast_to(torch.as_tensor(given, dtype=fill.dtype), neuron_shape).reshape(size)
+        given = torch.as_tensor(given, dtype=fill.dtype)
+        return torch.broadcast_to(given, torch.broadcast_shapes(given.shape, neuron_shape)).reshape(size)
 
     def time_loop(self, step: Callable[..., Any], states: list[torch.Tensor], xs: Sequence[torch.Tensor]
                   ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
