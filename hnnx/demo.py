@@ -11,8 +11,6 @@ Network (time-major inside the spiking part, T steps, direct coding):
 
 from __future__ import annotations
 
-import importlib.resources
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,31 +18,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from hnnx import ops
+from hnnx.datasets import DigitsSplit, load_digits
 
 STEPS = 8
 LIF_ATTRIBUTES = {"threshold": 1.0, "alpha": 0.875, "reset_mode": "hard", "v_reset": 0.0, "surrogate": "atan"}
-
-
-@dataclass
-class DigitsSplit:
-    """The digits data, pixels scaled to [0, 1]: ``x`` [N, 64] float32, ``y`` [N] int64."""
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-
-
-def load_digits(test_fraction: float = 0.2, seed: int = 0) -> DigitsSplit:
-    """The bundled 8×8 digits (1,797 samples), shuffled with ``seed`` and split."""
-    with importlib.resources.files("hnnx.data").joinpath("digits.npz").open("rb") as handle:
-        archive = np.load(handle)
-        images, labels = archive["images"], archive["labels"]
-    x = (images.reshape(len(images), 64) / 16.0).astype(np.float32)
-    order = np.random.default_rng(seed).permutation(len(x))
-    cut = int(round(len(x) * (1 - test_fraction)))
-    train, test = order[:cut], order[cut:]
-    return DigitsSplit(x[train], labels[train], x[test], labels[test])
 
 
 def train_hybrid(data: DigitsSplit, epochs: int = 25, seed: int = 0, steps: int = STEPS) -> dict[str, np.ndarray]:

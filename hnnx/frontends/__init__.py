@@ -1,0 +1,4 @@
+"""Front ends that bring models from other frameworks into hnnx ONNX graphs.
+
+``hnnx.frontends.torch``: PyTorch modules for every hnnx op, and ``export``.
+"""

@@ -1,0 +1,240 @@
+"""PyTorch front end: modules for the hnnx ops that train in torch and export to ONNX.
+
+Each module runs its op's torch implementation (the declaration's ``torch_forward``:
+the op's own equations with surrogate gradients) in eager mode, and becomes one ``hnnx``
+node when exported with :func:`export` (``torch.onnx.export(..., dynamo=True)``). The
+exported file carries the function bodies, so onnxruntime runs it as is, and the hnnx
+nodes give the same outputs as the torch forward for the same inputs.
+
+    >>> import torch, hnnx.frontends.torch as hnn
+    >>> net = torch.nn.Sequential(hnn.TimeFold(torch.nn.Linear(64, 10)), hnn.LIF(threshold=1.0, alpha=0.9))
+    >>> model = hnn.export(net, (torch.rand(8, 4, 64),), "snn.onnx", time_major_inputs=[0])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from typing import Any, ClassVar, Iterator, Sequence
+
+import onnx
+import torch
+from torch import nn
+
+from hnnx import ops
+from hnnx.errors import HnnxError
+from hnnx.ops.declare import OpDeclaration
+
+NAME_KEY = "hnnx.name"
+_DTYPES = {"tensor(int32)": torch.int32, "tensor(float)": torch.float32}
+
+
+def call_op(decl: type[OpDeclaration], inputs: Sequence[torch.Tensor | None], attrs: dict[str, Any],
+            n_outputs: int = 1, name: str = "") -> tuple[torch.Tensor, ...]:
+    """Run hnnx op ``decl`` on tensors: eagerly with autograd, or as one ONNX node under export.
+
+    ``inputs`` follow the op's ports (None = absent optional input); ``attrs`` are its
+    attributes; ``name`` becomes the exported node's name.
+    """
+    given = list(inputs)
+    while given and given[-1] is None:
+        given.pop()
+    view = decl.view_for(attrs, [x is not None for x in given], n_outputs, name)
+    if not torch.onnx.is_in_onnx_export():
+        return decl.torch_forward(view, *given)
+    shapes = decl.output_shapes(view, [None if x is None else list(x.shape) for x in given])
+    dtypes = [_DTYPES.get(t, t) for t in decl.output_elem_types(view, [x.dtype if x is not None else None
+                                                                     for x in given])]
+    written = {key: value for key, value in view.attrs.items() if value is not None}
+    meta = {NAME_KEY: name} if name else None
+    symbol = f"{ops.DOMAIN}::{decl.name}"
+    if n_outputs == 1:
+        return (torch.onnx.ops.symbolic(symbol, given, written, dtype=dtypes[0], shape=shapes[0],
+                                        version=ops.OPSET_VERSION, metadata_props=meta),)
+    return tuple(torch.onnx.ops.symbolic_multi_out(symbol, given, written, dtypes=dtypes, shapes=shapes,
+                                                   version=ops.OPSET_VERSION, metadata_props=meta))
+
+
+class HnnxModule(nn.Module):
+    """Base of the op modules: holds validated attributes and the exported node's name."""
+
+    op: ClassVar[type[OpDeclaration]]
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__()
+        self.op.resolve(attrs, type(self).__name__)  # fail at construction, not at first forward
+        self.attrs = attrs
+        self.node_name = ""
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{key}={value!r}" for key, value in self.attrs.items())
+
+    def _call(self, inputs: Sequence[torch.Tensor | None], n_outputs: int = 1) -> tuple[torch.Tensor, ...]:
+        return call_op(self.op, inputs, self.attrs, n_outputs, self.node_name)
+
+
+class LIF(HnnxModule):
+    """A LIF layer over time axis 0: current ``[T, N, ...]`` → spikes ``[T, N, ...]``.
+
+    Keyword arguments are the attributes of ``hnnx.LIF`` (threshold, reset_mode, v_reset,
+    reset_decrement, v_init, alpha, beta, v_lower, refractory, theta_alpha, theta_beta,
+    theta_increment, mode, state_bits, surrogate, surrogate_width); see docs/ops.md.
+    ``outputs``: 1 returns the spikes; 2–4 return ``(spikes, v[, theta[, refractory]])``,
+    the final states ``[N, ...]``, for streaming across calls.
+    """
+
+    op = ops.LIF
+
+    def __init__(self, outputs: int = 1, **attrs: Any) -> None:
+        if not 1 <= outputs <= 4:
+            raise HnnxError(f"LIF outputs must be 1–4, got {outputs}")
+        super().__init__(**attrs)
+        self.outputs = outputs
+
+    def forward(self, current: torch.Tensor, v0: torch.Tensor | None = None, theta0: torch.Tensor | None = None,
+                refractory0: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        result = self._call([current, v0, theta0, refractory0], self.outputs)
+        return result[0] if self.outputs == 1 else result
+
+
+class IF(LIF):
+    """Integrate-and-fire: a :class:`LIF` without leak (``alpha = 1``, ``beta = 0``)."""
+
+    def __init__(self, outputs: int = 1, **attrs: Any) -> None:
+        for leak in ("alpha", "beta"):
+            if leak in attrs:
+                raise HnnxError(f"IF has no leak: drop {leak!r} or use LIF")
+        super().__init__(outputs=outputs, **attrs)
+
+
+class Fire(HnnxModule):
+    """Heaviside spikes ``1[v > threshold]`` with a surrogate gradient (``hnnx.Fire``)."""
+
+    op = ops.Fire
+
+    def forward(self, v: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+        return self._call([v, threshold])[0]
+
+
+class A2S(HnnxModule):
+    """ANN→SNN Hybrid Unit ``[N, ...]`` → ``[T, N, ...]`` (``hnnx.A2S``).
+
+    ``steps``: T; ``coding``: ``direct``, ``rate`` or ``learnable``. Learnable coding owns
+    ``weight`` ``[T]`` (initialised to 1) and ``bias`` ``[T]`` (0): it starts as direct coding.
+    Other keyword arguments are the op's attributes (normalize, seed, activation, converter, bits).
+    """
+
+    op = ops.A2S
+
+    def __init__(self, steps: int, coding: str = "direct", **attrs: Any) -> None:
+        super().__init__(steps=steps, coding=coding, **attrs)
+        if coding == "learnable":
+            self.weight = nn.Parameter(torch.ones(steps))
+            self.bias = nn.Parameter(torch.zeros(steps))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.attrs["coding"] == "learnable":
+            return self._call([x, self.weight, self.bias])[0]
+        return self._call([x])[0]
+
+
+class S2A(HnnxModule):
+    """SNN→ANN Hybrid Unit ``[T, N, ...]`` → ``[T', N, ...]`` or ``[N, ...]`` (``hnnx.S2A``).
+
+    ``mode``: ``rate`` (window, kernel, stride), ``global`` or ``learnable``. Learnable mode
+    needs ``num_windows`` (= T / window; 1 shares one kernel across windows) and owns
+    ``weight`` ``[num_windows, kernel]`` (initialised to 1/kernel: a rate) and ``bias``.
+    """
+
+    op = ops.S2A
+
+    def __init__(self, mode: str = "rate", num_windows: int | None = None, **attrs: Any) -> None:
+        super().__init__(mode=mode, **attrs)
+        if mode == "learnable":
+            if not num_windows or num_windows < 1:
+                raise HnnxError("S2A mode 'learnable' needs num_windows ≥ 1 (T / window, or 1 to share)")
+            kernel = ops.S2A.geometry(ops.S2A.resolve(self.attrs, "S2A"))[1]
+            self.weight = nn.Parameter(torch.full((num_windows, kernel), 1.0 / kernel))
+            self.bias = nn.Parameter(torch.zeros(num_windows))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.attrs["mode"] == "learnable":
+            return self._call([x, self.weight, self.bias])[0]
+        return self._call([x])[0]
+
+
+class TimeFold(nn.Module):
+    """Apply a stateless module to every time step at once: ``[T, N, ...]`` runs as ``[T·N, ...]``."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        steps, batch = x.shape[0], x.shape[1]
+        y = self.module(x.reshape(steps * batch, *x.shape[2:]))
+        return y.reshape(steps, batch, *y.shape[1:])
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's progress logs and warnings that concern torch, not the model."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def export(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: str | os.PathLike | None = None, *,
+           input_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None,
+           time_major_inputs: Sequence[int] = (), dynamic: bool = True) -> onnx.ModelProto:
+    """Export ``model`` to ONNX with one hnnx node per op module, functions attached.
+
+    ``example_inputs``: positional tensors for ``forward`` (use at least 2 samples and 2 steps
+    so those dims stay symbolic); ``time_major_inputs``: indices of inputs laid out
+    ``[T, N, ...]`` (their dims 0/1 are exported as ``T``/``N``; other inputs get ``N`` on
+    dim 0) when ``dynamic``. hnnx nodes are named by their module path. Writes ``path``
+    atomically when given; returns the model. The model is left in eval mode.
+    """
+    from torch.export import Dim
+
+    from hnnx.model import check, save
+
+    for module_path, module in model.named_modules():
+        if isinstance(module, HnnxModule):
+            module.node_name = module_path or type(module).__name__
+    dynamic_shapes = None
+    if dynamic:
+        time, batch = Dim("T"), Dim("N")
+        dynamic_shapes = tuple({0: time, 1: batch} if index in time_major_inputs else {0: batch}
+                               for index in range(len(example_inputs)))
+    try:
+        with _quiet_exporter():
+            program = torch.onnx.export(model.eval(), tuple(example_inputs), dynamo=True,
+                                        opset_version=ops.ONNX_OPSET,
+                                        input_names=list(input_names) if input_names else None,
+                                        output_names=list(output_names) if output_names else None,
+                                        dynamic_shapes=dynamic_shapes, verbose=False)
+    except Exception as exc:
+        raise HnnxError(f"torch.onnx.export failed: {str(exc).strip().splitlines()[0]}") from exc
+    proto = program.model_proto  # a new copy on each access: keep this one
+    for node in proto.graph.node:
+        meta = {prop.key: prop.value for prop in node.metadata_props}
+        if node.domain == ops.DOMAIN and meta.get(NAME_KEY):
+            node.name = meta[NAME_KEY]
+        del node.metadata_props[:]  # the exporter's stack traces
+    ops.attach_functions(proto)
+    if path is not None:
+        save(proto, path)
+    else:
+        check(proto, "exported model")
+    return proto
