@@ -114,18 +114,17 @@ def simulate(model: Path, data: Path, labels: Path | None, batch_size: int, prob
 @main.command()
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("hnnx-demo"), show_default=True,
               help="Directory for the model and the test data.")
-@click.option("--epochs", type=click.IntRange(min=1), default=25, show_default=True, help="Training epochs.")
 @_reports_errors
-def demo(out_dir: Path, epochs: int) -> None:
-    """Train a small hybrid ANN→SNN net on the bundled digits, save it as ONNX and simulate it."""
+def demo(out_dir: Path) -> None:
+    """Simulate the bundled hybrid ANN→SNN network on the digits test split."""
     from hnnx.demo import run_demo
 
-    click.echo("training a hybrid ANN→SNN network on the digits data (8×8 pixels, 10 classes)...")
-    model_path, result = run_demo(out_dir, epochs=epochs, progress=sys.stderr.isatty())
-    click.echo(f"saved {model_path} and {out_dir / 'digits_test.npz'}")
+    click.echo("hybrid network: ANN conv front → A2S rate coding (16 steps) → spiking MLP → firing-rate readout")
+    model_path, data_path, result = run_demo(out_dir, progress=sys.stderr.isatty())
+    click.echo(f"wrote {model_path} and {data_path}")
     click.echo(result.summary())
     click.echo(f"next: hnnx inspect {model_path}")
-    click.echo(f"      hnnx simulate {model_path} --input {out_dir / 'digits_test.npz'} --probe hidden_spikes")
+    click.echo(f"      hnnx simulate {model_path} --input {data_path} --probe hidden_lif.spikes")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The demo trains a real hybrid network on the bundled digits and simulates it in onnxruntime."""
+"""The bundled trained models reach their accuracy in onnxruntime, and `hnnx demo` runs one."""
 
 from __future__ import annotations
 
@@ -7,58 +7,66 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from click.testing import CliRunner
 
 import hnnx
-from hnnx import demo, ops
+from hnnx import models, ops
+from hnnx.cli import main
+from hnnx.datasets import load_digits
+from hnnx.demo import DEMO_MODEL, run_demo
 
-torch = pytest.importorskip("torch")
-
-
-@pytest.fixture(scope="module")
-def trained() -> tuple[demo.DigitsSplit, dict[str, np.ndarray]]:
-    data = demo.load_digits()
-    return data, demo.train_hybrid(data, epochs=8)
+EXPECTED_HNNX_OPS = {
+    "snn_mlp": {"A2S", "LIF", "S2A"},
+    "snn_conv": {"A2S", "LIF", "S2A"},
+    "hybrid_a2s": {"A2S", "LIF", "S2A"},
+    "hybrid_s2a": {"A2S", "LIF", "S2A"},
+}
 
 
 def test_digits_split_is_disjoint_and_complete() -> None:
-    data = demo.load_digits()
+    data = load_digits()
     assert data.x_train.shape[1] == 64 and data.x_train.dtype == np.float32
     assert len(data.x_train) + len(data.x_test) == 1797
     assert 0.0 <= data.x_train.min() and data.x_train.max() <= 1.0
     assert set(np.unique(data.y_test)) == set(range(10))
+    train_rows = {row.tobytes() for row in data.x_train}
+    # A few digits are duplicated in the data set itself; the split must not copy rows across.
+    assert sum(row.tobytes() in train_rows for row in data.x_test) < 10
 
 
-def test_demo_model_reaches_accuracy_in_onnxruntime(trained, tmp_path: Path) -> None:
-    data, weights = trained
-    path = hnnx.save(demo.build_hybrid_model(weights), tmp_path / "hybrid.onnx")
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
-    result = hnnx.simulate(path, {"pixels": data.x_test}, labels=data.y_test)
-    assert result.accuracy is not None and result.accuracy >= 0.9
-    assert 0.0 < result.firing_rates["hidden_lif"] < 1.0
+def test_every_bundled_model_is_listed() -> None:
+    assert models.available() == sorted(EXPECTED_HNNX_OPS)
+    with pytest.raises(hnnx.HnnxError, match="no bundled model"):
+        models.path("nope")
 
 
-def test_onnx_model_computes_what_torch_trained(trained) -> None:
-    """The exported graph and the torch training forward agree (same weights, same LIF)."""
-    data, weights = trained
-    model = demo.build_hybrid_model(weights)
-    result = hnnx.simulate(model, {"pixels": data.x_test}, probes=["hidden_current", "hidden_spikes"])
-    lif = ops.LIF.view_for(demo.LIF_ATTRIBUTES, [True], 1)
-    # The LIF itself is bit-exact given the same current.
-    (spikes,) = ops.LIF.torch_forward(lif, torch.from_numpy(result.probes["hidden_current"]))
-    assert np.array_equal(spikes.numpy(), result.probes["hidden_spikes"])
-    # End to end, matmul rounding may differ between torch and onnxruntime: compare decisions.
-    x = torch.from_numpy(data.x_test)
-    features = torch.relu(x @ torch.from_numpy(weights["feature.weight"]).T + torch.from_numpy(weights["feature.bias"]))
-    current = features @ torch.from_numpy(weights["hidden.weight"]).T + torch.from_numpy(weights["hidden.bias"])
-    (torch_spikes,) = ops.LIF.torch_forward(lif, current.unsqueeze(0).expand(demo.STEPS, *current.shape))
-    logits = (torch_spikes @ torch.from_numpy(weights["readout.weight"]).T
-              + torch.from_numpy(weights["readout.bias"])).mean(0)
-    agree = (logits.argmax(1).numpy() == result.outputs["logits"].argmax(1)).mean()
-    assert agree >= 0.99
+@pytest.mark.parametrize("name", sorted(EXPECTED_HNNX_OPS))
+def test_bundled_model_reaches_accuracy_on_the_test_split(name: str) -> None:
+    model = hnnx.load(models.path(name))
+    onnx.checker.check_model(model, full_check=True)
+    assert {node.op_type for node in ops.hnnx_nodes(model.graph)} == EXPECTED_HNNX_OPS[name]
+    data = load_digits()
+    pixels = data.x_test.reshape(-1, *models.input_layout(name))
+    result = hnnx.simulate(model, {"pixels": pixels}, labels=data.y_test, batch_size=100)
+    assert result.accuracy is not None and result.accuracy >= 0.95
+    for layer, rate in result.firing_rates.items():
+        assert 0.0 < rate < 1.0, layer
 
 
 def test_run_demo_writes_model_and_data(tmp_path: Path) -> None:
-    model_path, result = demo.run_demo(tmp_path / "out", epochs=1, progress=False)
-    assert model_path.is_file() and (tmp_path / "out" / "digits_test.npz").is_file()
-    assert result.samples == 359
+    model_path, data_path, result = run_demo(tmp_path / "out", progress=False)
+    assert model_path.read_bytes() == models.path(DEMO_MODEL).read_bytes()
+    assert set(np.load(data_path)) == {"pixels", "labels"}
+    assert result.samples == 359 and result.accuracy >= 0.95
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")], "temporary files left"
+
+
+def test_demo_command_and_inspect_list_the_hybrid_units(tmp_path: Path) -> None:
+    runner = CliRunner()
+    demo = runner.invoke(main, ["demo", "--out", str(tmp_path)])
+    assert demo.exit_code == 0, demo.output
+    assert "accuracy:" in demo.stdout and "hidden_lif" in demo.stdout
+    inspect = runner.invoke(main, ["inspect", str(tmp_path / f"digits_{DEMO_MODEL}.onnx")])
+    assert inspect.exit_code == 0, inspect.output
+    for expected in ("a2s  (A2S", "coding = rate", "hidden_lif  (LIF", "rate  (S2A", "mode = global"):
+        assert expected in inspect.stdout

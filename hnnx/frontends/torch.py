@@ -178,6 +178,27 @@ class TimeFold(nn.Module):
         return y.reshape(steps, batch, *y.shape[1:])
 
 
+def _name_hnnx_outputs(graph: onnx.GraphProto) -> None:
+    """Rename the tensors hnnx nodes produce to ``<node>.<port>`` (e.g. ``lif1.spikes``), so
+    they are easy to probe; graph outputs keep the names the user chose."""
+    keep = {output.name for output in graph.output}
+    renames: dict[str, str] = {}
+    for node in graph.node:
+        if node.domain != ops.DOMAIN or not node.name:
+            continue
+        ports = ops.declaration(node.op_type).outputs
+        for index, tensor in enumerate(node.output):
+            if tensor and tensor not in keep:
+                renames[tensor] = f"{node.name}.{ports[index].name}"
+    if not renames:
+        return
+    for node in graph.node:
+        node.input[:] = [renames.get(name, name) for name in node.input]
+        node.output[:] = [renames.get(name, name) for name in node.output]
+    for info in graph.value_info:
+        info.name = renames.get(info.name, info.name)
+
+
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
     """Silence the exporter's progress logs and warnings that concern torch, not the model."""
@@ -232,6 +253,7 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: str |
         if node.domain == ops.DOMAIN and meta.get(NAME_KEY):
             node.name = meta[NAME_KEY]
         del node.metadata_props[:]  # the exporter's stack traces
+    _name_hnnx_outputs(proto.graph)
     ops.attach_functions(proto)
     if path is not None:
         save(proto, path)
