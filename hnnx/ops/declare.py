@@ -245,7 +245,7 @@ class OpDeclaration:
                 for port in cls.outputs[: view.n_outputs]]
 
     @classmethod
-    def infer_types(cls, view: NodeView, input_types: list[onnx.TypeProto | None]) -> list[onnx.TypeProto]:
+    def infer_types(cls, view: NodeView, input_types: list[onnx.TypeProto | None]) -> list[onnx.TypeProto | None]:
         """ONNX output types, derived from :meth:`output_shapes` and the port types."""
         elems = [t.tensor_type.elem_type if t is not None else None for t in input_types]
         cls.check_types(view, elems)
@@ -254,6 +254,9 @@ class OpDeclaration:
         for elem, shape in zip(cls.output_elem_types(view, elems), cls.output_shapes(view, shapes)):
             if isinstance(elem, str):
                 elem = _FIXED_ELEM_TYPES[elem]
+            if not elem:  # input type unknown (yet): leave the output to later inference
+                out_types.append(None)
+                continue
             out_types.append(tensor_type(elem, None if shape is None else [_from_symbolic(d) for d in shape]))
         return out_types
 

@@ -343,7 +343,8 @@ class S2A(OpDeclaration):
         if view.attrs["mode"] == "global":
             steps = top.op("Cast", top.op("Slice", shape, body.literal_1d([0]), body.literal_1d([1])), to=FLOAT)
             total = top.op("ReduceSum", x, body.literal_1d([0]), keepdims=0)
-            body.set_output(0, top.op("Div", total, top.op("Squeeze", steps)))
+            rate = xp.div(total, top.op("Squeeze", steps))
+            body.set_output(0, xp.relu(rate) if view.attrs["activation"] == "relu" else rate)
             return
         window = cls.geometry(view.attrs)[0]
         elements = top.op("ReduceProd", rest, keepdims=1)
@@ -360,7 +361,8 @@ def _s2a_eager(view: NodeView, xp: Any, x: Any, weight: Any, bias: Any) -> Any:
     if view.attrs["mode"] == "global":
         if steps == 0:
             raise NodeError(view.name, "S2A global rate of an empty sequence (T = 0)")
-        return xp.div(x.sum(0), xp.literal(float(steps)))
+        rate = xp.div(x.sum(0), xp.literal(float(steps)))
+        return xp.relu(rate) if view.attrs["activation"] == "relu" else rate
     window = S2A.geometry(view.attrs)[0]
     if steps % window or steps == 0:
         raise NodeError(view.name, f"S2A needs T to be a positive multiple of window {window}, got T = {steps}")

@@ -1,0 +1,95 @@
+"""Folding inference-mode BatchNormalization into the preceding Conv, Gemm or MatMul."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+
+def fold_batchnorm(graph: gs.Graph) -> None:
+    """Fold ``BatchNormalization`` (eval statistics) into the layer that feeds it.
+
+    With ``γ' = scale / sqrt(var + ε)``: Conv ``W' = W·γ'`` per output channel and
+    ``b' = (b − mean)·γ' + B``; Gemm/MatMul (2-D, channels last) scale the output
+    columns the same way. A BN whose input has other consumers, non-constant
+    parameters, or another producer is left as it is. ``scale = 1, B = 0`` (a
+    non-affine BN as exported) folds the same way.
+    """
+    for bn in [node for node in graph.nodes if node.op == "BatchNormalization"]:
+        x = bn.inputs[0]
+        if len(x.inputs) != 1 or len(x.outputs) != 1 or x in graph.outputs or len(bn.outputs) != 1:
+            continue
+        params = bn.inputs[1:5]
+        if len(params) != 4 or not all(isinstance(p, gs.Constant) for p in params):
+            continue
+        scale, shift, mean, var = (p.values.astype(np.float64) for p in params)
+        gamma = scale / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
+        offset = shift - mean * gamma  # BN(y) = y·γ' + offset
+        layer = x.inputs[0]
+        fold = {"Conv": _fold_into_conv, "Gemm": _fold_into_gemm, "MatMul": _fold_into_matmul}.get(layer.op)
+        last = fold(graph, layer, gamma, offset) if fold is not None else None
+        if last is not None:  # the node that now computes BN's output
+            last.outputs = list(bn.outputs)
+            bn.outputs.clear()
+            bn.inputs.clear()
+
+
+def _fold_into_conv(graph: gs.Graph, conv: gs.Node, gamma: np.ndarray, offset: np.ndarray) -> gs.Node | None:
+    weight = conv.inputs[1]
+    if not isinstance(weight, gs.Constant) or weight.values.shape[0] != gamma.shape[0]:
+        return None
+    w = weight.values.astype(np.float64)
+    bias = conv.inputs[2].values.astype(np.float64) if len(conv.inputs) > 2 else np.zeros(w.shape[0])
+    if len(conv.inputs) > 2 and not isinstance(conv.inputs[2], gs.Constant):
+        return None
+    shape = (-1,) + (1,) * (w.ndim - 1)
+    conv.inputs[1] = gs.Constant(f"{weight.name}_bnfold", (w * gamma.reshape(shape)).astype(weight.values.dtype))
+    new_bias = (bias * gamma + offset).astype(weight.values.dtype)
+    bias_tensor = gs.Constant(f"{conv.name or weight.name}_bias_bnfold", new_bias)
+    if len(conv.inputs) > 2:
+        conv.inputs[2] = bias_tensor
+    else:
+        conv.inputs.append(bias_tensor)
+    return conv
+
+
+def _fold_into_gemm(graph: gs.Graph, gemm: gs.Node, gamma: np.ndarray, offset: np.ndarray) -> gs.Node | None:
+    weight = gemm.inputs[1]
+    if not isinstance(weight, gs.Constant) or gemm.attrs.get("transA", 0):
+        return None
+    w = weight.values.astype(np.float64)
+    trans_b = bool(gemm.attrs.get("transB", 0))
+    if (w.shape[0] if trans_b else w.shape[1]) != gamma.shape[0]:
+        return None
+    alpha, beta = float(gemm.attrs.get("alpha", 1.0)), float(gemm.attrs.get("beta", 1.0))
+    c = gemm.inputs[2] if len(gemm.inputs) > 2 else None
+    if c is not None and not isinstance(c, gs.Constant):
+        return None
+    bias = np.broadcast_to(c.values.astype(np.float64), gamma.shape) if c is not None else np.zeros(gamma.shape)
+    w = w * (gamma[:, None] if trans_b else gamma[None, :])
+    gemm.inputs[1] = gs.Constant(f"{weight.name}_bnfold", w.astype(weight.values.dtype))
+    new_bias = (beta * bias * gamma + offset).astype(weight.values.dtype)
+    bias_tensor = gs.Constant(f"{gemm.name or weight.name}_bias_bnfold", new_bias)
+    if c is not None:
+        gemm.inputs[2] = bias_tensor
+    else:
+        gemm.inputs.append(bias_tensor)
+    gemm.attrs["alpha"], gemm.attrs["beta"] = alpha, 1.0
+    return gemm
+
+
+def _fold_into_matmul(graph: gs.Graph, matmul: gs.Node, gamma: np.ndarray, offset: np.ndarray) -> gs.Node | None:
+    weight = matmul.inputs[1]
+    if not isinstance(weight, gs.Constant) or weight.values.ndim != 2 or weight.values.shape[1] != gamma.shape[0]:
+        return None
+    x = matmul.inputs[0]
+    if x.shape is None or len(x.shape) != 2:
+        return None  # BatchNormalization's channel axis is 1: only 2-D MatMul outputs have channels last
+    w = weight.values.astype(np.float64) * gamma[None, :]
+    matmul.inputs[1] = gs.Constant(f"{weight.name}_bnfold", w.astype(weight.values.dtype))
+    product = gs.Variable(f"{matmul.outputs[0].name}_scaled", dtype=matmul.outputs[0].dtype)
+    bias = gs.Constant(f"{matmul.name or weight.name}_bias_bnfold", offset.astype(weight.values.dtype))
+    add = gs.Node("Add", name=f"{matmul.name or weight.name}_bnfold_add", inputs=[product, bias])
+    matmul.outputs = [product]
+    graph.nodes.append(add)
+    return add

@@ -1,0 +1,177 @@
+"""Each pre-processing pass leaves the model computing the same function (checked in onnxruntime)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import hnnx
+from hnnx import ops, passes
+
+RNG = np.random.default_rng(11)
+
+
+def _model(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto],
+           initializers: dict[str, np.ndarray]) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs,
+                              initializer=[numpy_helper.from_array(v, k) for k, v in initializers.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ops.ONNX_OPSET)], ir_version=10)
+    return ops.attach_functions(model)
+
+
+def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def _op_types(model: onnx.ModelProto) -> list[str]:
+    return [node.op_type for node in model.graph.node]
+
+
+def _bn_params(prefix: str, channels: int, affine: bool = True) -> dict[str, np.ndarray]:
+    return {
+        f"{prefix}.scale": (RNG.uniform(0.5, 1.5, channels) if affine else np.ones(channels)).astype(np.float32),
+        f"{prefix}.bias": (RNG.normal(0, 0.3, channels) if affine else np.zeros(channels)).astype(np.float32),
+        f"{prefix}.mean": RNG.normal(0, 0.5, channels).astype(np.float32),
+        f"{prefix}.var": RNG.uniform(0.2, 2.0, channels).astype(np.float32),
+    }
+
+
+def _bn(prefix: str, x: str, y: str) -> onnx.NodeProto:
+    return helper.make_node("BatchNormalization", [x, f"{prefix}.scale", f"{prefix}.bias", f"{prefix}.mean",
+                                                   f"{prefix}.var"], [y], epsilon=1e-3)
+
+
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "non-affine"])
+@pytest.mark.parametrize("conv_bias", [True, False], ids=["bias", "no-bias"])
+def test_fold_batchnorm_into_conv(affine: bool, conv_bias: bool) -> None:
+    inits = {"w": RNG.normal(0, 0.5, (6, 3, 3, 3)).astype(np.float32), **_bn_params("bn", 6, affine)}
+    conv_inputs = ["x", "w"]
+    if conv_bias:
+        inits["b"] = RNG.normal(0, 0.1, 6).astype(np.float32)
+        conv_inputs.append("b")
+    model = _model([helper.make_node("Conv", conv_inputs, ["c"], pads=[1, 1, 1, 1]), _bn("bn", "c", "y"),
+                    helper.make_node("Relu", ["y"], ["z"])],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 5, 5])],
+                   [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 6, 5, 5])], inits)
+    folded = passes.run_passes(model, [passes.fold_batchnorm])
+    assert "BatchNormalization" not in _op_types(folded)
+    feeds = {"x": RNG.normal(0, 1, (4, 3, 5, 5)).astype(np.float32)}
+    np.testing.assert_allclose(_run(folded, feeds)[0], _run(model, feeds)[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_fold_batchnorm_into_gemm(trans_b: int) -> None:
+    w = RNG.normal(0, 0.5, (5, 8) if trans_b else (8, 5)).astype(np.float32)
+    inits = {"w": w, "c": RNG.normal(0, 0.1, 5).astype(np.float32), **_bn_params("bn", 5)}
+    model = _model([helper.make_node("Gemm", ["x", "w", "c"], ["g"], transB=trans_b, alpha=0.5, beta=2.0),
+                    _bn("bn", "g", "y")],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits)
+    folded = passes.run_passes(model, [passes.fold_batchnorm])
+    assert _op_types(folded) == ["Gemm"]
+    feeds = {"x": RNG.normal(0, 1, (6, 8)).astype(np.float32)}
+    np.testing.assert_allclose(_run(folded, feeds)[0], _run(model, feeds)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_fold_batchnorm_into_matmul() -> None:
+    inits = {"w": RNG.normal(0, 0.5, (8, 5)).astype(np.float32), **_bn_params("bn", 5)}
+    model = _model([helper.make_node("MatMul", ["x", "w"], ["m"]), _bn("bn", "m", "y")],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 8])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 5])], inits)
+    folded = passes.run_passes(model, [passes.infer_shapes, passes.fold_batchnorm])
+    assert _op_types(folded) == ["MatMul", "Add"]
+    feeds = {"x": RNG.normal(0, 1, (3, 8)).astype(np.float32)}
+    np.testing.assert_allclose(_run(folded, feeds)[0], _run(model, feeds)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_batchnorm_with_a_shared_input_is_not_folded() -> None:
+    inits = {"w": RNG.normal(0, 0.5, (4, 2, 1, 1)).astype(np.float32), **_bn_params("bn", 4)}
+    model = _model([helper.make_node("Conv", ["x", "w"], ["c"]), _bn("bn", "c", "y"),
+                    helper.make_node("Add", ["c", "y"], ["z"])],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3, 3])],
+                   [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 4, 3, 3])], inits)
+    folded = passes.run_passes(model, [passes.fold_batchnorm])
+    assert "BatchNormalization" in _op_types(folded)
+
+
+def test_remove_identities_keeps_output_names_and_function() -> None:
+    inits = {"ratio": np.array(0.5, np.float32)}
+    model = _model([helper.make_node("Identity", ["x"], ["a"]), helper.make_node("Relu", ["a"], ["b"]),
+                    helper.make_node("Dropout", ["b", "ratio"], ["c"]), helper.make_node("Neg", ["c"], ["d"]),
+                    helper.make_node("Identity", ["d"], ["y"])],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    cleaned = passes.run_passes(model, [passes.remove_identities])
+    assert _op_types(cleaned) == ["Relu", "Neg"]
+    assert [o.name for o in cleaned.graph.output] == ["y"]
+    feeds = {"x": RNG.normal(0, 1, (3, 4)).astype(np.float32)}
+    assert np.array_equal(_run(cleaned, feeds)[0], _run(model, feeds)[0])
+
+
+def test_identity_from_graph_input_to_output_stays() -> None:
+    model = _model([helper.make_node("Identity", ["x"], ["y"])],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])], {})
+    assert _op_types(passes.run_passes(model, [passes.remove_identities])) == ["Identity"]
+
+
+def test_fold_constants_precomputes_and_keeps_hnnx_nodes() -> None:
+    inits = {"a": np.full((4,), 2.0, np.float32), "b": np.arange(4, dtype=np.float32)}
+    nodes = [helper.make_node("Mul", ["a", "b"], ["ab"]), helper.make_node("Add", ["ab", "a"], ["k"]),
+             helper.make_node("Mul", ["x", "k"], ["current"]),
+             ops.make_node("LIF", ["current"], ["spikes"], name="lif", threshold=3.0)]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "N", 4])],
+                   [helper.make_tensor_value_info("spikes", TensorProto.FLOAT, ["T", "N", 4])], inits)
+    folded = passes.run_passes(model, [passes.fold_constants])
+    assert _op_types(folded) == ["Mul", "LIF"]
+    feeds = {"x": RNG.normal(0, 1, (5, 2, 4)).astype(np.float32)}
+    assert np.array_equal(_run(folded, feeds)[0], _run(model, feeds)[0])
+
+
+def test_fold_time_runs_conv_and_pool_per_frame() -> None:
+    weight = RNG.normal(0, 0.5, (4, 2, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             ops.make_node("LIF", ["c"], ["s"], name="lif", alpha=0.5),
+             helper.make_node("MaxPool", ["s"], ["y"], kernel_shape=[2, 2], strides=[2, 2], name="pool")]
+    time_major = ["T", "N", 2, 6, 6]
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, time_major)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", "N", 4, 3, 3])],
+                          initializer=[numpy_helper.from_array(weight, "w")]),
+        opset_imports=[helper.make_opsetid("", ops.ONNX_OPSET)], ir_version=10)
+    folded = passes.run_passes(model, [passes.infer_shapes, passes.fold_time])
+    x = RNG.normal(0, 1, (3, 2, 2, 6, 6)).astype(np.float32)
+    got = _run(folded, {"x": x})[0]
+    # Reference: the same conv on each frame separately, the LIF over time, the pool per frame.
+    frame_model = _model([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1])],
+                         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 6, 6])],
+                         [helper.make_tensor_value_info("c", TensorProto.FLOAT, ["N", 4, 6, 6])], {"w": weight})
+    current = np.stack([_run(frame_model, {"x": frame})[0] for frame in x])
+    (spikes,) = ops.run_reference(nodes[1], current)
+    expected = spikes.reshape(3, 2, 4, 3, 2, 3, 2).max(axis=(4, 6))
+    assert got.shape == (3, 2, 4, 3, 3)
+    assert np.array_equal(got, expected)
+
+
+def test_preprocess_keeps_bundled_models_equivalent() -> None:
+    from hnnx import models
+
+    for name in models.available():
+        model = hnnx.load(models.path(name))
+        processed = passes.preprocess(model)
+        onnx.checker.check_model(processed, full_check=True)
+        x = RNG.random((5, *models.input_layout(name))).astype(np.float32)
+        assert np.array_equal(_run(processed, {"pixels": x})[0], _run(model, {"pixels": x})[0]), name
+
+
+def test_a_failing_pass_is_reported_by_name() -> None:
+    def broken(graph: object) -> None:
+        raise ValueError("boom")
+
+    model = _model([helper.make_node("Relu", ["x"], ["y"])], [helper.make_tensor_value_info("x", 1, ["N"])],
+                   [helper.make_tensor_value_info("y", 1, ["N"])], {})
+    with pytest.raises(hnnx.HnnxError, match="pass broken failed: ValueError: boom"):
+        passes.run_passes(model, [broken])
