@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import hnnx
 from hnnx import ops
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,13 +32,14 @@ def test_every_declared_attribute_is_documented() -> None:
             assert f"| `{attr.name}` |" in reference, (decl.name, attr.name)
 
 
-def test_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_readme_python_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    code = re.search(r"## Python API\n\n```python\n(.*?)```", readme, re.S)
-    assert code is not None
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert len(blocks) >= 2
     monkeypatch.chdir(tmp_path)
-    namespace: dict[str, object] = {}
-    exec(compile(code.group(1), "README.md", "exec"), namespace)
-    assert (tmp_path / "lif.onnx").is_file()
-    rates = namespace["result"].firing_rates  # type: ignore[attr-defined]
-    assert 0.0 < rates["lif1"] < 1.0
+    for index, code in enumerate(blocks):
+        namespace: dict[str, object] = {}
+        exec(compile(code, f"README.md python block {index}", "exec"), namespace)
+    assert (tmp_path / "lif.onnx").is_file() and (tmp_path / "net.onnx").is_file()
+    exported = hnnx.load(tmp_path / "net.onnx")
+    assert [node.op_type for node in ops.hnnx_nodes(exported.graph)] == ["A2S", "LIF", "S2A"]
