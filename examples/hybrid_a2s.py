@@ -32,7 +32,7 @@ class HybridA2S(nn.Module):
         self.hidden_lif = hnn.LIF(threshold=1.0, alpha=0.875, surrogate="atan")
         self.out = hnn.TimeFold(nn.Linear(64, 10))
         self.out_lif = hnn.LIF(threshold=1.0, alpha=0.875, surrogate="atan")
-        self.rate = hnn.S2A(mode="global")
+        self.rate = hnn.S2A(decoding="global")
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         spikes = self.hidden_lif(self.hidden(self.a2s(self.ann(pixels))))

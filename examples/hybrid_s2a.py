@@ -26,7 +26,7 @@ class HybridS2A(nn.Module):
         self.encode = hnn.A2S(steps=STEPS, coding="direct")
         self.conv = hnn.TimeFold(nn.Conv2d(1, 16, 3, stride=2, padding=1))
         self.lif = hnn.LIF(threshold=1.0, alpha=0.875, surrogate="atan")
-        self.s2a = hnn.S2A(mode="rate", window=WINDOW)
+        self.s2a = hnn.S2A(decoding="rate", window=WINDOW)
         self.ann = nn.Sequential(nn.Linear(STEPS // WINDOW * 16 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:

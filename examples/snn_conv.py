@@ -28,7 +28,7 @@ class SpikingConvNet(nn.Module):
         self.conv2 = hnn.TimeFold(nn.Conv2d(8, 16, 3, stride=2, padding=1))
         self.lif2 = hnn.LIF(threshold=1.0, alpha=0.875, surrogate="atan")
         self.readout = hnn.TimeFold(nn.Sequential(nn.Flatten(), nn.Linear(16 * 4 * 4, 10)))
-        self.mean = hnn.S2A(mode="global")
+        self.mean = hnn.S2A(decoding="global")
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         spikes = self.lif1(self.conv1(self.encode(pixels)))

@@ -68,5 +68,5 @@ def test_demo_command_and_inspect_list_the_hybrid_units(tmp_path: Path) -> None:
     assert "accuracy:" in demo.stdout and "hidden_lif" in demo.stdout
     inspect = runner.invoke(main, ["inspect", str(tmp_path / f"digits_{DEMO_MODEL}.onnx")])
     assert inspect.exit_code == 0, inspect.output
-    for expected in ("a2s  (A2S", "coding = rate", "hidden_lif  (LIF", "rate  (S2A", "mode = global"):
+    for expected in ("a2s  (A2S", "coding = rate", "hidden_lif  (LIF", "rate  (S2A", "decoding = global"):
         assert expected in inspect.stdout

@@ -28,7 +28,7 @@ from hnnx.errors import HnnxError
 from hnnx.ops.declare import OpDeclaration
 
 NAME_KEY = "hnnx.name"
-_DTYPES = {"tensor(int32)": torch.int32, "tensor(float)": torch.float32}
+_DTYPES = {"tensor(int32)": torch.int32, "tensor(float)": torch.float32, "tensor(int8)": torch.int8}
 
 
 def call_op(decl: type[OpDeclaration], inputs: Sequence[torch.Tensor | None], attrs: dict[str, Any],
@@ -143,24 +143,24 @@ class A2S(HnnxModule):
 class S2A(HnnxModule):
     """SNN→ANN Hybrid Unit ``[T, N, ...]`` → ``[T', N, ...]`` or ``[N, ...]`` (``hnnx.S2A``).
 
-    ``mode``: ``rate`` (window, kernel, stride), ``global`` or ``learnable``. Learnable mode
+    ``decoding``: ``rate`` (window, kernel, stride), ``global`` or ``learnable``. Learnable decoding
     needs ``num_windows`` (= T / window; 1 shares one kernel across windows) and owns
     ``weight`` ``[num_windows, kernel]`` (initialised to 1/kernel: a rate) and ``bias``.
     """
 
     op = ops.S2A
 
-    def __init__(self, mode: str = "rate", num_windows: int | None = None, **attrs: Any) -> None:
-        super().__init__(mode=mode, **attrs)
-        if mode == "learnable":
+    def __init__(self, decoding: str = "rate", num_windows: int | None = None, **attrs: Any) -> None:
+        super().__init__(decoding=decoding, **attrs)
+        if decoding == "learnable":
             if not num_windows or num_windows < 1:
-                raise HnnxError("S2A mode 'learnable' needs num_windows ≥ 1 (T / window, or 1 to share)")
+                raise HnnxError("S2A decoding 'learnable' needs num_windows ≥ 1 (T / window, or 1 to share)")
             kernel = ops.S2A.geometry(ops.S2A.resolve(self.attrs, "S2A"))[1]
             self.weight = nn.Parameter(torch.full((num_windows, kernel), 1.0 / kernel))
             self.bias = nn.Parameter(torch.zeros(num_windows))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.attrs["mode"] == "learnable":
+        if self.attrs["decoding"] == "learnable":
             return self._call([x, self.weight, self.bias])[0]
         return self._call([x])[0]
 

@@ -25,14 +25,15 @@ from hnnx.ops.declare import DOMAIN, IR_VERSION, MIN_ONNX_OPSET, ONNX_OPSET, OPS
 from hnnx.ops.fire import Fire
 from hnnx.ops.hybrid import A2S, S2A
 from hnnx.ops.lif import LIF
+from hnnx.ops.quant import Requantize
 
 __all__ = [
     "DOMAIN", "OPSET_VERSION", "ONNX_OPSET", "IR_VERSION", "REGISTRY", "OpDeclaration",
-    "LIF", "Fire", "A2S", "S2A", "make_node", "attach_functions", "register_schemas", "reference_ops",
+    "LIF", "Fire", "A2S", "S2A", "Requantize", "make_node", "attach_functions", "register_schemas", "reference_ops",
     "run_reference", "declaration", "hnnx_nodes", "op_summary_markdown", "op_reference_markdown",
 ]
 
-REGISTRY: dict[str, type[OpDeclaration]] = {decl.name: decl for decl in (LIF, Fire, A2S, S2A)}
+REGISTRY: dict[str, type[OpDeclaration]] = {decl.name: decl for decl in (LIF, Fire, A2S, S2A, Requantize)}
 """Every hnnx op declaration by op type."""
 
 

@@ -99,7 +99,7 @@ class NumpyOps:
         return np.less(a, b)
 
     def relu(self, x: np.ndarray) -> np.ndarray:
-        return np.maximum(x, x.dtype.type(0))
+        return np.maximum(x, x.dtype.type(0))  # any numeric type
 
     def sign(self, x: np.ndarray) -> np.ndarray:
         return np.sign(x)
@@ -113,10 +113,11 @@ class NumpyOps:
         return np.less(u, p).astype(self.dtype)
 
     def min_axis1(self, x: np.ndarray) -> np.ndarray:
-        return x.min(axis=1, keepdims=True)
+        # An empty axis has no minimum; its (empty) rows never use it.
+        return x.min(axis=1, keepdims=True) if x.shape[1] else np.zeros((x.shape[0], 1), x.dtype)
 
     def max_axis1(self, x: np.ndarray) -> np.ndarray:
-        return x.max(axis=1, keepdims=True)
+        return x.max(axis=1, keepdims=True) if x.shape[1] else np.zeros((x.shape[0], 1), x.dtype)
 
     def sum_axis1(self, x: np.ndarray, width: int) -> np.ndarray:
         """Sum over axis 1 (of size ``width``), in index order, keeping the axis."""
@@ -165,6 +166,23 @@ class NumpyOps:
     def u32_to_unit(self, r: np.ndarray) -> np.ndarray:
         """The top 24 bits of ``r`` as a float32 in [0, 1)."""
         return np.right_shift(r, np.uint32(8)).astype(np.float32) * np.float32(2.0**-24)
+
+    def u32_top24(self, r: np.ndarray) -> np.ndarray:
+        """The top 24 bits of ``r`` as int64."""
+        return np.right_shift(r, np.uint32(8)).astype(np.int64)
+
+    # integer helpers (typed like their operands)
+    def to_int64(self, x: np.ndarray) -> np.ndarray:
+        return x.astype(np.int64)
+
+    def int64(self, value: int) -> np.ndarray:
+        return np.int64(value)
+
+    def cast_like(self, x: np.ndarray, like: np.ndarray) -> np.ndarray:
+        return x.astype(like.dtype)
+
+    def clamp_like(self, x: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        return self.clamp(x, lo, hi)
 
     # eager multi-step plumbing
     def initial_state(self, given: np.ndarray | None, fill: np.ndarray, neuron_shape: tuple[int, ...]) -> np.ndarray:
@@ -465,6 +483,24 @@ class OnnxOps:
     def u32_to_unit(self, r: str) -> str:
         top = self.scope.op("Cast", self.u32_shr(r, 8), to=FLOAT)
         return self.scope.op("Mul", top, self.body.literal(2.0**-24, FLOAT))
+
+    def u32_top24(self, r: str) -> str:
+        return self.scope.op("Cast", self.u32_shr(r, 8), to=INT64)
+
+    def to_int64(self, x: str) -> str:
+        return self.scope.op("Cast", x, to=INT64)
+
+    def int64(self, value: int) -> str:
+        return self.body.literal(value, INT64)
+
+    def cast_like(self, x: str, like: str) -> str:
+        return self.scope.op("CastLike", x, like)
+
+    def clamp_like(self, x: str, lo: int, hi: int) -> str:
+        """Clamp in the type of ``x`` (int8 or int32)."""
+        low, high = (self.scope.op("CastLike", self.body.literal(v, INT32), x) for v in (lo, hi))
+        # Max/Min, not Clip: onnxruntime's Relu+Clip fusion rejects int8 bounds.
+        return self.scope.op("Min", self.scope.op("Max", x, low), high)
 
 
 def onnx_time_scan(

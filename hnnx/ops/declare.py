@@ -372,7 +372,8 @@ class UnknownDim:
     __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = _unknown
 
 
-_FIXED_ELEM_TYPES = {"tensor(int32)": onnx.TensorProto.INT32, "tensor(float)": onnx.TensorProto.FLOAT}
+_FIXED_ELEM_TYPES = {"tensor(int32)": onnx.TensorProto.INT32, "tensor(float)": onnx.TensorProto.FLOAT,
+                     "tensor(int8)": onnx.TensorProto.INT8}
 
 
 def _to_symbolic(dims: list[Dim] | None) -> list[int | UnknownDim] | None:

@@ -44,6 +44,13 @@ class Fire(OpDeclaration):
         return (np.greater(v, threshold).astype(v.dtype),)
 
     @classmethod
+    def torch_forward(cls, view: NodeView, v: Any, threshold: Any) -> tuple[Any, ...]:
+        from hnnx.ops.torch_ops import TorchOps
+
+        xp = TorchOps(not v.dtype.is_floating_point, view.attrs, v.device)
+        return (xp.spike(v, threshold, xp.greater(v, threshold)),)
+
+    @classmethod
     def build_body(cls, view: NodeView, body: FunctionBody) -> None:
         fired = body.top.op("Greater", body.input(0), body.input(1))
         body.set_output(0, body.top.op("CastLike", fired, body.input(0)))

@@ -34,25 +34,28 @@ def mix32(xp: Any, z: Any) -> Any:
     return xp.u32_xor(z, xp.u32_shr(z, 16))
 
 
-def uniform_field(xp: Any, seed: Any, steps: Any, elements: Any) -> Any:
-    """Counter-based uniforms ``u[t, i]`` in [0, 1), ``[T, M]`` float32.
+def random_bits(xp: Any, seed: Any, steps: Any, elements: Any) -> Any:
+    """Counter-based random words ``r[t, i]``, ``[T, M]`` uint32.
 
     ``seed``: uint32 scalar; ``steps``: ``0..T−1`` and ``elements``: ``0..M−1`` as uint32.
-    ``key = mix32(seed + 0x9E3779B9)``; ``r = mix32(mix32(key ^ t) ^ mix32(i))``;
-    ``u = (r >> 8) · 2^−24``.
+    ``key = mix32(seed + 0x9E3779B9)``; ``r = mix32(mix32(key ^ t) ^ mix32(i))``. The
+    uniform of a draw is ``u = (r >> 8) · 2^−24`` in [0, 1).
     """
     key = mix32(xp, xp.u32_add(seed, xp.u32(GOLDEN)))
     per_step = mix32(xp, xp.u32_xor(key, steps))
     per_element = mix32(xp, elements)
-    r = mix32(xp, xp.u32_xor(xp.unsqueeze(per_step, 1), xp.unsqueeze(per_element, 0)))
-    return xp.u32_to_unit(r)
+    return mix32(xp, xp.u32_xor(xp.unsqueeze(per_step, 1), xp.unsqueeze(per_element, 0)))
+
+
+def numpy_random_bits(seed: int, steps: int, elements: int) -> np.ndarray:
+    """:func:`random_bits` evaluated in numpy: ``[steps, elements]`` uint32."""
+    xp = NumpyOps(False, {})
+    return random_bits(xp, np.uint32(seed), np.arange(steps, dtype=np.uint32), np.arange(elements, dtype=np.uint32))
 
 
 def numpy_uniform_field(seed: int, steps: int, elements: int) -> np.ndarray:
-    """:func:`uniform_field` evaluated in numpy: ``[steps, elements]`` float32."""
-    xp = NumpyOps(False, {})
-    return uniform_field(xp, np.uint32(seed), np.arange(steps, dtype=np.uint32),
-                         np.arange(elements, dtype=np.uint32))
+    """The uniforms ``u[t, i]`` in [0, 1) of :func:`random_bits`, ``[steps, elements]`` float32."""
+    return NumpyOps(False, {}).u32_to_unit(numpy_random_bits(seed, steps, elements))
 
 
 # ---------------------------------------------------------------------------- A2S
@@ -76,6 +79,11 @@ class A2S(OpDeclaration):
     Then ``activation`` (``relu`` or none) and the precision ``converter``: ``identity``;
     ``sign`` (−1/0/1); ``round`` (half to even, clamped to signed ``bits``-bit integers).
     Training passes gradients straight through rate sampling, sign and round (inside the range).
+
+    ``mode = "integer"`` (int8 or int32 in, the same type out; direct and rate coding,
+    ``normalize = "minmax"``): rate coding fires exactly when
+    ``(r >> 8)·(max − min) < (x − min)·2^24`` in int64, the integer form of ``u < p``, so a
+    quantized graph makes the same decision as the chip.
     """
 
     name = "A2S"
@@ -85,9 +93,11 @@ class A2S(OpDeclaration):
         Port("bias", "learnable coding: per-step offset, [T]", optional=True),
     )
     outputs = (Port("y", "coded sequence, [T, N, ...]"),)
-    type_constraints = (TypeConstraint("T", ("tensor(float)",), "float32"),)
+    type_constraints = (TypeConstraint("T", ("tensor(float)", "tensor(int8)", "tensor(int32)"),
+                                       "float32 in float mode, int8 or int32 in integer mode"),)
     attributes = (
         Attribute("steps", int, None, "number of time steps T (≥ 1)", required=True),
+        Attribute("mode", str, "float", "numeric mode: `float` or `integer`", choices=("float", "integer")),
         Attribute("coding", str, "direct", "`direct`, `rate` or `learnable`", choices=("direct", "rate", "learnable")),
         Attribute("normalize", str, "minmax", "rate coding: `minmax` (per sample) or `clip` to [0, 1]",
                   choices=("minmax", "clip")),
@@ -107,6 +117,14 @@ class A2S(OpDeclaration):
             raise NodeError(node, f"A2S attribute 'seed' must lie in [0, 2^32), got {attrs['seed']}")
         if not 2 <= attrs["bits"] <= 24:
             raise NodeError(node, f"A2S attribute 'bits' must lie in [2, 24], got {attrs['bits']}")
+        if attrs["mode"] == "integer" and (attrs["coding"] == "learnable" or
+                                           (attrs["coding"] == "rate" and attrs["normalize"] != "minmax")):
+            raise NodeError(node, "integer-mode A2S supports direct coding and rate coding with minmax "
+                                  "normalisation only")
+
+    @classmethod
+    def check_types(cls, view: NodeView, elem_types: list[int | None]) -> None:
+        _check_mode_type(view, elem_types[0])
 
     @classmethod
     def check_ports(cls, view: NodeView) -> None:
@@ -119,7 +137,7 @@ class A2S(OpDeclaration):
     @classmethod
     def structure(cls, view: NodeView) -> str:
         a = view.attrs
-        parts = [a["coding"]]
+        parts = (["int"] if a["mode"] == "integer" else []) + [a["coding"]]
         if a["coding"] == "rate":
             parts.append(a["normalize"])
         if a["activation"] != "none":
@@ -136,8 +154,9 @@ class A2S(OpDeclaration):
     @classmethod
     def reference(cls, view: NodeView, x: np.ndarray, weight: np.ndarray | None = None,
                   bias: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
-        _check_float(view, x)
-        return (_a2s_eager(view, NumpyOps(False, view.attrs), x, weight, bias, numpy_uniform_field),)
+        _check_array_type(view, x)
+        return (_a2s_eager(view, NumpyOps(view.attrs["mode"] == "integer", view.attrs), x, weight, bias,
+                           numpy_random_bits),)
 
     @classmethod
     def torch_forward(cls, view: NodeView, x: Any, weight: Any = None, bias: Any = None) -> tuple[Any, ...]:
@@ -145,15 +164,17 @@ class A2S(OpDeclaration):
 
         from hnnx.ops.torch_ops import TorchOps
 
+        _torch_float_only(view)
+
         def field(seed: int, steps: int, elements: int) -> Any:
-            return torch.from_numpy(numpy_uniform_field(seed, steps, elements)).to(x.device)
+            return torch.from_numpy(numpy_random_bits(seed, steps, elements).astype(np.int64)).to(x.device)
 
         return (_a2s_eager(view, TorchOps(False, view.attrs, x.device), x, weight, bias, field),)
 
     @classmethod
     def build_body(cls, view: NodeView, body: FunctionBody) -> None:
         top = body.top
-        xp = OnnxOps(top, integer=False)
+        xp = OnnxOps(top, integer=view.attrs["mode"] == "integer")
         x = body.input(0)
         shape = top.op("Shape", x)
         sample_shape = top.op("Slice", shape, body.literal_1d([1]), body.literal_1d([2**62]))
@@ -171,7 +192,7 @@ class A2S(OpDeclaration):
                 return top.op("Cast", top.op("Range", zero, top.op("Squeeze", stop), one),
                               to=onnx.TensorProto.UINT32)
 
-            return uniform_field(xp, seed, counter(steps), counter(elements))
+            return random_bits(xp, seed, counter(steps), counter(elements))
 
         def expand(x1: str) -> str:
             return top.op("Expand", x1, step_shape)
@@ -182,15 +203,37 @@ class A2S(OpDeclaration):
         body.set_output(0, top.op("Reshape", coded, top.op("Concat", steps, shape, axis=0), allowzero=1))
 
 
-def _check_float(view: NodeView, x: Any) -> None:
-    if x.dtype != np.float32:
-        raise NodeError(view.name, f"{view.name}: input must be float32, got {x.dtype}")
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT}
+_INTEGER_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.INT32}
+
+
+def _check_mode_type(view: NodeView, elem_type: int | None) -> None:
+    if not elem_type:
+        return
+    allowed = _INTEGER_TYPES if view.attrs["mode"] == "integer" else _FLOAT_TYPES
+    if elem_type not in allowed:
+        names = " or ".join(sorted(onnx.TensorProto.DataType.Name(t).lower() for t in allowed))
+        raise NodeError(view.name, f"{view.name.split('(')[0]} in {view.attrs['mode']} mode needs {names} input, "
+                                   f"got {onnx.TensorProto.DataType.Name(elem_type).lower()}")
+
+
+def _check_array_type(view: NodeView, x: Any) -> None:
+    _check_mode_type(view, onnx.helper.np_dtype_to_tensor_dtype(np.dtype(x.dtype)))
+
+
+def _torch_float_only(view: NodeView) -> None:
+    if view.attrs["mode"] != "float":
+        raise NodeError(view.name, "integer mode runs in ONNX and numpy; torch trains float graphs")
 
 
 def _a2s_eager(view: NodeView, xp: Any, x: Any, weight: Any, bias: Any,
                field: Callable[[int, int, int], Any]) -> Any:
     """A2S in an eager namespace (numpy or torch): flatten samples, code, restore shape."""
     steps = view.attrs["steps"]
+    for port, given in (("weight", weight), ("bias", bias)):
+        if given is not None and tuple(given.shape) != (steps,):
+            raise NodeError(view.name, f"A2S {port} must have shape [{steps}] (one per step), "
+                                       f"got {list(given.shape)}")
     batch, sample_shape = x.shape[0], tuple(x.shape[1:])
     elements = math.prod(sample_shape)
     flat = x.reshape(batch, elements)
@@ -211,6 +254,14 @@ def _a2s_core(view: NodeView, xp: Any, flat: Any, weight: Any, bias: Any,
         y = xp.mul(xp.rows3(weight), x1)
         if bias is not None:
             y = xp.add(y, xp.rows3(bias))
+    elif xp.integer:
+        # u < p with u = r24 / 2^24 and p = (x − min)/(max − min), cross-multiplied in int64.
+        wide = xp.to_int64(flat)
+        low, high = xp.min_axis1(wide), xp.max_axis1(wide)
+        scaled = xp.mul(xp.sub(wide, low), xp.int64(1 << 24))
+        draws = xp.unsqueeze(xp.u32_top24(field(None)), 1)  # [T, 1, M]
+        fired = xp.less(xp.mul(draws, xp.unsqueeze(xp.sub(high, low), 0)), xp.unsqueeze(scaled, 0))
+        y = xp.cast_like(fired, flat)
     else:
         if a["normalize"] == "minmax":
             low, high = xp.min_axis1(flat), xp.max_axis1(flat)
@@ -219,7 +270,7 @@ def _a2s_core(view: NodeView, xp: Any, flat: Any, weight: Any, bias: Any,
             p = xp.where(spread, xp.div(xp.sub(flat, low), safe_range), xp.literal(0.0))
         else:
             p = xp.clamp(flat, 0, 1)
-        u = xp.unsqueeze(field(None), 1)  # [T, 1, M]
+        u = xp.unsqueeze(xp.u32_to_unit(field(None)), 1)  # [T, 1, M]
         y = xp.bernoulli(xp.unsqueeze(p, 0), u)
     if a["activation"] == "relu":
         y = xp.relu(y)
@@ -227,7 +278,7 @@ def _a2s_core(view: NodeView, xp: Any, flat: Any, weight: Any, bias: Any,
         y = xp.sign(y)
     elif a["converter"] == "round":
         limit = 1 << (a["bits"] - 1)
-        y = xp.round_clamp(y, -limit, limit - 1)
+        y = xp.clamp_like(y, -limit, limit - 1) if xp.integer else xp.round_clamp(y, -limit, limit - 1)
     return y
 
 
@@ -248,6 +299,10 @@ class S2A(OpDeclaration):
 
     Then ``activation`` (``relu`` or none). Sums run in index order, so results are
     bit-identical across executors for spike inputs.
+
+    ``mode = "integer"`` (int32 spikes in, ``rate`` and ``global`` decoding): the outputs are
+    spike counts, the rates times ``K`` (or times T): integer graphs keep the scale ``1/K``
+    outside the tensor.
     """
 
     name = "S2A"
@@ -257,10 +312,13 @@ class S2A(OpDeclaration):
         Port("bias", "learnable: offsets, [T / window] or [1]", optional=True),
     )
     outputs = (Port("y", "[T / window · L, N, ...], or [N, ...] for `global`"),)
-    type_constraints = (TypeConstraint("T", ("tensor(float)",), "float32"),)
+    type_constraints = (TypeConstraint("T", ("tensor(float)", "tensor(int32)"),
+                                       "float32 in float mode, int32 in integer mode"),)
     attributes = (
-        Attribute("mode", str, "rate", "`rate` (windowed), `global` (mean over all steps) or `learnable`",
+        Attribute("decoding", str, "rate", "`rate` (windowed), `global` (mean over all steps) or `learnable`",
                   choices=("rate", "global", "learnable")),
+        Attribute("mode", str, "float", "numeric mode: `float` (rates) or `integer` (spike counts)",
+                  choices=("float", "integer")),
         Attribute("window", int, 1, "window length in steps; T must be a multiple"),
         Attribute("kernel", int, 0, "averaging/convolution kernel in steps; 0 = window"),
         Attribute("stride", int, 0, "kernel stride in steps; 0 = kernel"),
@@ -270,7 +328,9 @@ class S2A(OpDeclaration):
 
     @classmethod
     def validate(cls, attrs: dict[str, Any], node: str) -> None:
-        if attrs["mode"] == "global":
+        if attrs["mode"] == "integer" and attrs["decoding"] == "learnable":
+            raise NodeError(node, "integer-mode S2A supports rate and global decoding only")
+        if attrs["decoding"] == "global":
             return
         window = attrs["window"]
         kernel = attrs["kernel"] or window
@@ -278,16 +338,24 @@ class S2A(OpDeclaration):
         if window < 1 or kernel < 1 or stride < 1 or attrs["padding"] < 0:
             raise NodeError(node, f"S2A needs window, kernel, stride ≥ 1 and padding ≥ 0, got window={window} "
                                   f"kernel={kernel} stride={stride} padding={attrs['padding']}")
-        if attrs["mode"] == "rate" and attrs["padding"]:
+        if attrs["decoding"] == "rate" and attrs["padding"]:
             raise NodeError(node, "S2A padding applies to mode 'learnable' only")
         if kernel > window + 2 * attrs["padding"]:
             raise NodeError(node, f"S2A kernel {kernel} is longer than the (padded) window {window}")
 
     @classmethod
+    def check_types(cls, view: NodeView, elem_types: list[int | None]) -> None:
+        if view.attrs["mode"] == "integer":
+            if elem_types[0] and elem_types[0] != onnx.TensorProto.INT32:
+                raise NodeError(view.name, "S2A in integer mode needs int32 spikes")
+        else:
+            _check_mode_type(view, elem_types[0])
+
+    @classmethod
     def check_ports(cls, view: NodeView) -> None:
-        learnable = view.attrs["mode"] == "learnable"
+        learnable = view.attrs["decoding"] == "learnable"
         if learnable and not view.has_input(1):
-            raise NodeError(view.name, "S2A mode 'learnable' needs input 1 (weight, [T / window, kernel])")
+            raise NodeError(view.name, "S2A decoding 'learnable' needs input 1 (weight, [T / window, kernel])")
         if not learnable and (view.has_input(1) or view.has_input(2)):
             raise NodeError(view.name, f"S2A mode {view.attrs['mode']!r} takes no weight/bias inputs")
 
@@ -303,8 +371,8 @@ class S2A(OpDeclaration):
     @classmethod
     def structure(cls, view: NodeView) -> str:
         a = view.attrs
-        parts = [a["mode"]]
-        if a["mode"] != "global":
+        parts = (["int"] if a["mode"] == "integer" else []) + [a["decoding"]]
+        if a["decoding"] != "global":
             window, kernel, stride, padding, _ = cls.geometry(a)
             parts.append(f"w{window}k{kernel}s{stride}p{padding}")
         if a["activation"] != "none":
@@ -316,7 +384,7 @@ class S2A(OpDeclaration):
         x = shapes[0]
         if x is None:
             return [None]
-        if view.attrs["mode"] == "global":
+        if view.attrs["decoding"] == "global":
             return [list(x[1:])]
         window, *_, per_window = cls.geometry(view.attrs)
         return [[x[0] // window * per_window, *x[1:]]]
@@ -324,26 +392,30 @@ class S2A(OpDeclaration):
     @classmethod
     def reference(cls, view: NodeView, x: np.ndarray, weight: np.ndarray | None = None,
                   bias: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
-        _check_float(view, x)
-        return (_s2a_eager(view, NumpyOps(False, view.attrs), x, weight, bias),)
+        if view.attrs["mode"] == "integer" and x.dtype != np.int32:
+            raise NodeError(view.name, f"S2A in integer mode needs int32 spikes, got {x.dtype}")
+        if view.attrs["mode"] == "float":
+            _check_array_type(view, x)
+        return (_s2a_eager(view, NumpyOps(view.attrs["mode"] == "integer", view.attrs), x, weight, bias),)
 
     @classmethod
     def torch_forward(cls, view: NodeView, x: Any, weight: Any = None, bias: Any = None) -> tuple[Any, ...]:
         from hnnx.ops.torch_ops import TorchOps
 
+        _torch_float_only(view)
         return (_s2a_eager(view, TorchOps(False, view.attrs, x.device), x, weight, bias),)
 
     @classmethod
     def build_body(cls, view: NodeView, body: FunctionBody) -> None:
         top = body.top
-        xp = OnnxOps(top, integer=False)
+        xp = OnnxOps(top, integer=view.attrs["mode"] == "integer")
         x = body.input(0)
         shape = top.op("Shape", x)
         rest = top.op("Slice", shape, body.literal_1d([1]), body.literal_1d([2**62]))
-        if view.attrs["mode"] == "global":
+        if view.attrs["decoding"] == "global":
             steps = top.op("Cast", top.op("Slice", shape, body.literal_1d([0]), body.literal_1d([1])), to=FLOAT)
             total = top.op("ReduceSum", x, body.literal_1d([0]), keepdims=0)
-            rate = xp.div(total, top.op("Squeeze", steps))
+            rate = total if xp.integer else xp.div(total, top.op("Squeeze", steps))
             body.set_output(0, xp.relu(rate) if view.attrs["activation"] == "relu" else rate)
             return
         window = cls.geometry(view.attrs)[0]
@@ -358,18 +430,24 @@ class S2A(OpDeclaration):
 def _s2a_eager(view: NodeView, xp: Any, x: Any, weight: Any, bias: Any) -> Any:
     """S2A in an eager namespace (numpy or torch)."""
     steps, rest = x.shape[0], tuple(x.shape[1:])
-    if view.attrs["mode"] == "global":
+    if view.attrs["decoding"] == "global":
         if steps == 0:
             raise NodeError(view.name, "S2A global rate of an empty sequence (T = 0)")
-        rate = xp.div(x.sum(0), xp.literal(float(steps)))
+        total = x.sum(0, dtype=x.dtype) if xp.integer else x.sum(0)
+        rate = total if xp.integer else xp.div(total, xp.literal(float(steps)))
         return xp.relu(rate) if view.attrs["activation"] == "relu" else rate
     window = S2A.geometry(view.attrs)[0]
     if steps % window or steps == 0:
         raise NodeError(view.name, f"S2A needs T to be a positive multiple of window {window}, got T = {steps}")
     windows = x.reshape(steps // window, window, math.prod(rest))
-    if weight is not None and weight.shape[0] not in (1, steps // window):
-        raise NodeError(view.name, f"S2A weight has {weight.shape[0]} rows, expected 1 or T / window = "
-                                   f"{steps // window}")
+    kernel = S2A.geometry(view.attrs)[1]
+    windows_count = steps // window
+    if weight is not None and (weight.ndim != 2 or weight.shape[0] not in (1, windows_count)
+                               or weight.shape[1] != kernel):
+        raise NodeError(view.name, f"S2A weight must have shape [{windows_count} or 1, {kernel}] "
+                                   f"(rows: windows, columns: kernel), got {list(weight.shape)}")
+    if bias is not None and (bias.ndim != 1 or bias.shape[0] not in (1, windows_count)):
+        raise NodeError(view.name, f"S2A bias must have shape [{windows_count} or 1], got {list(bias.shape)}")
     pooled = _s2a_core(view, xp, windows, weight, bias)
     return pooled.reshape(-1, *rest)
 
@@ -380,9 +458,9 @@ def _s2a_core(view: NodeView, xp: Any, windows: Any, weight: Any, bias: Any) -> 
     columns = []
     for position in range(per_window):
         start = position * stride
-        if view.attrs["mode"] == "rate":
+        if view.attrs["decoding"] == "rate":
             total = xp.sum_axis1(xp.slice_axis1(windows, start, start + kernel), kernel)
-            column = xp.div(total, xp.literal(float(kernel)))
+            column = total if xp.integer else xp.div(total, xp.literal(float(kernel)))
         else:
             column = None
             for k in range(kernel):

@@ -148,10 +148,10 @@ class TorchOps:
         return StraightThrough.apply(p, (u < p).to(p.dtype), None)
 
     def min_axis1(self, x: torch.Tensor) -> torch.Tensor:
-        return x.amin(dim=1, keepdim=True)
+        return x.amin(dim=1, keepdim=True) if x.shape[1] else x.new_zeros((x.shape[0], 1))
 
     def max_axis1(self, x: torch.Tensor) -> torch.Tensor:
-        return x.amax(dim=1, keepdim=True)
+        return x.amax(dim=1, keepdim=True) if x.shape[1] else x.new_zeros((x.shape[0], 1))
 
     def sum_axis1(self, x: torch.Tensor, width: int) -> torch.Tensor:
         total = x[:, 0:1]
@@ -170,6 +170,10 @@ class TorchOps:
 
     def expand_time(self, x1: torch.Tensor, steps: int) -> torch.Tensor:
         return x1.expand(steps, *x1.shape[1:])
+
+    def u32_to_unit(self, r: torch.Tensor) -> torch.Tensor:
+        """The top 24 bits of 32-bit words (held in int64) as float32 in [0, 1)."""
+        return torch.bitwise_right_shift(r, 8).to(torch.float32) * (2.0**-24)
 
     def column3(self, w: torch.Tensor, k: int) -> torch.Tensor:
         return w[:, k:k + 1, None]
