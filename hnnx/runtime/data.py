@@ -8,6 +8,7 @@ ordinary inputs, ``[T, N, ...]`` for time-major inputs (first dim named ``T``).
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
 from dataclasses import dataclass
@@ -75,15 +76,20 @@ class Dataset:
         return out
 
 
-def read_arrays(path: str | os.PathLike) -> list[dict[str, np.ndarray]]:
+def read_arrays(path: str | os.PathLike, mmap: bool = False) -> list[dict[str, np.ndarray]]:
     """The arrays stored at ``path``, one dict per file (a directory: its .npz/.npy files
-    in name order). A ``.npy`` file gives the key ``""``."""
+    in name order). A ``.npy`` file gives the key ``""``.
+
+    ``mmap``: return read-only memory maps instead of loaded arrays where the file allows it
+    (``.npy`` files and uncompressed ``.npz`` members), so that readers which stream the data
+    in batches hold one batch in memory, not the whole file.
+    """
     path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in (".npz", ".npy") and p.is_file())
         if not files:
             raise DataError(f"{path}: directory holds no .npz or .npy file")
-        parts = [read_arrays(f)[0] for f in files]
+        parts = [read_arrays(f, mmap)[0] for f in files]
         for f, part in zip(files, parts):
             if set(part) != set(parts[0]):
                 raise DataError(f"{f}: holds arrays {sorted(part)}, but {files[0].name} holds {sorted(parts[0])}")
@@ -91,13 +97,49 @@ def read_arrays(path: str | os.PathLike) -> list[dict[str, np.ndarray]]:
     if not path.is_file():
         raise DataError(f"{path}: no such data file")
     try:
-        loaded = np.load(path, allow_pickle=False)
+        loaded = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
         if isinstance(loaded, np.ndarray):
             return [{"": loaded}]
         with loaded as archive:
+            if mmap:
+                return [_mapped_members(path, archive)]
             return [{key: archive[key] for key in archive.files}]
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
         raise DataError(f"{path}: not a readable .npz/.npy file ({type(exc).__name__}: {exc})") from None
+
+
+_ZIP_LOCAL_HEADER = 30  # bytes before a member's file name; name and extra-field lengths at 26..29
+
+
+def _mapped_members(path: Path, archive: "np.lib.npyio.NpzFile") -> dict[str, np.ndarray]:
+    """Every array of an open ``.npz`` archive: memory-mapped if stored uncompressed, else loaded."""
+    arrays = {}
+    members = {info.filename: info for info in archive.zip.infolist()}
+    with open(path, "rb") as raw:
+        for key in archive.files:
+            info = members.get(f"{key}.npy")
+            mapped = _map_member(path, raw, info) if info is not None else None
+            arrays[key] = mapped if mapped is not None else archive[key]
+    return arrays
+
+
+def _map_member(path: Path, raw, info: zipfile.ZipInfo) -> np.ndarray | None:
+    """A read-only memory map of one stored ``.npy`` member, or None if it cannot be mapped."""
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:  # compressed or encrypted
+        return None
+    raw.seek(info.header_offset + 26)
+    name_length, extra_length = np.frombuffer(raw.read(4), "<u2")
+    raw.seek(info.header_offset + _ZIP_LOCAL_HEADER + int(name_length) + int(extra_length))
+    version = np.lib.format.read_magic(raw)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(raw)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(raw)
+    else:
+        return None
+    if dtype.hasobject or math.prod(shape) == 0:  # object arrays are refused by the loader; empty: nothing to map
+        return None
+    return np.memmap(path, dtype=dtype, mode="r", offset=raw.tell(), shape=shape, order="F" if fortran else "C")
 
 
 def _joined(parts: list[dict[str, np.ndarray]], key: str, axis: int, source: str) -> np.ndarray:
@@ -112,6 +154,41 @@ def _joined(parts: list[dict[str, np.ndarray]], key: str, axis: int, source: str
                         ) from None
 
 
+def input_parts(
+    data: str | os.PathLike | Mapping[str, np.ndarray],
+    inputs: Sequence[TensorSpec],
+    mmap: bool = False,
+) -> tuple[str, list[dict[str, np.ndarray]]]:
+    """``(source label, arrays of each file)`` of a dataset path or dict, keyed by input name.
+
+    A bare ``.npy`` array is keyed by the one input's name; DataError if an input has no
+    array. Arrays are neither joined nor validated (see :func:`validate_array`); ``mmap``
+    as in :func:`read_arrays`.
+    """
+    source = str(data) if not isinstance(data, Mapping) else "data"
+    parts = [dict(data)] if isinstance(data, Mapping) else read_arrays(data, mmap)
+    if "" in parts[0]:  # bare .npy files
+        if len(inputs) != 1:
+            raise DataError(f"{source}: a .npy file feeds one input, but the model has {len(inputs)} "
+                            f"({', '.join(s.name for s in inputs)}); use a .npz keyed by input name")
+        parts = [{inputs[0].name: part.pop(""), **part} for part in parts]
+    for spec in inputs:
+        if spec.name not in parts[0]:
+            have = ", ".join(sorted(k for k in parts[0] if k != LABELS_KEY)) or "nothing"
+            raise DataError(f"{source}: no array for model input {spec.name!r} (the file has: {have})")
+    return source, parts
+
+
+def validate_array(array: np.ndarray, spec: TensorSpec, source: str) -> np.ndarray:
+    """``array`` checked against input ``spec`` and cast to its dtype (contiguous).
+
+    DataError naming ``source`` and the array on a non-number dtype, a rank or fixed dim that
+    differs from the model's (the sample axis may have any size), NaN/inf values, or values
+    an integer input cannot hold.
+    """
+    return _validated(array, spec, source)
+
+
 def load_dataset(
     data: str | os.PathLike | Mapping[str, np.ndarray],
     inputs: Sequence[TensorSpec],
@@ -122,19 +199,10 @@ def load_dataset(
     ``labels``: an array, a ``.npy`` file, or None (use the ``labels`` array of the
     data if present). Raises DataError naming the file and array at fault.
     """
-    source = str(data) if not isinstance(data, Mapping) else "data"
-    parts = [dict(data)] if isinstance(data, Mapping) else read_arrays(data)
-    if "" in parts[0]:  # bare .npy files
-        if len(inputs) != 1:
-            raise DataError(f"{source}: a .npy file feeds one input, but the model has {len(inputs)} "
-                            f"({', '.join(s.name for s in inputs)}); use a .npz keyed by input name")
-        parts = [{inputs[0].name: part.pop(""), **part} for part in parts]
+    source, parts = input_parts(data, inputs)
     keys = parts[0]
     arrays: dict[str, np.ndarray] = {}
     for spec in inputs:
-        if spec.name not in keys:
-            have = ", ".join(sorted(k for k in keys if k != LABELS_KEY)) or "nothing"
-            raise DataError(f"{source}: no array for model input {spec.name!r} (the file has: {have})")
         arrays[spec.name] = _validated(_joined(parts, spec.name, spec.batch_axis, source), spec, source)
     raw = {LABELS_KEY: _joined(parts, LABELS_KEY, 0, source)} if LABELS_KEY in keys else {}
     sizes = {spec.name: arrays[spec.name].shape[spec.batch_axis] for spec in inputs}

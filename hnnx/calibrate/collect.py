@@ -1,0 +1,153 @@
+"""Run a model over calibration data and stream the statistics of chosen tensors into observers."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import onnx
+from tqdm.auto import tqdm
+
+from hnnx import ops
+from hnnx.calibrate.observers import MinMaxObserver, Observer, Threshold, make_observer
+from hnnx.calibrate.readers import batches, sample_count
+from hnnx.errors import DataError, HnnxError
+from hnnx.runtime.session import Simulator
+
+
+@dataclass
+class CalibrationResult:
+    """Statistics gathered by :func:`calibrate`.
+
+    ``observers``: one observer per calibrated tensor, by tensor name; ``currents``: the
+    input-current tensor of every top-level LIF layer, by layer name (the node name, else its
+    first output); ``current_ranges``: ``(min, max)`` of that current over all samples and
+    time steps; ``firing_rates``: mean spikes per neuron per time step of every LIF layer;
+    ``samples``: number of calibration samples run; ``seconds``: wall time.
+    """
+
+    observers: dict[str, Observer]
+    currents: dict[str, str] = field(default_factory=dict)
+    current_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    firing_rates: dict[str, float] = field(default_factory=dict)
+    samples: int = 0
+    seconds: float = 0.0
+
+    def absmax(self, name: str) -> Threshold:
+        """Clip threshold ``T > 0`` of tensor ``name`` (an array ``[channels]`` if per channel)."""
+        return self._observer(name).absmax()
+
+    def range(self, name: str) -> tuple[Threshold, Threshold]:
+        """``(min, max)`` of tensor ``name`` over all calibration samples."""
+        return self._observer(name).range()
+
+    def summary(self) -> str:
+        """A short human-readable report: thresholds, ranges and firing rates."""
+        lines = [f"calibration samples: {self.samples}   time: {self.seconds:.3f} s"]
+        for name, observer in self.observers.items():
+            low, high = observer.range()
+            threshold = observer.absmax()
+            if observer.per_channel:
+                lines.append(f"  {name}: {observer.name}, {observer.channels} channels (axis {observer.axis}), "
+                             f"threshold {np.min(threshold):.6g} … {np.max(threshold):.6g}")
+            else:
+                lines.append(f"  {name}: {observer.name} threshold {threshold:.6g}, range [{low:.6g}, {high:.6g}]")
+        for layer, rate in self.firing_rates.items():
+            low, high = self.current_ranges[layer]
+            lines.append(f"  LIF {layer}: firing rate {rate:.4f}, input current {self.currents[layer]!r} "
+                         f"in [{low:.6g}, {high:.6g}]")
+        return "\n".join(lines)
+
+    def _observer(self, name: str) -> Observer:
+        try:
+            return self.observers[name]
+        except KeyError:
+            known = ", ".join(repr(n) for n in self.observers) or "none"
+            raise HnnxError(f"tensor {name!r} was not calibrated (calibrated: {known})") from None
+
+
+def calibrate(
+    model: onnx.ModelProto | str | os.PathLike,
+    data: Any,
+    tensors: Sequence[str],
+    observer: str = "minmax",
+    per_channel: Mapping[str, int] | None = None,
+    batch_size: int = 64,
+    num_samples: int | None = None,
+    progress: bool = False,
+    *,
+    observer_options: Mapping[str, Any] | None = None,
+    threads: int | None = None,
+) -> CalibrationResult:
+    """Run ``model`` in onnxruntime over ``data`` and observe ``tensors``; also LIF currents and rates.
+
+    ``data``: any source :func:`hnnx.calibrate.readers.batches` reads (path, dict of arrays,
+    iterable of batches, torch DataLoader); ``tensors``: names of the tensors to observe
+    (graph inputs, intermediate tensors or outputs); ``observer``: a name in
+    :data:`~hnnx.calibrate.observers.OBSERVERS`, built with ``observer_options`` (e.g.
+    ``{"percentile": 99.9}``); ``per_channel``: tensor name → channel axis for per-channel
+    statistics; ``num_samples``: use at most this many samples; ``threads``: onnxruntime
+    intra-op threads.
+
+    Every top-level ``hnnx.LIF`` node additionally gets the range of its input current (input
+    0, probed) and its firing rate over all time steps. Memory does not grow with the number
+    of samples: each batch's probed tensors update the observers and are dropped.
+    """
+    from hnnx.model import load
+
+    if not isinstance(model, onnx.ModelProto):
+        model = load(model)
+    names = list(dict.fromkeys(tensors))
+    per_channel = dict(per_channel or {})
+    stray = [name for name in per_channel if name not in names]
+    if stray:
+        raise HnnxError(f"per-channel axis given for tensor {stray[0]!r}, which is not among the calibrated tensors")
+    observers = {name: make_observer(observer, per_channel.get(name), **dict(observer_options or {}))
+                 for name in names}
+    current_of_spikes = _lif_currents(model)
+    simulator = Simulator(model, probes=[*names, *current_of_spikes.values()], threads=threads)
+    # Layer names as the Simulator's firing-rate taps report them, so rates and ranges share keys.
+    currents = {layer.name: current_of_spikes[layer.spikes] for layer in simulator.spiking_layers}
+    current_observers = {layer: MinMaxObserver() for layer in currents}
+    spikes = {layer.name: [0.0, 0] for layer in simulator.spiking_layers}
+    stream = batches(data, simulator.inputs, batch_size, num_samples)
+    samples = 0
+    started = time.perf_counter()
+    with tqdm(total=stream.total, unit="sample", disable=not progress, leave=False) as bar:
+        for feeds in stream:
+            tensors_of_batch, counts = simulator.run(feeds)
+            for name, obs in observers.items():
+                _observe(obs, name, tensors_of_batch[name])
+            for layer, current in currents.items():
+                _observe(current_observers[layer], current, tensors_of_batch[current])
+            for layer, (total, count) in counts.items():
+                spikes[layer][0] += total
+                spikes[layer][1] += count
+            size = sample_count(feeds, simulator.inputs)
+            samples += size
+            bar.update(size)
+    return CalibrationResult(
+        observers=observers,
+        currents=currents,
+        current_ranges={layer: obs.range() for layer, obs in current_observers.items()},
+        firing_rates={layer: (total / count if count else 0.0) for layer, (total, count) in spikes.items()},
+        samples=samples,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _lif_currents(model: onnx.ModelProto) -> dict[str, str]:
+    """Input-current tensor of every top-level LIF node, by its spike output."""
+    return {node.output[0]: node.input[0] for node in model.graph.node
+            if node.domain == ops.DOMAIN and node.op_type == "LIF"}
+
+
+def _observe(observer: Observer, name: str, values: np.ndarray) -> None:
+    """Update ``observer``; its errors name tensor ``name``."""
+    try:
+        observer.update(values)
+    except DataError as exc:
+        raise DataError(f"tensor {name!r}: {exc}") from None
