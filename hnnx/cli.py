@@ -127,5 +127,51 @@ def demo(out_dir: Path) -> None:
     click.echo(f"      hnnx simulate {model_path} --input {data_path} --probe hidden_lif.spikes")
 
 
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="The quantized .onnx file.")
+@click.option("--calib", "calibration", required=True, type=click.Path(path_type=Path),
+              help="Calibration data: .npz keyed by input names, .npy, or a directory of them.")
+@click.option("--target", type=click.Choice(["tianjicx"]), default="tianjicx", show_default=True,
+              help="Quantization scheme.")
+@click.option("--format", "output_format", type=click.Choice(["int"]), default="int", show_default=True,
+              help="int: an integer graph (int8 weights, int32 accumulators, integer neurons).")
+@click.option("--observer", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="minmax",
+              show_default=True, help="How activation ranges are chosen from the calibration data.")
+@click.option("--num-samples", type=click.IntRange(min=1), default=None, help="Calibration samples to use (all).")
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--exclude", multiple=True, metavar="NAME|OP|REGEX", help="Keep matching nodes in float (repeatable).")
+@click.option("--bit-shift-unit", type=click.Choice(["1", "2"]), default="2", show_default=True,
+              help="Requantization shifts and weight exponents are multiples of this (TianjicX: 2).")
+@click.option("--report", type=click.Path(path_type=Path), default=None,
+              help="Write the report as JSON (and Markdown next to it, .md).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@_reports_errors
+def quantize(model: Path, output: Path, calibration: Path, target: str, output_format: str, observer: str,
+             num_samples: int | None, batch_size: int, exclude: tuple[str, ...], bit_shift_unit: str,
+             report: Path | None, progress: bool) -> None:
+    """Calibrate MODEL on data and write its quantized form."""
+    import hnnx
+    from hnnx.model import write_atomic
+    from hnnx.quantize import quantize as run_quantize
+
+    if output.suffix != ".onnx":
+        raise HnnxError(f"{output}: the output file must end in .onnx")
+    if report is not None and report.suffix != ".json":
+        raise HnnxError(f"{report}: the report file must end in .json")
+    quantized, result = run_quantize(model, calibration, target=target, format=output_format, observer=observer,
+                                     num_samples=num_samples, batch_size=batch_size, exclude=exclude,
+                                     bit_shift_unit=int(bit_shift_unit), progress=progress and sys.stderr.isatty())
+    for name, reason in result.excluded.items():
+        click.echo(f"hnnx: warning: {name} stays in float: {reason}", err=True)
+    hnnx.save(quantized, output)
+    click.echo(result.markdown(), nl=False)
+    click.echo(f"wrote {output}")
+    if report is not None:
+        write_atomic(report, result.to_json().encode())
+        write_atomic(report.with_suffix(".md"), result.markdown().encode())
+        click.echo(f"wrote {report} and {report.with_suffix('.md')}")
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,199 @@
+"""The quantization entry point and its report."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from hnnx import ops
+from hnnx.errors import HnnxError
+from hnnx.model import check, load
+from hnnx.passes import preprocess
+
+TARGETS = ("tianjicx",)
+FORMATS = ("int",)
+OUTPUT_SCALE_KEY = "hnnx.output_scale."
+QUANTIZED_KEY = "hnnx.quantized"
+
+
+@dataclass
+class QuantizationReport:
+    """What quantization did: per-layer scales and shifts, exclusions, sizes, and the
+    float-vs-quantized comparison on the calibration samples."""
+
+    target: str
+    format: str
+    observer: str
+    calibration_samples: int
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    excluded: dict[str, str] = field(default_factory=dict)
+    output_scales: dict[str, float] = field(default_factory=dict)
+    size_bytes: dict[str, int] = field(default_factory=dict)
+    sqnr_db: dict[str, float] = field(default_factory=dict)
+    firing_rates: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=False, default=float)
+
+    def markdown(self) -> str:
+        """A readable summary (Markdown tables)."""
+        lines = [f"# Quantization report — target {self.target}, format {self.format}",
+                 f"observer {self.observer}, {self.calibration_samples} calibration samples", "",
+                 f"model size: {self.size_bytes.get('float', 0):,} → {self.size_bytes.get('quantized', 0):,} bytes "
+                 f"of parameters", "", "| layer | op | role | details |", "|---|---|---|---|"]
+        for layer in self.layers:
+            details = ", ".join(f"{k}={_short(v)}" for k, v in layer["details"].items())
+            lines.append(f"| {layer['name']} | {layer['op']} | {layer['role']} | {details} |")
+        if self.sqnr_db:
+            lines += ["", "| output | scale | SQNR (dB) |", "|---|---|---|"]
+            lines += [f"| {name} | {self.output_scales.get(name, float('nan')):.6g} | {db:.2f} |"
+                      for name, db in self.sqnr_db.items()]
+        if self.firing_rates:
+            lines += ["", "| spiking layer | float rate | quantized rate | drift |", "|---|---|---|---|"]
+            for name, rates in self.firing_rates.items():
+                lines.append(f"| {name} | {rates['float']:.4f} | {rates['quantized']:.4f} | "
+                             f"{rates['quantized'] - rates['float']:+.4f} |")
+        if self.excluded:
+            lines += ["", "| excluded node | reason |", "|---|---|"]
+            lines += [f"| {name} | {reason} |" for name, reason in self.excluded.items()]
+        return "\n".join(lines) + "\n"
+
+
+def quantize(
+    model: onnx.ModelProto | str | os.PathLike,
+    calibration: Any,
+    *,
+    target: str = "tianjicx",
+    format: str = "int",
+    observer: str = "minmax",
+    num_samples: int | None = None,
+    batch_size: int = 64,
+    exclude: Sequence[str] = (),
+    bit_shift_unit: int = 2,
+    progress: bool = False,
+) -> tuple[onnx.ModelProto, QuantizationReport]:
+    """Quantize ``model`` with statistics from ``calibration`` data.
+
+    ``calibration``: anything :func:`hnnx.calibrate.batches` reads (a .npz/.npy/directory path,
+    a dict of arrays, an iterable, a DataLoader); it is validated before any work.
+    ``exclude``: node names, op types or regular expressions (``re.fullmatch`` on the node
+    name) to keep in float. Returns the quantized model and a :class:`QuantizationReport`.
+    """
+    from hnnx.calibrate import calibrate
+
+    if target not in TARGETS:
+        raise HnnxError(f"unknown target {target!r} (known: {', '.join(TARGETS)})")
+    if format not in FORMATS:
+        raise HnnxError(f"format {format!r} is not available for target {target} (available: {', '.join(FORMATS)})")
+    if bit_shift_unit not in (1, 2):
+        raise HnnxError(f"bit_shift_unit must be 1 or 2, got {bit_shift_unit}")
+    if not isinstance(model, onnx.ModelProto):
+        model = load(model)
+    float_model = preprocess(model)
+    tensors = _float_tensors(float_model)
+    stats = calibrate(float_model, calibration, tensors, observer=observer, batch_size=batch_size,
+                      num_samples=num_samples, progress=progress)
+
+    graph = gs.import_onnx(float_model)
+    excluded = _excluded_names(graph, exclude)
+    from hnnx.quantize.tianjicx import TianjicxQuantizer
+
+    quantizer = TianjicxQuantizer(graph, lambda name: float(np.max(stats.absmax(name))), bit_shift_unit,
+                                  frozenset(excluded))
+    quantizer.run()
+    quantized = gs.export_onnx(graph, do_type_check=False)
+    quantized.ir_version = float_model.ir_version
+    del quantized.opset_import[:]
+    quantized.opset_import.extend(float_model.opset_import)
+    quantized.producer_name = "hnnx"
+    onnx.helper.set_model_props(quantized, {QUANTIZED_KEY: f"{target}/{format}",
+                                            **{OUTPUT_SCALE_KEY + k: repr(v) for k, v in quantizer.output_scales.items()}})
+    ops.attach_functions(quantized)
+    check(quantized, "quantized model")
+
+    report = QuantizationReport(target, format, observer, stats.samples,
+                                layers=[asdict(record) for record in quantizer.records],
+                                excluded=dict(quantizer.excluded), output_scales=dict(quantizer.output_scales),
+                                size_bytes={"float": _parameter_bytes(float_model),
+                                            "quantized": _parameter_bytes(quantized)})
+    _compare(float_model, quantized, calibration, report, stats.firing_rates, batch_size)
+    return quantized, report
+
+
+def output_scales(model: onnx.ModelProto) -> dict[str, float]:
+    """The real value per unit of each integer graph output of a quantized model."""
+    return {prop.key[len(OUTPUT_SCALE_KEY):]: float(prop.value) for prop in model.metadata_props
+            if prop.key.startswith(OUTPUT_SCALE_KEY)}
+
+
+def _float_tensors(model: onnx.ModelProto) -> list[str]:
+    """Graph inputs and float32 node outputs: what the quantizer may need ranges of."""
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in [*inferred.graph.value_info, *inferred.graph.input,
+                                                               *inferred.graph.output]}
+    initializers = {init.name for init in model.graph.initializer}
+    names = [vi.name for vi in model.graph.input if vi.name not in initializers]
+    for node in model.graph.node:
+        names += [name for name in node.output if name and types.get(name) == onnx.TensorProto.FLOAT]
+    return list(dict.fromkeys(names))
+
+
+def _excluded_names(graph: gs.Graph, patterns: Sequence[str]) -> set[str]:
+    names = set()
+    for pattern in patterns:
+        matched = {(n.name or n.outputs[0].name) for n in graph.nodes
+                   if pattern in (n.name, n.op) or (n.name and re.fullmatch(pattern, n.name))}
+        if not matched:
+            raise HnnxError(f"--exclude {pattern!r} matches no node name, op type or name pattern")
+        names |= matched
+    return names
+
+
+def _parameter_bytes(model: onnx.ModelProto) -> int:
+    total = 0
+    for init in model.graph.initializer:
+        total += onnx.numpy_helper.to_array(init).nbytes
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                total += onnx.numpy_helper.to_array(attr.t).nbytes
+    return total
+
+
+def _compare(float_model: onnx.ModelProto, quantized: onnx.ModelProto, calibration: Any,
+             report: QuantizationReport, float_rates: Mapping[str, float], batch_size: int) -> None:
+    """SQNR of every output and firing-rate drift, on (up to 256 of) the calibration samples."""
+    from hnnx.calibrate import batches
+    from hnnx.runtime.session import Simulator
+
+    reference, candidate = Simulator(float_model), Simulator(quantized)
+    scales = output_scales(quantized)
+    signal: dict[str, float] = {}
+    noise: dict[str, float] = {}
+    spikes: dict[str, list[float]] = {}
+    for feeds in batches(calibration, reference.inputs, batch_size, num_samples=256):
+        expected, _ = reference.run(feeds)
+        got, counts = candidate.run(feeds)
+        for name, value in expected.items():
+            real = got[name].astype(np.float64) * scales.get(name, 1.0)
+            signal[name] = signal.get(name, 0.0) + float(np.sum(value.astype(np.float64) ** 2))
+            noise[name] = noise.get(name, 0.0) + float(np.sum((real - value) ** 2))
+        for name, (total, count) in counts.items():
+            spikes.setdefault(name, [0.0, 0.0])
+            spikes[name][0] += total
+            spikes[name][1] += count
+    report.sqnr_db = {name: 10 * np.log10(signal[name] / max(noise[name], 1e-30)) for name in signal}
+    report.firing_rates = {name: {"float": float(float_rates.get(name, float("nan"))),
+                                  "quantized": total / count if count else 0.0}
+                           for name, (total, count) in spikes.items()}
+
+
+def _short(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,439 @@
+"""The ``tianjicx`` target: shift-only integer graphs for ANN, SNN and hybrid models.
+
+Numerics (the HNN framework's scheme, with per-edge ranges instead of one global range):
+
+* **ANN layers** (Conv, Gemm, MatMul + bias) take int8 activations ``X`` with a real value
+  ``X·s_in``. The input scale is folded into the weights, ``w_eff = w·s_in``, which are
+  quantized with a power-of-two scale: ``W = clamp(round(w_eff·2^f), −128, 127)``, ``f`` a
+  multiple of ``bit_shift_unit`` chosen by HNN's rule (``t = log2(128/absmax)/unit``, round
+  up when ``frac(t) ≥ 0.75``). The int32 accumulator ``Σ W·X + B`` (``B = round(b·2^f)``)
+  has the real value ``acc·2^−f``; a following ReLU runs on it. It is requantized to int8
+  by ``hnnx.Requantize`` (floor of a right shift) with an output exponent from the
+  calibrated range, so that the shift is a multiple of ``bit_shift_unit``. The last layer
+  before a graph output keeps its int32 accumulator.
+* **SNN layers** (a synaptic layer whose output feeds an ``hnnx.LIF``) quantize ``w_eff``
+  with ``σ = 128/absmax(w_eff)``; the int32 current is ``Σ W·X + round(b·σ)``, and the LIF
+  runs in integer mode with every membrane constant scaled by ``σ`` and rounded (half to
+  even), ``alpha``/``theta_alpha`` snapped to multiples of 1/256.
+* **Hybrid units**: ``A2S`` (direct, rate) runs in integer mode on the int8 activation;
+  ``S2A`` (rate, global) in integer mode returns spike counts whose scale ``1/K`` is folded
+  into the next layer's weights (or into the output scale).
+* Graph inputs are quantized by ``QuantizeLinear`` with a power-of-two scale from
+  calibration; graph outputs are integers whose real value is ``value · scale``, the scale
+  stored in the model's metadata (``hnnx.output_scale.<name>``).
+
+Nodes outside this set run in float: their integer inputs are dequantized first, and they
+are reported as excluded with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from hnnx import ops
+from hnnx.errors import HnnxError, NodeError
+from hnnx.ops.lif import EXACT_ATTRIBUTE_LIMIT
+
+INT8 = (-128, 127)
+INT28 = (-(1 << 27), (1 << 27) - 1)
+INT32 = (-(1 << 31), (1 << 31) - 1)
+LAYER_OPS = ("Conv", "Gemm", "MatMul")
+SHAPE_OPS = ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity")
+LIF_CONSTANTS = ("threshold", "v_reset", "reset_decrement", "v_init", "beta", "v_lower", "theta_beta",
+                 "theta_increment")
+
+
+@dataclass
+class QValue:
+    """An integer tensor of the new graph standing for a float tensor: ``real = value · scale``.
+
+    ``kind``: ``int8`` (activation), ``acc`` (int32 accumulator), ``spike`` (0/1),
+    ``count`` (int32 spike counts) or ``current`` (int32 synaptic current of an SNN layer).
+    """
+
+    tensor: gs.Variable
+    kind: str
+    scale: float
+
+
+@dataclass
+class LayerRecord:
+    """What the report says about one quantized node."""
+
+    name: str
+    op: str
+    role: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TianjicxQuantizer:
+    """Rewrites a preprocessed float graph into the integer ``tianjicx`` graph.
+
+    ``absmax(name)``: the calibrated clip threshold of float tensor ``name``;
+    ``bit_shift_unit``: shifts and weight exponents are multiples of it (2 on TianjicX).
+    """
+
+    graph: gs.Graph
+    absmax: Callable[[str], float]
+    bit_shift_unit: int = 2
+    excluded_names: frozenset[str] = frozenset()
+    values: dict[str, QValue] = field(default_factory=dict)
+    records: list[LayerRecord] = field(default_factory=list)
+    excluded: dict[str, str] = field(default_factory=dict)
+    output_scales: dict[str, float] = field(default_factory=dict)
+    _consumed: set[int] = field(default_factory=set)
+    _requantized: dict[str, QValue] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ driver
+    def run(self) -> None:
+        graph = self.graph
+        graph.toposort()
+        for node in list(graph.nodes):
+            if id(node) in self._consumed:
+                continue
+            label = node.name or node.outputs[0].name
+            if label in self.excluded_names:
+                self._float_island(node, "excluded by the user")
+                continue
+            handler = self._handler(node)
+            if handler is None:
+                self._float_island(node, f"{_op_label(node)} has no tianjicx integer form")
+                continue
+            try:
+                handler(node)
+            except _Unsupported as reason:
+                self._float_island(node, str(reason))
+        self._finish_outputs()
+        graph.cleanup().toposort()
+
+    def _handler(self, node: gs.Node) -> Callable[[gs.Node], None] | None:
+        if node.domain == ops.DOMAIN:
+            return {"LIF": self._lif, "A2S": self._a2s, "S2A": self._s2a}.get(node.op)
+        if node.domain not in (None, "", "ai.onnx"):
+            return None
+        if node.op in LAYER_OPS:
+            return self._layer
+        if node.op in SHAPE_OPS:
+            return self._pass_through
+        return {"Relu": self._relu, "MaxPool": self._maxpool, "Mul": self._scale_by_constant}.get(node.op)
+
+    # ------------------------------------------------------------------ inputs
+    def _quantized(self, tensor: gs.Tensor, kinds: tuple[str, ...] = ("int8", "spike", "count")) -> QValue:
+        """``tensor`` as an integer value of one of ``kinds``, quantizing a float tensor to int8."""
+        value = self.values.get(tensor.name)
+        if value is None:
+            if isinstance(tensor, gs.Constant):
+                raise _Unsupported(f"constant input {tensor.name!r}")
+            value = self._quantize_input(tensor)
+        if value.kind == "acc" and "int8" in kinds:
+            value = self._requantized.get(tensor.name) or self._requantize(value, tensor.name)
+        if value.kind not in kinds:
+            raise _Unsupported(f"input {tensor.name!r} is a {value.kind} tensor")
+        return value
+
+    def _quantize_input(self, tensor: gs.Variable) -> QValue:
+        exponent = math.floor(math.log2(127.0 / self.absmax(tensor.name)))
+        scale = 2.0 ** -exponent
+        out = self._variable(f"{tensor.name}.q", np.int8)
+        self._node("QuantizeLinear", [tensor, _const(f"{tensor.name}.q_scale", np.float32(scale)),
+                                      _const(f"{tensor.name}.q_zero", np.int8(0))], [out])
+        value = QValue(out, "int8", scale)
+        self.values[tensor.name] = value
+        self.records.append(LayerRecord(tensor.name, "QuantizeLinear", "input", {"exponent": exponent}))
+        return value
+
+    def _requantize(self, value: QValue, name: str) -> QValue:
+        """int32 accumulator → int8 with a power-of-two exponent from the calibrated range."""
+        acc_exponent = -round(math.log2(value.scale))
+        if 2.0 ** -acc_exponent != value.scale:
+            raise _Unsupported(f"accumulator {name!r} has a scale that is not a power of two")
+        unit = self.bit_shift_unit
+        wanted = math.floor(math.log2(127.0 / self.absmax(name)))
+        exponent = min(unit * math.floor(wanted / unit), acc_exponent)
+        shift = acc_exponent - exponent
+        out = self._variable(f"{name}.i8", np.int8)
+        self.graph.nodes.append(ops_node("Requantize", [value.tensor], [out], f"{name}.requantize", shift=shift))
+        result = QValue(out, "int8", 2.0 ** -exponent)
+        self._requantized[name] = result
+        self.records.append(LayerRecord(name, "Requantize", "requantize", {"shift": shift, "exponent": exponent}))
+        return result
+
+    # ------------------------------------------------------------------ synaptic layers
+    def _layer(self, node: gs.Node) -> None:
+        x = self._quantized(node.inputs[0])
+        weight, bias, last = self._layer_parameters(node)
+        weight_eff = weight * x.scale  # fold the input's scale into the weights
+        lif = _feeding_lif(last.outputs[0])
+        x8 = self._as_int8(x, node.inputs[0].name)
+        if lif is not None:
+            sigma = 128.0 / max(float(np.abs(weight_eff).max()), 1e-30)
+            w_int = np.clip(np.round(weight_eff * sigma), *INT8).astype(np.int8)
+            b_int = None if bias is None else np.clip(np.round(bias * sigma), *INT28).astype(np.int32)
+            out = self._emit_layer(node, x8, w_int, b_int)
+            self.values[last.outputs[0].name] = QValue(out, "current", 1.0 / sigma)
+            self.records.append(LayerRecord(_label(node), node.op, "snn", {"weight_scale": sigma}))
+            return
+        unit = self.bit_shift_unit
+        t = math.log2(128.0 / max(float(np.abs(weight_eff).max()), 1e-30)) / unit
+        steps = math.ceil(t) if t - math.floor(t) >= 0.75 else math.floor(t)
+        exponent = unit * steps
+        w_int = np.clip(np.round(weight_eff * 2.0**exponent), *INT8).astype(np.int8)
+        b_int = None if bias is None else np.clip(np.round(bias * 2.0**exponent), *INT32).astype(np.int32)
+        out = self._emit_layer(node, x8, w_int, b_int)
+        self.values[last.outputs[0].name] = QValue(out, "acc", 2.0 ** -exponent)
+        saturated = int(np.sum(np.abs(np.round(weight_eff * 2.0**exponent)) > 127))
+        self.records.append(LayerRecord(_label(node), node.op, "ann",
+                                        {"weight_exponent": exponent, "saturated_weights": saturated}))
+
+    def _layer_parameters(self, node: gs.Node) -> tuple[np.ndarray, np.ndarray | None, gs.Node]:
+        """Float weight in the integer op's layout, bias, and the node whose output ends the layer."""
+        weight_tensor = node.inputs[1]
+        if not isinstance(weight_tensor, gs.Constant):
+            raise _Unsupported("weight is not a constant")
+        w = weight_tensor.values.astype(np.float64)
+        bias = None
+        last = node
+        if node.op == "Conv":
+            if len(node.inputs) > 2:
+                bias = _constant_values(node.inputs[2], "bias")
+        elif node.op == "Gemm":
+            if node.attrs.get("transA", 0):
+                raise _Unsupported("Gemm with transA")
+            w = (w.T if node.attrs.get("transB", 0) else w) * float(node.attrs.get("alpha", 1.0))
+            if len(node.inputs) > 2:
+                bias = _constant_values(node.inputs[2], "bias") * float(node.attrs.get("beta", 1.0))
+        else:  # MatMul, maybe followed by a constant bias Add
+            if w.ndim != 2:
+                raise _Unsupported("MatMul weight is not a matrix")
+            consumers = node.outputs[0].outputs
+            if len(consumers) == 1 and consumers[0].op == "Add" and node.outputs[0] not in self.graph.outputs:
+                add = consumers[0]
+                other = [t for t in add.inputs if t is not node.outputs[0]]
+                if len(other) == 1 and isinstance(other[0], gs.Constant) and other[0].values.size == w.shape[1]:
+                    bias = other[0].values.astype(np.float64).reshape(-1)
+                    last = add
+                    self._consumed.add(id(add))
+        return w, bias, last
+
+    def _emit_layer(self, node: gs.Node, x8: gs.Variable, w_int: np.ndarray, b_int: np.ndarray | None) -> gs.Variable:
+        base = _label(node)
+        acc = self._variable(f"{base}.acc", np.int32)
+        if node.op == "Conv":
+            attrs = {k: v for k, v in node.attrs.items() if k in ("auto_pad", "dilations", "group", "kernel_shape",
+                                                                     "pads", "strides")}
+            self._node("ConvInteger", [x8, _const(f"{base}.weight_q", w_int)], [acc], attrs)
+            bias_shape = (1, -1) + (1,) * (w_int.ndim - 2)
+        else:
+            self._node("MatMulInteger", [x8, _const(f"{base}.weight_q", w_int)], [acc])
+            bias_shape = (-1,)
+        if b_int is None:
+            return acc
+        out = self._variable(f"{base}.acc_bias", np.int32)
+        self._node("Add", [acc, _const(f"{base}.bias_q", b_int.reshape(bias_shape))], [out])
+        return out
+
+    def _as_int8(self, value: QValue, name: str) -> gs.Variable:
+        if value.tensor.dtype == np.int8:
+            return value.tensor
+        if value.kind == "count" and round(1.0 / value.scale) > INT8[1]:
+            raise _Unsupported(f"spike counts {name!r} of up to {round(1.0 / value.scale)} do not fit int8 "
+                               f"(use windows of at most 127 steps)")
+        out = self._variable(f"{name}.i8", np.int8)
+        self._node("Cast", [value.tensor], [out], {"to": onnx.TensorProto.INT8})
+        return out
+
+    # ------------------------------------------------------------------ element-wise and shape ops
+    def _relu(self, node: gs.Node) -> None:
+        x = self._quantized(node.inputs[0], ("int8", "acc", "count", "current"))
+        out = self._variable(f"{node.outputs[0].name}.q", x.tensor.dtype)
+        self._node("Relu", [x.tensor], [out])
+        self.values[node.outputs[0].name] = QValue(out, x.kind, x.scale)
+
+    def _maxpool(self, node: gs.Node) -> None:
+        x = self._quantized(node.inputs[0], ("int8",))
+        if len(node.outputs) > 1 and node.outputs[1].outputs:
+            raise _Unsupported("MaxPool indices are used")
+        out = self._variable(f"{node.outputs[0].name}.q", np.int8)
+        self._node("MaxPool", [x.tensor], [out], dict(node.attrs))
+        self.values[node.outputs[0].name] = QValue(out, "int8", x.scale)
+
+    def _pass_through(self, node: gs.Node) -> None:
+        x = self.values.get(node.inputs[0].name)
+        if x is None:
+            raise _Unsupported("float input")
+        out = self._variable(f"{node.outputs[0].name}.q", x.tensor.dtype)
+        self._node(node.op, [x.tensor, *node.inputs[1:]], [out], dict(node.attrs))
+        self.values[node.outputs[0].name] = QValue(out, x.kind, x.scale)
+
+    def _scale_by_constant(self, node: gs.Node) -> None:
+        quantized = [t for t in node.inputs if t.name in self.values]
+        constants = [t for t in node.inputs if isinstance(t, gs.Constant)]
+        if len(quantized) != 1 or len(constants) != 1 or constants[0].values.size != 1:
+            raise _Unsupported("Mul of two tensors")
+        factor = float(constants[0].values.reshape(-1)[0])
+        x = self.values[quantized[0].name]
+        if factor <= 0:
+            raise _Unsupported("Mul by a non-positive constant")
+        self.values[node.outputs[0].name] = QValue(x.tensor, x.kind, x.scale * factor)
+
+    # ------------------------------------------------------------------ spiking ops
+    def _lif(self, node: gs.Node) -> None:
+        current = self.values.get(node.inputs[0].name)
+        if current is None or current.kind != "current":
+            raise _Unsupported("its input current does not come from a synaptic layer")
+        if len(node.inputs) > 1 or len(node.outputs) > 1:
+            raise _Unsupported("initial-state inputs or state outputs")
+        label = _label(node)
+        attrs = ops.LIF.resolve(_plain_attrs(node), label)
+        sigma = 1.0 / current.scale
+        if attrs["mode"] == "integer":
+            raise _Unsupported("already an integer LIF")
+        for name in LIF_CONSTANTS:
+            if attrs[name] is not None:
+                scaled = float(np.round(attrs[name] * sigma))
+                if abs(scaled) > EXACT_ATTRIBUTE_LIMIT:
+                    raise NodeError(label, f"{name} × weight scale = {scaled:.0f} exceeds 2^24; the layer's "
+                                               f"weights are too small for its constants")
+                attrs[name] = scaled
+        for name in ("alpha", "theta_alpha"):
+            attrs[name] = float(np.round(attrs[name] * 256) / 256)
+        attrs["mode"] = "integer"
+        out = self._variable(f"{node.outputs[0].name}.q", np.int32)
+        self.graph.nodes.append(ops_node("LIF", [current.tensor], [out], label,
+                                         **{k: v for k, v in attrs.items() if v is not None}))
+        self.values[node.outputs[0].name] = QValue(out, "spike", 1.0)
+        self.records.append(LayerRecord(label, "LIF", "neuron",
+                                        {"weight_scale": sigma, **{k: attrs[k] for k in ("threshold", "v_reset",
+                                                                                         "alpha", "beta")}}))
+
+    def _a2s(self, node: gs.Node) -> None:
+        x = self._quantized(node.inputs[0], ("int8",))
+        attrs = _plain_attrs(node)
+        coding = attrs.get("coding", "direct")
+        if coding not in ("direct", "rate") or (coding == "rate" and attrs.get("normalize", "minmax") != "minmax"):
+            raise _Unsupported(f"A2S coding {coding!r} (normalize {attrs.get('normalize', 'minmax')!r})")
+        if attrs.get("converter", "identity") != "identity":
+            raise _Unsupported("A2S precision converter")
+        attrs["mode"] = "integer"
+        out = self._variable(f"{node.outputs[0].name}.q", np.int8)
+        self.graph.nodes.append(ops_node("A2S", [x.tensor], [out], _label(node), **attrs))
+        kind, scale = ("int8", x.scale) if coding == "direct" else ("spike", 1.0)
+        self.values[node.outputs[0].name] = QValue(out, kind, scale)
+        self.records.append(LayerRecord(_label(node), "A2S", "hybrid", {"coding": coding}))
+
+    def _s2a(self, node: gs.Node) -> None:
+        # Spikes give counts; an accumulator (a readout layer per step) gives sums of accumulators.
+        x = self._quantized(node.inputs[0], ("spike", "acc"))
+        attrs = _plain_attrs(node)
+        decoding = attrs.get("decoding", "rate")
+        if decoding == "learnable":
+            raise _Unsupported("learnable S2A")
+        if decoding == "global":
+            steps = node.inputs[0].shape[0] if node.inputs[0].shape else None
+            if not isinstance(steps, int):
+                raise _Unsupported("global S2A over an unknown number of steps")
+            divisor = steps
+        else:
+            window = attrs.get("window", 1)
+            divisor = attrs.get("kernel", 0) or window
+        spikes = x.tensor
+        if spikes.dtype != np.int32:
+            spikes = self._variable(f"{node.inputs[0].name}.i32", np.int32)
+            self._node("Cast", [x.tensor], [spikes], {"to": onnx.TensorProto.INT32})
+        attrs["mode"] = "integer"
+        out = self._variable(f"{node.outputs[0].name}.q", np.int32)
+        self.graph.nodes.append(ops_node("S2A", [spikes], [out], _label(node), **attrs))
+        kind = "count" if x.kind == "spike" else "acc"
+        self.values[node.outputs[0].name] = QValue(out, kind, x.scale / divisor)
+        self.records.append(LayerRecord(_label(node), "S2A", "hybrid", {"decoding": decoding, "divisor": divisor}))
+
+    # ------------------------------------------------------------------ float islands and outputs
+    def _float_island(self, node: gs.Node, reason: str) -> None:
+        """Keep ``node`` in float: dequantize its integer inputs."""
+        for index, tensor in enumerate(node.inputs):
+            value = self.values.get(tensor.name)
+            if value is not None:
+                node.inputs[index] = self._dequantized(value, tensor.name)
+        self.excluded[_label(node)] = reason
+
+    def _dequantized(self, value: QValue, name: str) -> gs.Variable:
+        wide = value.tensor
+        if wide.dtype not in (np.int8, np.int32):
+            raise HnnxError(f"tensor {name!r}: cannot dequantize {wide.dtype}")
+        out = self._variable(f"{name}.dq", np.float32)
+        self._node("DequantizeLinear", [wide, _const(f"{name}.dq_scale", np.float32(value.scale))], [out])
+        return out
+
+    def _finish_outputs(self) -> None:
+        for index, output in enumerate(list(self.graph.outputs)):
+            value = self.values.get(output.name)
+            if value is None:
+                continue
+            name = output.name
+            output.name = f"{name}.float"  # the float producer is dropped by cleanup
+            value.tensor.name = name
+            value.tensor.shape = output.shape
+            self.graph.outputs[index] = value.tensor
+            self.output_scales[name] = value.scale
+
+    # ------------------------------------------------------------------ helpers
+    def _variable(self, name: str, dtype: Any) -> gs.Variable:
+        return gs.Variable(name, dtype=np.dtype(dtype))
+
+    def _node(self, op: str, inputs: list[gs.Tensor], outputs: list[gs.Variable],
+              attrs: dict[str, Any] | None = None) -> None:
+        self.graph.nodes.append(gs.Node(op, name=f"{outputs[0].name}.{op}", attrs=attrs or {}, inputs=inputs,
+                                        outputs=outputs))
+
+
+class _Unsupported(Exception):
+    """A node that stays in float, with the reason."""
+
+
+def ops_node(op: str, inputs: list[gs.Tensor], outputs: list[gs.Variable], name: str, **attrs: Any) -> gs.Node:
+    """An hnnx node for the graphsurgeon graph, validated through :func:`hnnx.ops.make_node`."""
+    proto = ops.make_node(op, [t.name for t in inputs], [t.name for t in outputs], name=name, **attrs)
+    written = {a.name: onnx.helper.get_attribute_value(a) for a in proto.attribute}
+    written = {k: v.decode() if isinstance(v, bytes) else v for k, v in written.items()}
+    return gs.Node(op, name=name, domain=ops.DOMAIN, attrs=written, inputs=inputs, outputs=outputs)
+
+
+def _feeding_lif(tensor: gs.Tensor) -> gs.Node | None:
+    """The LIF node that ``tensor`` reaches through shape-only ops, if any."""
+    while len(tensor.outputs) == 1:
+        consumer = tensor.outputs[0]
+        if consumer.domain == ops.DOMAIN and consumer.op == "LIF" and consumer.inputs[0] is tensor:
+            return consumer
+        if consumer.op not in SHAPE_OPS or consumer.inputs[0] is not tensor:
+            return None
+        tensor = consumer.outputs[0]
+    return None
+
+
+def _plain_attrs(node: gs.Node) -> dict[str, Any]:
+    return {k: v.decode() if isinstance(v, bytes) else v for k, v in node.attrs.items()}
+
+
+def _constant_values(tensor: gs.Tensor, what: str) -> np.ndarray:
+    if not isinstance(tensor, gs.Constant):
+        raise _Unsupported(f"{what} is not a constant")
+    return tensor.values.astype(np.float64).reshape(-1)
+
+
+def _const(name: str, values: Any) -> gs.Constant:
+    return gs.Constant(name, np.asarray(values))
+
+
+def _label(node: gs.Node) -> str:
+    return node.name or node.outputs[0].name
+
+
+def _op_label(node: gs.Node) -> str:
+    return f"{node.domain}.{node.op}" if node.domain and node.domain not in ("", "ai.onnx") else node.op

@@ -1,0 +1,203 @@
+"""`hnnx quantize`, target tianjicx, integer format: exact integer graphs that keep accuracy."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+import hnnx
+from hnnx import models, ops
+from hnnx.cli import main
+from hnnx.datasets import load_digits
+from hnnx.quantize import quantize
+from hnnx.quantize.api import output_scales
+
+RNG = np.random.default_rng(5)
+
+
+def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def _model(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto],
+           initializers: dict[str, np.ndarray]) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs,
+                              initializer=[numpy_helper.from_array(v, k) for k, v in initializers.items()])
+    return ops.attach_functions(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits()
+
+
+@pytest.fixture(scope="module")
+def quantized_models(digits) -> dict[str, tuple[onnx.ModelProto, object]]:
+    out = {}
+    for name in models.available():
+        calibration = {"pixels": digits.x_train[:256].reshape(-1, *models.input_layout(name))}
+        out[name] = quantize(models.path(name), calibration)
+    return out
+
+
+@pytest.mark.parametrize("name", models.available())
+def test_bundled_model_quantizes_fully_and_keeps_accuracy(name: str, digits, quantized_models) -> None:
+    quantized, report = quantized_models[name]
+    assert report.excluded == {}
+    assert {init.data_type for init in quantized.graph.initializer} <= {
+        TensorProto.INT8, TensorProto.INT32, TensorProto.INT64, TensorProto.FLOAT}
+    weights = [init for init in quantized.graph.initializer if init.name.endswith(".weight_q")]
+    assert weights and all(w.data_type == TensorProto.INT8 for w in weights)
+    lifs = [n for n in ops.hnnx_nodes(quantized.graph) if n.op_type == "LIF"]
+    assert all(ops.LIF.view(n).attrs["mode"] == "integer" for n in lifs)
+    pixels = digits.x_test.reshape(-1, *models.input_layout(name))
+    float_accuracy = hnnx.simulate(models.path(name), {"pixels": pixels}, labels=digits.y_test).accuracy
+    result = hnnx.simulate(quantized, {"pixels": pixels}, labels=digits.y_test)
+    assert result.outputs["scores"].dtype == np.int32
+    assert result.accuracy >= float_accuracy - 0.01  # SNN and hybrid target: ≤ 1 pp drop
+    assert set(output_scales(quantized)) == {"scores"}
+
+
+@pytest.mark.parametrize("name", models.available())
+def test_integer_graph_is_bit_exact_against_the_numpy_reference(name: str, digits, quantized_models) -> None:
+    quantized, _ = quantized_models[name]
+    pixels = digits.x_test[:12].reshape(-1, *models.input_layout(name))
+    (got,) = _run(quantized, {"pixels": pixels})
+    (expected,) = ReferenceEvaluator(quantized, new_ops=ops.reference_ops()).run(None, {"pixels": pixels})
+    assert got.dtype == expected.dtype == np.int32
+    assert np.array_equal(got, expected)
+
+
+def _shift_exponent(absmax: float, unit: int = 2) -> int:
+    """HNN's weight-exponent rule (written out independently of hnnx)."""
+    t = math.log2(128.0 / absmax) / unit
+    return unit * (math.ceil(t) if t - math.floor(t) >= 0.75 else math.floor(t))
+
+
+def test_ann_layers_follow_the_shift_only_equations() -> None:
+    w1, b1 = RNG.normal(0, 0.4, (6, 4)).astype(np.float32), RNG.normal(0, 0.1, 6).astype(np.float32)
+    w2, b2 = RNG.normal(0, 0.4, (3, 6)).astype(np.float32), RNG.normal(0, 0.1, 3).astype(np.float32)
+    model = _model([helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1, name="fc1"),
+                    helper.make_node("Relu", ["h"], ["r"], name="relu"),
+                    helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], transB=1, name="fc2")],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                   {"w1": w1, "b1": b1, "w2": w2, "b2": b2})
+    x = RNG.normal(0, 1, (40, 4)).astype(np.float32)
+    quantized, report = quantize(model, {"x": x})
+
+    # The scheme by hand: power-of-two input, weights folded with the input scale, floor requantization.
+    f_x = math.floor(math.log2(127 / np.abs(x).max()))
+    big_x = np.clip(np.round(x.astype(np.float64) * 2.0**f_x), -128, 127)
+    w1_eff = w1.astype(np.float64) * 2.0**-f_x
+    f_w1 = _shift_exponent(np.abs(w1_eff).max())
+    acc1 = big_x @ np.clip(np.round(w1_eff * 2.0**f_w1), -128, 127).T + np.round(b1 * 2.0**f_w1)
+    relu = np.maximum(acc1, 0)
+    r_float = np.maximum(x @ w1.T + b1, 0)
+    f_y = min(2 * math.floor(math.floor(math.log2(127 / np.abs(r_float).max())) / 2), f_w1)
+    big_r = np.clip(np.floor(relu / 2.0 ** (f_w1 - f_y)), -128, 127)
+    w2_eff = w2.astype(np.float64) * 2.0**-f_y
+    f_w2 = _shift_exponent(np.abs(w2_eff).max())
+    acc2 = big_r @ np.clip(np.round(w2_eff * 2.0**f_w2), -128, 127).T + np.round(b2 * 2.0**f_w2)
+
+    (got,) = _run(quantized, {"x": x})
+    assert got.dtype == np.int32
+    assert np.array_equal(got, acc2.astype(np.int32))
+    assert output_scales(quantized)["y"] == 2.0**-f_w2
+    assert report.sqnr_db["y"] > 18  # int8 with power-of-4 ranges: coarse, but far from noise
+    roles = {layer["name"]: layer["role"] for layer in report.layers}
+    assert roles["fc1"] == roles["fc2"] == "ann"
+
+
+def test_snn_layer_reproduces_the_hnn_integer_constants() -> None:
+    # Inputs in {0, 1} calibrate to exponent 6 (scale 1/64); a weight absmax of 64·128/513.27
+    # then gives the spec's weight scale 513.27 (hnn_spec.md §2.5).
+    w = RNG.uniform(-1, 1, (8, 3))
+    w = (w / np.abs(w).max() * 64 * 128 / 513.27).astype(np.float32)
+    lif = ops.make_node("LIF", ["current"], ["spikes"], name="lif", threshold=1.0, v_reset=0.1, beta=0.05,
+                        alpha=0.9)
+    model = _model([ops.make_node("A2S", ["x"], ["coded"], name="code", steps=4),
+                    helper.make_node("MatMul", ["coded", "w"], ["current"], name="synapse"), lif,
+                    ops.make_node("S2A", ["spikes"], ["rate"], name="rate", decoding="global")],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                   [helper.make_tensor_value_info("rate", TensorProto.FLOAT, ["N", 3])], {"w": w})
+    x = (RNG.random((32, 8)) < 0.5).astype(np.float32)
+    quantized, report = quantize(model, {"x": x})
+    (node,) = [n for n in ops.hnnx_nodes(quantized.graph) if n.op_type == "LIF"]
+    attrs = ops.LIF.view(node).attrs
+    assert (attrs["mode"], attrs["threshold"], attrs["v_reset"], attrs["beta"]) == ("integer", 513, 51, 26)
+    assert attrs["alpha"] * 256 == 230
+    # The integer neuron on the integer current, by hand: v1 = v + U; fire on v1 > 513; reset to 51;
+    # v ← floor(230·v / 256) + 26.
+    weight_q = np.clip(np.round(w.astype(np.float64) / 64 * 513.27), -128, 127)
+    assert np.array_equal(numpy_helper.to_array(next(i for i in quantized.graph.initializer
+                                                     if i.name.endswith(".weight_q"))), weight_q.astype(np.int8))
+    current = (x * 64) @ weight_q  # int8 input 64 for a 1.0 pixel, the same every step
+    v = np.zeros_like(current)
+    counts = np.zeros_like(current)
+    for _ in range(4):
+        v1 = np.clip(v + current, -(2**27), 2**27 - 1)
+        fired = v1 > 513
+        counts += fired
+        v = np.floor(230 * np.where(fired, 51, v1) / 256) + 26
+    (got,) = _run(quantized, {"x": x})
+    assert np.array_equal(got, counts.astype(np.int32))
+    assert output_scales(quantized)["rate"] == 0.25
+
+
+def test_excluded_node_stays_float_and_is_reported() -> None:
+    model = hnnx.load(models.path("snn_mlp"))
+    data = load_digits()
+    quantized, report = quantize(model, {"pixels": data.x_train[:64]}, exclude=["out_lif"])
+    assert report.excluded["out_lif"] == "excluded by the user"
+    float_lifs = [n for n in ops.hnnx_nodes(quantized.graph) if n.op_type == "LIF"
+                  and ops.LIF.view(n).attrs["mode"] == "float"]
+    assert [n.name for n in float_lifs] == ["out_lif"]
+    result = hnnx.simulate(quantized, {"pixels": data.x_test}, labels=data.y_test)
+    assert result.accuracy > 0.9
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"target": "loihi"}, "unknown target"),
+    ({"format": "fp8"}, "not available"),
+    ({"bit_shift_unit": 3}, "bit_shift_unit"),
+    ({"exclude": ["no_such_node"]}, "matches no node"),
+])
+def test_bad_options_are_reported(kwargs: dict, message: str) -> None:
+    with pytest.raises(hnnx.HnnxError, match=message):
+        quantize(models.path("snn_mlp"), {"pixels": load_digits().x_train[:8]}, **kwargs)
+
+
+def test_cli_quantize_writes_model_and_report(tmp_path: Path) -> None:
+    data = load_digits()
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, pixels=data.x_train[:100])
+    out, report = tmp_path / "q.onnx", tmp_path / "report.json"
+    result = CliRunner().invoke(main, ["quantize", str(models.path("snn_mlp")), "-o", str(out), "--calib", str(calib),
+                                       "--report", str(report), "--observer", "percentile", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "| hidden_lif | LIF | neuron |" in result.stdout
+    content = json.loads(report.read_text())
+    assert content["target"] == "tianjicx" and content["observer"] == "percentile"
+    assert content["size_bytes"]["quantized"] < content["size_bytes"]["float"]
+    assert (tmp_path / "report.md").is_file()
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+
+
+def test_cli_rejects_bad_calibration_before_writing(tmp_path: Path) -> None:
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, pixels=np.full((4, 64), np.nan, np.float32))
+    out = tmp_path / "q.onnx"
+    result = CliRunner().invoke(main, ["quantize", str(models.path("snn_mlp")), "-o", str(out), "--calib", str(calib)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("hnnx: error:") and "NaN" in result.stderr
+    assert not out.exists()
