@@ -134,8 +134,10 @@ def demo(out_dir: Path) -> None:
               help="Calibration data: .npz keyed by input names, .npy, or a directory of them.")
 @click.option("--target", type=click.Choice(["tianjicx"]), default="tianjicx", show_default=True,
               help="Quantization scheme.")
-@click.option("--format", "output_format", type=click.Choice(["int"]), default="int", show_default=True,
-              help="int: an integer graph (int8 weights, int32 accumulators, integer neurons).")
+@click.option("--format", "output_format", type=click.Choice(["int", "fakequant"]), default="int", show_default=True,
+              help="int: an integer graph (int8 weights, int32 accumulators, integer neurons); fakequant: the "
+                   "float QAT-ready graph (QuantizeLinear/DequantizeLinear weights, floor fake-quantized "
+                   "activations) equal to the integer graph up to the output scale.")
 @click.option("--observer", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="minmax",
               show_default=True, help="How activation ranges are chosen from the calibration data.")
 @click.option("--num-samples", type=click.IntRange(min=1), default=None, help="Calibration samples to use (all).")

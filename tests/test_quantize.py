@@ -201,3 +201,31 @@ def test_cli_rejects_bad_calibration_before_writing(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert result.stderr.startswith("hnnx: error:") and "NaN" in result.stderr
     assert not out.exists()
+
+
+def _run_exact(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    # onnxruntime's extended optimisations turn DequantizeLinear(int8 weight) + MatMul into
+    # MatMulNBits, an approximation; basic optimisations keep the graph's arithmetic.
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+@pytest.mark.parametrize("name", models.available())
+def test_fakequant_graph_equals_integer_graph_up_to_the_output_scale(name: str, digits, quantized_models) -> None:
+    calibration = {"pixels": digits.x_train[:256].reshape(-1, *models.input_layout(name))}
+    fake, report = quantize(models.path(name), calibration, format="fakequant")
+    integer, _ = quantized_models[name]
+    assert report.excluded == {}
+    weights = [n for n in fake.graph.node if n.op_type == "QuantizeLinear" and n.input[0].endswith(".weight")]
+    assert weights, "weights are fake-quantized by QuantizeLinear/DequantizeLinear pairs"
+    pixels = digits.x_test.reshape(-1, *models.input_layout(name))
+    (as_int,) = _run(integer, {"pixels": pixels})
+    (as_fake,) = _run_exact(fake, {"pixels": pixels})
+    assert as_fake.dtype == np.float32
+    # Element-wise: fake = int × (power of two), i.e. both scale to the same real values.
+    ratio = output_scales(integer)["scores"] / output_scales(fake)["scores"]
+    assert ratio == 2.0 ** round(math.log2(ratio))
+    assert np.array_equal(as_int.astype(np.float64) * ratio, as_fake.astype(np.float64))
+    (reference,) = ReferenceEvaluator(fake, new_ops=ops.reference_ops()).run(None, {"pixels": pixels[:8]})
+    assert np.array_equal(reference, as_fake[:8])

@@ -18,7 +18,7 @@ from hnnx.model import check, load
 from hnnx.passes import preprocess
 
 TARGETS = ("tianjicx",)
-FORMATS = ("int",)
+FORMATS = ("int", "fakequant")
 OUTPUT_SCALE_KEY = "hnnx.output_scale."
 QUANTIZED_KEY = "hnnx.quantized"
 
@@ -106,7 +106,7 @@ def quantize(
     from hnnx.quantize.tianjicx import TianjicxQuantizer
 
     quantizer = TianjicxQuantizer(graph, lambda name: float(np.max(stats.absmax(name))), bit_shift_unit,
-                                  frozenset(excluded))
+                                  frozenset(excluded), fakequant=format == "fakequant")
     quantizer.run()
     quantized = gs.export_onnx(graph, do_type_check=False)
     quantized.ir_version = float_model.ir_version

@@ -55,11 +55,13 @@ class QValue:
 
     ``kind``: ``int8`` (activation), ``acc`` (int32 accumulator), ``spike`` (0/1),
     ``count`` (int32 spike counts) or ``current`` (int32 synaptic current of an SNN layer).
+    In the fake-quant form ``tensor`` is float and holds ``value · fake``, exactly.
     """
 
     tensor: gs.Variable
     kind: str
     scale: float
+    fake: float = 1.0  # fake-quant form: the float tensor holds value · fake (a power of two)
 
 
 @dataclass
@@ -77,13 +79,17 @@ class TianjicxQuantizer:
     """Rewrites a preprocessed float graph into the integer ``tianjicx`` graph.
 
     ``absmax(name)``: the calibrated clip threshold of float tensor ``name``;
-    ``bit_shift_unit``: shifts and weight exponents are multiples of it (2 on TianjicX).
+    ``bit_shift_unit``: shifts and weight exponents are multiples of it (2 on TianjicX);
+    ``fakequant``: emit the float fake-quant form (QuantizeLinear/DequantizeLinear weights,
+    floor fake-quantization of activations) whose tensors equal the integer graph's times a
+    power of two per tensor, instead of the integer graph.
     """
 
     graph: gs.Graph
     absmax: Callable[[str], float]
     bit_shift_unit: int = 2
     excluded_names: frozenset[str] = frozenset()
+    fakequant: bool = False
     values: dict[str, QValue] = field(default_factory=dict)
     records: list[LayerRecord] = field(default_factory=list)
     excluded: dict[str, str] = field(default_factory=dict)
@@ -141,10 +147,14 @@ class TianjicxQuantizer:
     def _quantize_input(self, tensor: gs.Variable) -> QValue:
         exponent = math.floor(math.log2(127.0 / self.absmax(tensor.name)))
         scale = 2.0 ** -exponent
+        scale_const = _const(f"{tensor.name}.q_scale", np.float32(scale))
         out = self._variable(f"{tensor.name}.q", np.int8)
-        self._node("QuantizeLinear", [tensor, _const(f"{tensor.name}.q_scale", np.float32(scale)),
-                                      _const(f"{tensor.name}.q_zero", np.int8(0))], [out])
-        value = QValue(out, "int8", scale)
+        self._node("QuantizeLinear", [tensor, scale_const, _const(f"{tensor.name}.q_zero", np.int8(0))], [out])
+        if self.fakequant:
+            real = self._variable(f"{tensor.name}.fq", np.float32)
+            self._node("DequantizeLinear", [out, scale_const], [real])
+            out = real
+        value = QValue(out, "int8", scale, scale)
         self.values[tensor.name] = value
         self.records.append(LayerRecord(tensor.name, "QuantizeLinear", "input", {"exponent": exponent}))
         return value
@@ -158,9 +168,18 @@ class TianjicxQuantizer:
         wanted = math.floor(math.log2(127.0 / self.absmax(name)))
         exponent = min(unit * math.floor(wanted / unit), acc_exponent)
         shift = acc_exponent - exponent
-        out = self._variable(f"{name}.i8", np.int8)
-        self.graph.nodes.append(ops_node("Requantize", [value.tensor], [out], f"{name}.requantize", shift=shift))
-        result = QValue(out, "int8", 2.0 ** -exponent)
+        if self.fakequant:  # floor(acc·2^f_y)·2^−f_y, clamped: exact on the exact accumulator
+            scaled = self._float_op("Mul", [value.tensor, _const(f"{name}.fq_up", np.float32(2.0**exponent))],
+                                    f"{name}.fq_scaled")
+            low, high = (_const(f"{name}.fq_{side}", np.float32(v)) for side, v in zip(("lo", "hi"), INT8))
+            clipped = self._float_op("Clip", [self._float_op("Floor", [scaled], f"{name}.fq_floor"), low, high],
+                                     f"{name}.fq_clip")
+            out = self._float_op("Mul", [clipped, _const(f"{name}.fq_down", np.float32(2.0**-exponent))],
+                                 f"{name}.fq")
+        else:
+            out = self._variable(f"{name}.i8", np.int8)
+            self.graph.nodes.append(ops_node("Requantize", [value.tensor], [out], f"{name}.requantize", shift=shift))
+        result = QValue(out, "int8", 2.0 ** -exponent, 2.0 ** -exponent)
         self._requantized[name] = result
         self.records.append(LayerRecord(name, "Requantize", "requantize", {"shift": shift, "exponent": exponent}))
         return result
@@ -170,27 +189,29 @@ class TianjicxQuantizer:
         x = self._quantized(node.inputs[0])
         weight, bias, last = self._layer_parameters(node)
         weight_eff = weight * x.scale  # fold the input's scale into the weights
-        lif = _feeding_lif(last.outputs[0])
-        x8 = self._as_int8(x, node.inputs[0].name)
-        if lif is not None:
-            sigma = 128.0 / max(float(np.abs(weight_eff).max()), 1e-30)
-            w_int = np.clip(np.round(weight_eff * sigma), *INT8).astype(np.int8)
+        absmax = max(float(np.abs(weight_eff).max()), 1e-30)
+        if _feeding_lif(last.outputs[0]) is not None:
+            sigma = 128.0 / absmax
+            multiplier, out_kind, out_scale, out_fake = sigma, "current", 1.0 / sigma, 1.0
             b_int = None if bias is None else np.clip(np.round(bias * sigma), *INT28).astype(np.int32)
-            out = self._emit_layer(node, x8, w_int, b_int)
-            self.values[last.outputs[0].name] = QValue(out, "current", 1.0 / sigma)
-            self.records.append(LayerRecord(_label(node), node.op, "snn", {"weight_scale": sigma}))
-            return
-        unit = self.bit_shift_unit
-        t = math.log2(128.0 / max(float(np.abs(weight_eff).max()), 1e-30)) / unit
-        steps = math.ceil(t) if t - math.floor(t) >= 0.75 else math.floor(t)
-        exponent = unit * steps
-        w_int = np.clip(np.round(weight_eff * 2.0**exponent), *INT8).astype(np.int8)
-        b_int = None if bias is None else np.clip(np.round(bias * 2.0**exponent), *INT32).astype(np.int32)
-        out = self._emit_layer(node, x8, w_int, b_int)
-        self.values[last.outputs[0].name] = QValue(out, "acc", 2.0 ** -exponent)
-        saturated = int(np.sum(np.abs(np.round(weight_eff * 2.0**exponent)) > 127))
-        self.records.append(LayerRecord(_label(node), node.op, "ann",
-                                        {"weight_exponent": exponent, "saturated_weights": saturated}))
+            details: dict[str, Any] = {"weight_scale": sigma}
+        else:
+            unit = self.bit_shift_unit
+            t = math.log2(128.0 / absmax) / unit
+            exponent = unit * (math.ceil(t) if t - math.floor(t) >= 0.75 else math.floor(t))
+            multiplier, out_kind, out_scale = 2.0**exponent, "acc", 2.0**-exponent
+            out_fake = out_scale
+            b_int = None if bias is None else np.clip(np.round(bias * 2.0**exponent), *INT32).astype(np.int32)
+            details = {"weight_exponent": exponent}
+        # W = clamp(round(w_src / q)) with a power-of-two q, in float32: the integer graph stores W,
+        # the fake-quant graph computes it with QuantizeLinear — the same operation.
+        q = out_fake / x.fake
+        w_src = (weight_eff * multiplier * q).astype(np.float32)
+        w_int = np.clip(np.round(w_src / np.float32(q)), *INT8).astype(np.int8)
+        details["saturated_weights"] = int(np.sum(np.abs(np.round(w_src / np.float32(q))) > INT8[1]))
+        out = self._emit_layer(node, x, w_src, np.float32(q), w_int, b_int, out_fake)
+        self.values[last.outputs[0].name] = QValue(out, out_kind, out_scale, out_fake)
+        self.records.append(LayerRecord(_label(node), node.op, "snn" if out_kind == "current" else "ann", details))
 
     def _layer_parameters(self, node: gs.Node) -> tuple[np.ndarray, np.ndarray | None, gs.Node]:
         """Float weight in the integer op's layout, bias, and the node whose output ends the layer."""
@@ -222,17 +243,29 @@ class TianjicxQuantizer:
                     self._consumed.add(id(add))
         return w, bias, last
 
-    def _emit_layer(self, node: gs.Node, x8: gs.Variable, w_int: np.ndarray, b_int: np.ndarray | None) -> gs.Variable:
+    def _emit_layer(self, node: gs.Node, x: QValue, w_src: np.ndarray, q: np.float32, w_int: np.ndarray,
+                    b_int: np.ndarray | None, out_fake: float) -> gs.Variable:
         base = _label(node)
+        conv_attrs = {k: v for k, v in node.attrs.items() if k in ("auto_pad", "dilations", "group", "kernel_shape",
+                                                                      "pads", "strides")}
+        bias_shape = (1, -1) + (1,) * (w_int.ndim - 2) if node.op == "Conv" else (-1,)
+        if self.fakequant:
+            q_scale, zero = _const(f"{base}.weight_scale", q), _const(f"{base}.weight_zero", np.int8(0))
+            w_q = self._variable(f"{base}.weight_q", np.int8)
+            self._node("QuantizeLinear", [_const(f"{base}.weight", w_src), q_scale, zero], [w_q])
+            weight = self._float_op("DequantizeLinear", [w_q, q_scale, zero], f"{base}.weight_fq")
+            acc = self._float_op("Conv" if node.op == "Conv" else "MatMul", [x.tensor, weight], f"{base}.acc",
+                                 conv_attrs if node.op == "Conv" else None)
+            if b_int is None:
+                return acc
+            bias = _const(f"{base}.bias_fq", (b_int.astype(np.float64) * out_fake).astype(np.float32).reshape(bias_shape))
+            return self._float_op("Add", [acc, bias], f"{base}.acc_bias")
+        x8 = self._as_int8(x, node.inputs[0].name)
         acc = self._variable(f"{base}.acc", np.int32)
         if node.op == "Conv":
-            attrs = {k: v for k, v in node.attrs.items() if k in ("auto_pad", "dilations", "group", "kernel_shape",
-                                                                     "pads", "strides")}
-            self._node("ConvInteger", [x8, _const(f"{base}.weight_q", w_int)], [acc], attrs)
-            bias_shape = (1, -1) + (1,) * (w_int.ndim - 2)
+            self._node("ConvInteger", [x8, _const(f"{base}.weight_q", w_int)], [acc], conv_attrs)
         else:
             self._node("MatMulInteger", [x8, _const(f"{base}.weight_q", w_int)], [acc])
-            bias_shape = (-1,)
         if b_int is None:
             return acc
         out = self._variable(f"{base}.acc_bias", np.int32)
@@ -254,15 +287,15 @@ class TianjicxQuantizer:
         x = self._quantized(node.inputs[0], ("int8", "acc", "count", "current"))
         out = self._variable(f"{node.outputs[0].name}.q", x.tensor.dtype)
         self._node("Relu", [x.tensor], [out])
-        self.values[node.outputs[0].name] = QValue(out, x.kind, x.scale)
+        self.values[node.outputs[0].name] = QValue(out, x.kind, x.scale, x.fake)
 
     def _maxpool(self, node: gs.Node) -> None:
         x = self._quantized(node.inputs[0], ("int8",))
         if len(node.outputs) > 1 and node.outputs[1].outputs:
             raise _Unsupported("MaxPool indices are used")
-        out = self._variable(f"{node.outputs[0].name}.q", np.int8)
+        out = self._variable(f"{node.outputs[0].name}.q", x.tensor.dtype)
         self._node("MaxPool", [x.tensor], [out], dict(node.attrs))
-        self.values[node.outputs[0].name] = QValue(out, "int8", x.scale)
+        self.values[node.outputs[0].name] = QValue(out, "int8", x.scale, x.fake)
 
     def _pass_through(self, node: gs.Node) -> None:
         x = self.values.get(node.inputs[0].name)
@@ -270,7 +303,7 @@ class TianjicxQuantizer:
             raise _Unsupported("float input")
         out = self._variable(f"{node.outputs[0].name}.q", x.tensor.dtype)
         self._node(node.op, [x.tensor, *node.inputs[1:]], [out], dict(node.attrs))
-        self.values[node.outputs[0].name] = QValue(out, x.kind, x.scale)
+        self.values[node.outputs[0].name] = QValue(out, x.kind, x.scale, x.fake)
 
     def _scale_by_constant(self, node: gs.Node) -> None:
         quantized = [t for t in node.inputs if t.name in self.values]
@@ -281,7 +314,7 @@ class TianjicxQuantizer:
         x = self.values[quantized[0].name]
         if factor <= 0:
             raise _Unsupported("Mul by a non-positive constant")
-        self.values[node.outputs[0].name] = QValue(x.tensor, x.kind, x.scale * factor)
+        self.values[node.outputs[0].name] = QValue(x.tensor, x.kind, x.scale * factor, x.fake)
 
     # ------------------------------------------------------------------ spiking ops
     def _lif(self, node: gs.Node) -> None:
@@ -305,10 +338,12 @@ class TianjicxQuantizer:
         for name in ("alpha", "theta_alpha"):
             attrs[name] = float(np.round(attrs[name] * 256) / 256)
         attrs["mode"] = "integer"
+        # The fake-quant form runs the same integer neuron on its (integer-valued) current.
+        current_int = self._to_integer(current, np.int32, f"{node.inputs[0].name}.i32")
         out = self._variable(f"{node.outputs[0].name}.q", np.int32)
-        self.graph.nodes.append(ops_node("LIF", [current.tensor], [out], label,
+        self.graph.nodes.append(ops_node("LIF", [current_int], [out], label,
                                          **{k: v for k, v in attrs.items() if v is not None}))
-        self.values[node.outputs[0].name] = QValue(out, "spike", 1.0)
+        self.values[node.outputs[0].name] = QValue(self._from_integer(out, 1.0, node.outputs[0].name), "spike", 1.0)
         self.records.append(LayerRecord(label, "LIF", "neuron",
                                         {"weight_scale": sigma, **{k: attrs[k] for k in ("threshold", "v_reset",
                                                                                          "alpha", "beta")}}))
@@ -323,9 +358,11 @@ class TianjicxQuantizer:
             raise _Unsupported("A2S precision converter")
         attrs["mode"] = "integer"
         out = self._variable(f"{node.outputs[0].name}.q", np.int8)
-        self.graph.nodes.append(ops_node("A2S", [x.tensor], [out], _label(node), **attrs))
-        kind, scale = ("int8", x.scale) if coding == "direct" else ("spike", 1.0)
-        self.values[node.outputs[0].name] = QValue(out, kind, scale)
+        self.graph.nodes.append(ops_node("A2S", [self._to_integer(x, np.int8, f"{node.inputs[0].name}.i8")], [out],
+                                         _label(node), **attrs))
+        kind, scale, fake = ("int8", x.scale, x.fake) if coding == "direct" else ("spike", 1.0, 1.0)
+        self.values[node.outputs[0].name] = QValue(self._from_integer(out, fake, node.outputs[0].name), kind, scale,
+                                                   fake)
         self.records.append(LayerRecord(_label(node), "A2S", "hybrid", {"coding": coding}))
 
     def _s2a(self, node: gs.Node) -> None:
@@ -343,15 +380,13 @@ class TianjicxQuantizer:
         else:
             window = attrs.get("window", 1)
             divisor = attrs.get("kernel", 0) or window
-        spikes = x.tensor
-        if spikes.dtype != np.int32:
-            spikes = self._variable(f"{node.inputs[0].name}.i32", np.int32)
-            self._node("Cast", [x.tensor], [spikes], {"to": onnx.TensorProto.INT32})
+        spikes = self._to_integer(x, np.int32, f"{node.inputs[0].name}.i32")
         attrs["mode"] = "integer"
         out = self._variable(f"{node.outputs[0].name}.q", np.int32)
         self.graph.nodes.append(ops_node("S2A", [spikes], [out], _label(node), **attrs))
         kind = "count" if x.kind == "spike" else "acc"
-        self.values[node.outputs[0].name] = QValue(out, kind, x.scale / divisor)
+        self.values[node.outputs[0].name] = QValue(self._from_integer(out, x.fake, node.outputs[0].name), kind,
+                                                   x.scale / divisor, x.fake)
         self.records.append(LayerRecord(_label(node), "S2A", "hybrid", {"decoding": decoding, "divisor": divisor}))
 
     # ------------------------------------------------------------------ float islands and outputs
@@ -364,6 +399,11 @@ class TianjicxQuantizer:
         self.excluded[_label(node)] = reason
 
     def _dequantized(self, value: QValue, name: str) -> gs.Variable:
+        if self.fakequant:
+            ratio = value.scale / value.fake
+            if ratio == 1.0:
+                return value.tensor
+            return self._float_op("Mul", [value.tensor, _const(f"{name}.dq_scale", np.float32(ratio))], f"{name}.dq")
         wide = value.tensor
         if wide.dtype not in (np.int8, np.int32):
             raise HnnxError(f"tensor {name!r}: cannot dequantize {wide.dtype}")
@@ -381,9 +421,41 @@ class TianjicxQuantizer:
             value.tensor.name = name
             value.tensor.shape = output.shape
             self.graph.outputs[index] = value.tensor
-            self.output_scales[name] = value.scale
+            self.output_scales[name] = value.scale / value.fake if self.fakequant else value.scale
 
     # ------------------------------------------------------------------ helpers
+    def _to_integer(self, value: QValue, dtype: Any, name: str) -> gs.Variable:
+        """The integer tensor of ``value``: itself in the integer graph; ``value / fake`` cast in
+        the fake-quant graph (exact: the float tensor holds an integer times a power of two)."""
+        if not self.fakequant:
+            if value.tensor.dtype == np.dtype(dtype):
+                return value.tensor
+            out = self._variable(name, dtype)
+            self._node("Cast", [value.tensor], [out], {"to": onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))})
+            return out
+        units = value.tensor
+        if value.fake != 1.0:
+            units = self._float_op("Mul", [units, _const(f"{name}.unit_scale", np.float32(1.0 / value.fake))],
+                                   f"{name}.units")
+        out = self._variable(name, dtype)
+        self._node("Cast", [units], [out], {"to": onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))})
+        return out
+
+    def _from_integer(self, tensor: gs.Variable, fake: float, name: str) -> gs.Variable:
+        """Back from an integer op: the tensor itself, or (fake-quant) ``value · fake`` in float."""
+        if not self.fakequant:
+            return tensor
+        real = self._float_op("Cast", [tensor], f"{name}.fq_units", {"to": onnx.TensorProto.FLOAT})
+        if fake == 1.0:
+            return real
+        return self._float_op("Mul", [real, _const(f"{name}.fq_scale", np.float32(fake))], f"{name}.fq")
+
+    def _float_op(self, op: str, inputs: list[gs.Tensor], name: str, attrs: dict[str, Any] | None = None
+                  ) -> gs.Variable:
+        out = self._variable(name, np.float32)
+        self._node(op, inputs, [out], attrs)
+        return out
+
     def _variable(self, name: str, dtype: Any) -> gs.Variable:
         return gs.Variable(name, dtype=np.dtype(dtype))
 
