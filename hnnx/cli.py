@@ -132,12 +132,15 @@ def demo(out_dir: Path) -> None:
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="The quantized .onnx file.")
 @click.option("--calib", "calibration", required=True, type=click.Path(path_type=Path),
               help="Calibration data: .npz keyed by input names, .npy, or a directory of them.")
-@click.option("--target", type=click.Choice(["tianjicx"]), default="tianjicx", show_default=True,
-              help="Quantization scheme.")
-@click.option("--format", "output_format", type=click.Choice(["int", "fakequant"]), default="int", show_default=True,
-              help="int: an integer graph (int8 weights, int32 accumulators, integer neurons); fakequant: the "
-                   "float QAT-ready graph (QuantizeLinear/DequantizeLinear weights, floor fake-quantized "
-                   "activations) equal to the integer graph up to the output scale.")
+@click.option("--target", type=click.Choice(["tianjicx", "qdq"]), default="tianjicx", show_default=True,
+              help="tianjicx: the chip's shift-only scheme for ANN, SNN and hybrid parts; qdq: standard ONNX "
+                   "INT8 QuantizeLinear/DequantizeLinear for the ANN parts (spiking parts stay float).")
+@click.option("--format", "output_format", type=click.Choice(["int", "fakequant"]), default=None,
+              help="tianjicx: int (default; int8 weights, int32 accumulators, integer neurons) or fakequant "
+                   "(the float QAT-ready graph, equal to the integer graph up to the output scale); "
+                   "qdq: fakequant.")
+@click.option("--per-channel/--per-tensor", default=None,
+              help="qdq weight scales per output channel (default) or per tensor.")
 @click.option("--observer", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="minmax",
               show_default=True, help="How activation ranges are chosen from the calibration data.")
 @click.option("--num-samples", type=click.IntRange(min=1), default=None, help="Calibration samples to use (all).")
@@ -149,8 +152,8 @@ def demo(out_dir: Path) -> None:
               help="Write the report as JSON (and Markdown next to it, .md).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 @_reports_errors
-def quantize(model: Path, output: Path, calibration: Path, target: str, output_format: str, observer: str,
-             num_samples: int | None, batch_size: int, exclude: tuple[str, ...], bit_shift_unit: str,
+def quantize(model: Path, output: Path, calibration: Path, target: str, output_format: str | None,
+             per_channel: bool | None, observer: str, num_samples: int | None, batch_size: int, exclude: tuple[str, ...], bit_shift_unit: str,
              report: Path | None, progress: bool) -> None:
     """Calibrate MODEL on data and write its quantized form."""
     import hnnx
@@ -161,7 +164,8 @@ def quantize(model: Path, output: Path, calibration: Path, target: str, output_f
         raise HnnxError(f"{output}: the output file must end in .onnx")
     if report is not None and report.suffix != ".json":
         raise HnnxError(f"{report}: the report file must end in .json")
-    quantized, result = run_quantize(model, calibration, target=target, format=output_format, observer=observer,
+    quantized, result = run_quantize(model, calibration, target=target, format=output_format,
+                                     per_channel=per_channel, observer=observer,
                                      num_samples=num_samples, batch_size=batch_size, exclude=exclude,
                                      bit_shift_unit=int(bit_shift_unit), progress=progress and sys.stderr.isatty())
     for name, reason in result.excluded.items():

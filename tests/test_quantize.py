@@ -169,6 +169,7 @@ def test_excluded_node_stays_float_and_is_reported() -> None:
 @pytest.mark.parametrize("kwargs, message", [
     ({"target": "loihi"}, "unknown target"),
     ({"format": "fp8"}, "not available"),
+    ({"target": "qdq", "format": "int"}, "not available"),
     ({"bit_shift_unit": 3}, "bit_shift_unit"),
     ({"exclude": ["no_such_node"]}, "matches no node"),
 ])
@@ -229,3 +230,48 @@ def test_fakequant_graph_equals_integer_graph_up_to_the_output_scale(name: str, 
     assert np.array_equal(as_int.astype(np.float64) * ratio, as_fake.astype(np.float64))
     (reference,) = ReferenceEvaluator(fake, new_ops=ops.reference_ops()).run(None, {"pixels": pixels[:8]})
     assert np.array_equal(reference, as_fake[:8])
+
+
+@pytest.mark.parametrize("per_channel", [True, False], ids=["per-channel", "per-tensor"])
+def test_qdq_target_quantizes_ann_layers_and_leaves_spiking_parts_float(per_channel: bool, digits) -> None:
+    name = "hybrid_a2s"
+    calibration = {"pixels": digits.x_train[:256].reshape(-1, 1, 8, 8)}
+    model, report = quantize(models.path(name), calibration, target="qdq", per_channel=per_channel)
+    weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith(".weight.q")]
+    assert len(weight_dq) == 2  # the two ANN convolutions
+    per_channel_axes = [next((a.i for a in n.attribute if a.name == "axis"), None) for n in weight_dq]
+    assert all((axis == 0) if per_channel else (axis is None) for axis in per_channel_axes)
+    for node in weight_dq:
+        values = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == node.input[0]))
+        assert values.dtype == np.int8 and np.abs(values).max() == 127  # symmetric: the absmax maps to 127
+    lifs = [n for n in ops.hnnx_nodes(model.graph) if n.op_type == "LIF"]
+    assert all(ops.LIF.view(n).attrs["mode"] == "float" for n in lifs)
+    assert "hidden_lif" in report.excluded
+    pixels = digits.x_test.reshape(-1, 1, 8, 8)
+    float_accuracy = hnnx.simulate(models.path(name), {"pixels": pixels}, labels=digits.y_test).accuracy
+    accuracy = hnnx.simulate(model, {"pixels": pixels}, labels=digits.y_test).accuracy
+    assert accuracy >= float_accuracy - 0.005
+
+
+def test_qdq_matches_a_hand_quantized_conv() -> None:
+    w = RNG.normal(0, 0.5, (3, 2, 3, 3)).astype(np.float32)
+    model = _model([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1], name="conv")],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 4, 4])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4, 4])], {"w": w})
+    x = RNG.normal(0, 1, (5, 2, 4, 4)).astype(np.float32)
+    quantized, _ = quantize(model, {"x": x}, target="qdq")
+    x_scale = np.float32(np.abs(x).max() / 127)
+    w_scale = (np.abs(w).reshape(3, -1).max(axis=1) / 127).astype(np.float32)
+    x_q = np.clip(np.round(x / x_scale), -128, 127) * x_scale
+    w_q = np.clip(np.round(w / w_scale[:, None, None, None]), -128, 127) * w_scale[:, None, None, None]
+    expected = _run(_model([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 4, 4])],
+                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4, 4])],
+                           {"w": w_q.astype(np.float32)}), {"x": x_q.astype(np.float32)})[0]
+    (got,) = _run_exact(quantized, {"x": x})
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_per_channel_is_refused_for_tianjicx() -> None:
+    with pytest.raises(hnnx.HnnxError, match="per-channel"):
+        quantize(models.path("snn_mlp"), {"pixels": load_digits().x_train[:8]}, per_channel=True)

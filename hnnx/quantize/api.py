@@ -17,8 +17,9 @@ from hnnx.errors import HnnxError
 from hnnx.model import check, load
 from hnnx.passes import preprocess
 
-TARGETS = ("tianjicx",)
-FORMATS = ("int", "fakequant")
+TARGETS = ("tianjicx", "qdq")
+FORMATS = {"tianjicx": ("int", "fakequant"), "qdq": ("fakequant",)}
+"""The output formats of each target; the first is the default."""
 OUTPUT_SCALE_KEY = "hnnx.output_scale."
 QUANTIZED_KEY = "hnnx.quantized"
 
@@ -71,8 +72,9 @@ def quantize(
     calibration: Any,
     *,
     target: str = "tianjicx",
-    format: str = "int",
+    format: str | None = None,
     observer: str = "minmax",
+    per_channel: bool | None = None,
     num_samples: int | None = None,
     batch_size: int = 64,
     exclude: Sequence[str] = (),
@@ -84,14 +86,20 @@ def quantize(
     ``calibration``: anything :func:`hnnx.calibrate.batches` reads (a .npz/.npy/directory path,
     a dict of arrays, an iterable, a DataLoader); it is validated before any work.
     ``exclude``: node names, op types or regular expressions (``re.fullmatch`` on the node
-    name) to keep in float. Returns the quantized model and a :class:`QuantizationReport`.
+    name) to keep in float. ``format``: see :data:`FORMATS` (default: the target's first);
+    ``per_channel``: per-output-channel weight scales (``qdq`` only; its default).
+    Returns the quantized model and a :class:`QuantizationReport`.
     """
     from hnnx.calibrate import calibrate
 
     if target not in TARGETS:
         raise HnnxError(f"unknown target {target!r} (known: {', '.join(TARGETS)})")
-    if format not in FORMATS:
-        raise HnnxError(f"format {format!r} is not available for target {target} (available: {', '.join(FORMATS)})")
+    format = format or FORMATS[target][0]
+    if format not in FORMATS[target]:
+        raise HnnxError(f"format {format!r} is not available for target {target} "
+                        f"(available: {', '.join(FORMATS[target])})")
+    if per_channel and target == "tianjicx":
+        raise HnnxError("the tianjicx target has per-tensor shift-only weights; per-channel scales need --target qdq")
     if bit_shift_unit not in (1, 2):
         raise HnnxError(f"bit_shift_unit must be 1 or 2, got {bit_shift_unit}")
     if not isinstance(model, onnx.ModelProto):
@@ -102,11 +110,17 @@ def quantize(
                       num_samples=num_samples, progress=progress)
 
     graph = gs.import_onnx(float_model)
-    excluded = _excluded_names(graph, exclude)
-    from hnnx.quantize.tianjicx import TianjicxQuantizer
+    excluded = frozenset(_excluded_names(graph, exclude))
+    absmax = lambda name: float(np.max(stats.absmax(name)))  # noqa: E731
+    quantizer: Any
+    if target == "qdq":
+        from hnnx.quantize.qdq import QdqQuantizer
 
-    quantizer = TianjicxQuantizer(graph, lambda name: float(np.max(stats.absmax(name))), bit_shift_unit,
-                                  frozenset(excluded), fakequant=format == "fakequant")
+        quantizer = QdqQuantizer(graph, absmax, per_channel=per_channel is not False, excluded_names=excluded)
+    else:
+        from hnnx.quantize.tianjicx import TianjicxQuantizer
+
+        quantizer = TianjicxQuantizer(graph, absmax, bit_shift_unit, excluded, fakequant=format == "fakequant")
     quantizer.run()
     quantized = gs.export_onnx(graph, do_type_check=False)
     quantized.ir_version = float_model.ir_version
@@ -125,6 +139,22 @@ def quantize(
                                             "quantized": _parameter_bytes(quantized)})
     _compare(float_model, quantized, calibration, report, stats.firing_rates, batch_size)
     return quantized, report
+
+
+def exact_session_options(model: onnx.ModelProto) -> Any:
+    """Session options that keep a fake-quant model's arithmetic: onnxruntime's extended
+    optimisations replace DequantizeLinear(int8 weight) + MatMul by an approximate MatMulNBits."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if is_fakequant(model):
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    return options
+
+
+def is_fakequant(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` is a tianjicx fake-quant model (exact only without extended optimisations)."""
+    return any(p.key == QUANTIZED_KEY and p.value == "tianjicx/fakequant" for p in model.metadata_props)
 
 
 def output_scales(model: onnx.ModelProto) -> dict[str, float]:
