@@ -27,7 +27,8 @@ QUANTIZED_KEY = "hnnx.quantized"
 @dataclass
 class QuantizationReport:
     """What quantization did: per-layer scales and shifts, exclusions, sizes, and the
-    float-vs-quantized comparison on the calibration samples."""
+    float-vs-quantized comparison on the calibration samples (SQNR per output in dB,
+    firing rates, saturated values per requantized activation, SynOps per sample)."""
 
     target: str
     format: str
@@ -39,6 +40,8 @@ class QuantizationReport:
     size_bytes: dict[str, int] = field(default_factory=dict)
     sqnr_db: dict[str, float] = field(default_factory=dict)
     firing_rates: dict[str, dict[str, float]] = field(default_factory=dict)
+    saturated: dict[str, int] = field(default_factory=dict)
+    synops_per_sample: float = 0.0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False, default=float)
@@ -61,6 +64,11 @@ class QuantizationReport:
             for name, rates in self.firing_rates.items():
                 lines.append(f"| {name} | {rates['float']:.4f} | {rates['quantized']:.4f} | "
                              f"{rates['quantized'] - rates['float']:+.4f} |")
+        if self.saturated:
+            lines += ["", "| requantized activation | saturated values |", "|---|---|"]
+            lines += [f"| {name} | {count:,} |" for name, count in self.saturated.items()]
+        if self.synops_per_sample:
+            lines += ["", f"SynOps per sample (spike-driven synaptic operations): {self.synops_per_sample:,.0f}"]
         if self.excluded:
             lines += ["", "| excluded node | reason |", "|---|---|"]
             lines += [f"| {name} | {reason} |" for name, reason in self.excluded.items()]
@@ -141,19 +149,9 @@ def quantize(
     return quantized, report
 
 
-def exact_session_options(model: onnx.ModelProto) -> Any:
-    """Session options that keep a fake-quant model's arithmetic: onnxruntime's extended
-    optimisations replace DequantizeLinear(int8 weight) + MatMul by an approximate MatMulNBits."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if is_fakequant(model):
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    return options
-
-
 def is_fakequant(model: onnx.ModelProto) -> bool:
-    """Whether ``model`` is a tianjicx fake-quant model (exact only without extended optimisations)."""
+    """Whether ``model`` is a tianjicx fake-quant model (hnnx's Simulator runs those with basic
+    onnxruntime optimisations only, which keep their arithmetic exact)."""
     return any(p.key == QUANTIZED_KEY and p.value == "tianjicx/fakequant" for p in model.metadata_props)
 
 
@@ -199,18 +197,26 @@ def _parameter_bytes(model: onnx.ModelProto) -> int:
 
 def _compare(float_model: onnx.ModelProto, quantized: onnx.ModelProto, calibration: Any,
              report: QuantizationReport, float_rates: Mapping[str, float], batch_size: int) -> None:
-    """SQNR of every output and firing-rate drift, on (up to 256 of) the calibration samples."""
+    """On (up to 256 of) the calibration samples: SQNR of every output, firing-rate drift,
+    saturation of every requantized activation, and SynOps per sample of the quantized model."""
     from hnnx.calibrate import batches
     from hnnx.runtime.session import Simulator
 
-    reference, candidate = Simulator(float_model), Simulator(quantized)
+    requantized = [n.output[0] for n in quantized.graph.node if n.domain == ops.DOMAIN and n.op_type == "Requantize"]
+    fan_outs = _spike_fan_outs(quantized)
+    reference = Simulator(float_model)
+    candidate = Simulator(quantized, probes=[*requantized, *fan_outs])
     scales = output_scales(quantized)
     signal: dict[str, float] = {}
     noise: dict[str, float] = {}
     spikes: dict[str, list[float]] = {}
+    saturated = dict.fromkeys(requantized, 0)
+    synops = 0.0
+    samples = 0
     for feeds in batches(calibration, reference.inputs, batch_size, num_samples=256):
         expected, _ = reference.run(feeds)
         got, counts = candidate.run(feeds)
+        samples += next(iter(feeds.values())).shape[reference.inputs[0].batch_axis]
         for name, value in expected.items():
             real = got[name].astype(np.float64) * scales.get(name, 1.0)
             signal[name] = signal.get(name, 0.0) + float(np.sum(value.astype(np.float64) ** 2))
@@ -219,10 +225,47 @@ def _compare(float_model: onnx.ModelProto, quantized: onnx.ModelProto, calibrati
             spikes.setdefault(name, [0.0, 0.0])
             spikes[name][0] += total
             spikes[name][1] += count
+        for name in requantized:
+            saturated[name] += int(np.sum((got[name] == 127) | (got[name] == -128)))
+        for name, fan_out in fan_outs.items():
+            synops += float(np.count_nonzero(got[name])) * fan_out
     report.sqnr_db = {name: 10 * np.log10(signal[name] / max(noise[name], 1e-30)) for name in signal}
     report.firing_rates = {name: {"float": float(float_rates.get(name, float("nan"))),
                                   "quantized": total / count if count else 0.0}
                            for name, (total, count) in spikes.items()}
+    report.saturated = {name.rsplit(".", 1)[0]: count for name, count in saturated.items()}
+    report.synops_per_sample = synops / max(samples, 1)
+
+
+def _spike_fan_outs(model: onnx.ModelProto) -> dict[str, int]:
+    """Spike tensors that feed a synaptic layer, with the synapses each spike drives.
+
+    A spike into a MatMul drives its output features; into a Conv, ``C_out · kh · kw``
+    (interior positions). Spike tensors are the outputs of LIF and rate-coding A2S nodes,
+    followed through reshapes and casts.
+    """
+    producers = {out: node for node in model.graph.node for out in node.output}
+    initializers = {init.name: init for init in model.graph.initializer}
+
+    def is_spikes(tensor: str) -> bool:
+        node = producers.get(tensor)
+        while node is not None and node.op_type in ("Reshape", "Cast", "Flatten", "Transpose", "Squeeze", "Unsqueeze"):
+            tensor = node.input[0]
+            node = producers.get(tensor)
+        if node is None or node.domain != ops.DOMAIN:
+            return False
+        if node.op_type == "LIF":
+            return True
+        return node.op_type == "A2S" and any(a.name == "coding" and a.s == b"rate" for a in node.attribute)
+
+    fan_outs = {}
+    for node in model.graph.node:
+        if node.op_type in ("MatMulInteger", "ConvInteger", "MatMul", "Conv") and node.input[1] in initializers:
+            dims = list(initializers[node.input[1]].dims)
+            fan_out = dims[-1] if node.op_type.startswith("MatMul") else dims[0] * int(np.prod(dims[2:]))
+            if is_spikes(node.input[0]):
+                fan_outs[node.input[0]] = fan_out
+    return fan_outs
 
 
 def _short(value: Any) -> str:

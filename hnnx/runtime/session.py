@@ -57,6 +57,10 @@ class Simulator:
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        if _is_fakequant(model):
+            # Extended optimisations turn DequantizeLinear(int8 weight) + MatMul into the
+            # approximate MatMulNBits; a fake-quant model must keep its exact arithmetic.
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         try:
             self.session = ort.InferenceSession(model.SerializeToString(), options,
                                                 providers=["CPUExecutionProvider"])
@@ -79,6 +83,10 @@ class Simulator:
         counts = {layer.name: (float(taps[2 * i]), int(taps[2 * i + 1]))
                   for i, layer in enumerate(self.spiking_layers)}
         return tensors, counts
+
+
+def _is_fakequant(model: onnx.ModelProto) -> bool:
+    return any(p.key == "hnnx.quantized" and p.value.endswith("/fakequant") for p in model.metadata_props)
 
 
 def _add_rate_taps(model: onnx.ModelProto) -> list[SpikingLayer]:
