@@ -37,7 +37,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from hnnx import ops
-from hnnx.errors import HnnxError, NodeError
+from hnnx.errors import NodeError
 from hnnx.ops.lif import EXACT_ATTRIBUTE_LIMIT
 
 INT8 = (-128, 127)
@@ -404,12 +404,10 @@ class TianjicxQuantizer:
             if ratio == 1.0:
                 return value.tensor
             return self._float_op("Mul", [value.tensor, _const(f"{name}.dq_scale", np.float32(ratio))], f"{name}.dq")
-        wide = value.tensor
-        if wide.dtype not in (np.int8, np.int32):
-            raise HnnxError(f"tensor {name!r}: cannot dequantize {wide.dtype}")
-        out = self._variable(f"{name}.dq", np.float32)
-        self._node("DequantizeLinear", [wide, _const(f"{name}.dq_scale", np.float32(value.scale))], [out])
-        return out
+        # Cast and Mul, not DequantizeLinear: onnxruntime's QDQ propagation pushes a
+        # DequantizeLinear into the function body of a float consumer and aborts.
+        real = self._float_op("Cast", [value.tensor], f"{name}.dq_units", {"to": onnx.TensorProto.FLOAT})
+        return self._float_op("Mul", [real, _const(f"{name}.dq_scale", np.float32(value.scale))], f"{name}.dq")
 
     def _finish_outputs(self) -> None:
         for index, output in enumerate(list(self.graph.outputs)):
