@@ -275,3 +275,14 @@ def test_qdq_matches_a_hand_quantized_conv() -> None:
 def test_per_channel_is_refused_for_tianjicx() -> None:
     with pytest.raises(hnnx.HnnxError, match="per-channel"):
         quantize(models.path("snn_mlp"), {"pixels": load_digits().x_train[:8]}, per_channel=True)
+
+
+@pytest.mark.parametrize("fmt", ["int", "fakequant"])
+def test_quantizing_is_idempotent(fmt: str, digits) -> None:
+    calibration = {"pixels": digits.x_train[:64]}
+    once, _ = quantize(models.path("snn_mlp"), calibration, format=fmt)
+    twice, report = quantize(once, calibration, format=fmt)
+    assert twice.SerializeToString() == once.SerializeToString()
+    assert report.layers == [] and report.output_scales == output_scales(once)
+    with pytest.raises(hnnx.HnnxError, match="already quantized"):
+        quantize(once, calibration, format="int" if fmt == "fakequant" else "fakequant")

@@ -112,6 +112,14 @@ def quantize(
         raise HnnxError(f"bit_shift_unit must be 1 or 2, got {bit_shift_unit}")
     if not isinstance(model, onnx.ModelProto):
         model = load(model)
+    done = quantized_as(model)
+    if done == f"{target}/{format}":  # idempotent: nothing is left to quantize
+        again = onnx.ModelProto()
+        again.CopyFrom(model)
+        return again, QuantizationReport(target, format, observer, 0, output_scales=output_scales(model))
+    if done is not None:
+        raise HnnxError(f"the model is already quantized ({done}); re-quantizing it as {target}/{format} "
+                        f"needs the float model")
     float_model = preprocess(model)
     tensors = _float_tensors(float_model)
     stats = calibrate(float_model, calibration, tensors, observer=observer, batch_size=batch_size,
@@ -147,6 +155,11 @@ def quantize(
                                             "quantized": _parameter_bytes(quantized)})
     _compare(float_model, quantized, calibration, report, stats.firing_rates, batch_size)
     return quantized, report
+
+
+def quantized_as(model: onnx.ModelProto) -> str | None:
+    """``"target/format"`` of a model hnnx quantized, else None."""
+    return next((p.value for p in model.metadata_props if p.key == QUANTIZED_KEY), None)
 
 
 def is_fakequant(model: onnx.ModelProto) -> bool:
