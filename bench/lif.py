@@ -1,42 +1,47 @@
-"""Benchmark: one ``hnnx.LIF`` layer in onnxruntime against a plain numpy loop and the memory floor.
+"""Benchmark: one ``hnnx.LIF`` layer — native kernel, function body, numpy, SpikingJelly, snnTorch, memory floor.
 
 What is measured
 ----------------
-One LIF layer (hard reset, ``alpha = 0.9`` multiplicative leak, ``beta = 0``,
-``threshold = 1``, ``v_reset = 0``, ``v_init = 0``) driven by an input current
-``x[T, N, C]`` (float32, drawn from N(0.3, 0.6²) with a fixed seed). Per step::
+One LIF layer (hard reset to 0, ``alpha = 0.9`` multiplicative leak, ``threshold = 1``)
+driven by an input current ``x[T, N, C]`` (float32, N(0.3, 0.6²), fixed seed). Per step::
 
-    v1 = v + x[t];  s = v1 > θ;  v2 = where(s, v_reset, v1);  v = alpha · v2
+    v1 = v + x[t];  s = v1 > θ;  v2 = where(s, 0, v1);  v = alpha · v2
 
-Contenders, all measured in the same process and run:
+Contenders, all measured in the same process and run, with the same thread count
+(``--threads``, default 2) wherever the contender can use threads:
 
-1. ``hnnx / onnxruntime`` — a one-node ONNX model (graph input ``x [T, N, C]``, output
-   ``spikes``) with the hnnx function bodies attached (:func:`hnnx.ops.attach_functions`),
-   run by a stock ``onnxruntime.InferenceSession`` on ``CPUExecutionProvider``
-   (``intra_op_num_threads`` = threads, ``inter_op_num_threads = 1``).
-2. ``numpy loop`` — a plain numpy loop over T writing the equations above as written,
-   into a preallocated spike array. numpy elementwise kernels are single threaded.
-3. ``memory floor`` — the least the layer must move (read the current once, write the
-   spikes once: ``2 · T·N·C · 4`` bytes) divided by the measured copy bandwidth. The
-   bandwidth is measured with ``np.copyto`` between two buffers of the input's size
-   (a copy reads and writes, so bandwidth = ``2 · bytes / seconds``); the floor is
-   therefore the time of a copy of the input into a same-size output.
+1. ``hnnx native`` — a one-node ONNX model (input ``x [T, N, C]``, output ``spikes``, hnnx
+   function bodies attached) in a stock ``onnxruntime.InferenceSession`` with the hnnx
+   custom-op library registered (:mod:`hnnx.runtime.native`): the fused C++ kernel.
+2. ``hnnx function body`` — the same model and session options without the library:
+   onnxruntime inlines the node's function body (a ``Scan`` of standard ops).
+3. ``numpy loop`` — the equations above as a plain numpy loop over T into a preallocated
+   spike array (numpy elementwise kernels are single-threaded).
+4. ``SpikingJelly LIFNode`` — ``spikingjelly.activation_based.neuron.LIFNode(tau=10,
+   decay_input=False, v_reset=0, step_mode="m")`` (``H = V − V/τ + X``: the same neuron,
+   with ``V − V/τ`` rounded differently from ``0.9·V``, and firing at ``H ≥ θ``), multi-step,
+   CPU, under ``torch.no_grad()``.
+5. ``snnTorch Leaky`` — ``snntorch.Leaky(beta=0.9, reset_mechanism="zero")`` stepped over T
+   as its documentation does (``spk, mem = lif(x[t], mem)``), spikes written into a
+   preallocated tensor, under ``torch.no_grad()``. Its zero-reset recurrence is the same as
+   hnnx's operation by operation, so its spikes are identical.
+6. ``memory floor`` — the least the layer must move (read the current once, write the spikes
+   once: ``2 · T·N·C · 4`` bytes): the fastest copy of the input into a same-size buffer
+   (``np.copyto``, one thread, or ``torch.Tensor.copy_`` with the same threads).
 
-Each contender runs once as a warm-up, then ``--repeats`` (default 7) timed runs
-(``time.perf_counter``); the table reports the median and the ratio to the numpy loop.
-The spikes of hnnx and of the numpy loop are compared element for element (both run the
-same float32 operations in the same order, so they must be identical).
+Each contender runs once as a warm-up, then ``--repeats`` (default 7) timed runs; the table
+shows the median in milliseconds and, in brackets, the ratio to hnnx native. A missing
+peer (not installed) is reported as such. Spikes are compared with hnnx native element by
+element.
 
-Two workloads are reported: the issue's layer (T=16, 32 × 25,088 neurons; set with
-``--steps/--batch/--neurons``) and the open-neuromorphic shape (T=500, batch 16, 512
-neurons), which is dominated by per-step overhead rather than memory traffic.
-
-Run: ``PYTHONPATH=. python bench/lif.py`` (``--quick`` for a small smoke run).
+Run: ``python bench/lif.py`` (``--quick`` for a small smoke run). Peers: ``pip install -e '.[bench]'``
+(snnTorch) and ``pip install --no-deps spikingjelly==2.0.0 loguru`` (see README).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import statistics
@@ -50,22 +55,34 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from hnnx import ops
+from hnnx.runtime import native
 
 SEED = 20240611
 CURRENT_MEAN = 0.3
 CURRENT_STD = 0.6
 THRESHOLD = 1.0
 ALPHA = 0.9
-V_RESET = 0.0
-TARGET_RATIO = 1.5
-"""The issue's target: hnnx in onnxruntime takes at most this many times the numpy loop."""
+TAU = 10.0
+"""SpikingJelly's time constant for the same leak: ``V − V/τ = (1 − 1/τ)·V = 0.9·V``."""
+FLOOR_SHARE_TARGET = 0.5
+"""Issue target: on the first workload hnnx native reaches ≥ 50 % of the memory floor."""
+SMALL_LAYER_TARGET_S = 0.003
+SMALL_LAYER_SPEEDUP_TARGET = 15.0
+"""Issue targets on the batch 16, T = 500, 512-neuron layer: ≤ 3 ms and ≥ 15× SpikingJelly."""
+
+NATIVE = "hnnx native (onnxruntime + fused kernel)"
+BODY = "hnnx function body (onnxruntime Scan)"
+NUMPY = "numpy loop (1 thread)"
+SPIKINGJELLY = "SpikingJelly 2 LIFNode, multi-step"
+SNNTORCH = "snnTorch Leaky, stepped"
+FLOOR = "memory floor (copy in → out)"
+CONTENDERS = (NATIVE, BODY, NUMPY, SPIKINGJELLY, SNNTORCH, FLOOR)
 
 
 @dataclass(frozen=True)
 class Workload:
     """One LIF layer shape: ``steps`` time steps of a ``[batch, neurons]`` current."""
 
-    title: str
     steps: int
     batch: int
     neurons: int
@@ -75,21 +92,24 @@ class Workload:
         return (self.steps, self.batch, self.neurons)
 
     @property
-    def elements(self) -> int:
-        return self.steps * self.batch * self.neurons
+    def title(self) -> str:
+        return f"T={self.steps}, {self.batch}×{self.neurons:,}"
 
     @property
     def nbytes(self) -> int:
-        return self.elements * np.dtype(np.float32).itemsize
+        return self.steps * self.batch * self.neurons * 4
 
 
-@dataclass(frozen=True)
-class Timing:
-    """The median of the timed runs of one contender (seconds)."""
+@dataclass
+class Cell:
+    """One contender on one workload: median seconds, or why there is none."""
 
-    name: str
-    median: float
-    note: str = ""
+    seconds: float | None = None
+    missing: str = ""
+    spikes: np.ndarray | None = None
+
+
+Runner = Callable[[], object]
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -105,79 +125,100 @@ def make_current(workload: Workload, seed: int = SEED) -> np.ndarray:
 # ---------------------------------------------------------------------------- contenders
 def build_lif_model(workload: Workload) -> onnx.ModelProto:
     """A one-node ONNX model ``x [T, N, C] → spikes`` with the hnnx functions attached."""
-    node = ops.make_node(
-        "LIF", ["x"], ["spikes"], name="lif",
-        threshold=THRESHOLD, reset_mode="hard", v_reset=V_RESET, alpha=ALPHA, beta=0.0,
-    )
+    node = ops.make_node("LIF", ["x"], ["spikes"], name="lif", threshold=THRESHOLD, reset_mode="hard",
+                         v_reset=0.0, alpha=ALPHA)
     graph = helper.make_graph(
         [node], "lif_bench",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(workload.shape))],
         [helper.make_tensor_value_info("spikes", TensorProto.FLOAT, list(workload.shape))],
     )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", ops.ONNX_OPSET), helper.make_opsetid(ops.DOMAIN, ops.OPSET_VERSION)],
-        ir_version=ops.IR_VERSION,
-    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ops.ONNX_OPSET)])
     return ops.attach_functions(model)
 
 
-def make_session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
-    """An onnxruntime CPU session with ``threads`` intra-op threads and one inter-op thread."""
+def onnxruntime_runner(model: onnx.ModelProto, current: np.ndarray, threads: int, library: str | None) -> Runner:
+    """Run ``model`` on ``current`` in a CPU session with ``threads`` intra-op threads, with
+    the native library registered when ``library`` is given."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
-def hnnx_runner(workload: Workload, current: np.ndarray, threads: int) -> Callable[[], np.ndarray]:
-    """A callable running the hnnx LIF model in onnxruntime on ``current``; returns the spikes."""
-    session = make_session(build_lif_model(workload), threads)
+    if library:
+        options.register_custom_ops_library(library)
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     feeds = {"x": current}
-
-    def run() -> np.ndarray:
-        return session.run(["spikes"], feeds)[0]
-
-    return run
+    return lambda: session.run(["spikes"], feeds)[0]
 
 
 def numpy_lif(current: np.ndarray, spikes: np.ndarray) -> np.ndarray:
     """The LIF equations as a plain numpy loop over T, writing into ``spikes`` (preallocated)."""
-    threshold = np.float32(THRESHOLD)
-    v_reset = np.float32(V_RESET)
-    alpha = np.float32(ALPHA)
+    threshold, alpha, zero = np.float32(THRESHOLD), np.float32(ALPHA), np.float32(0.0)
     v = np.zeros(current.shape[1:], dtype=np.float32)
     for t in range(current.shape[0]):
         v1 = v + current[t]
         fired = v1 > threshold
-        v2 = np.where(fired, v_reset, v1)
-        v = alpha * v2
+        v = alpha * np.where(fired, zero, v1)
         spikes[t] = fired
     return spikes
 
 
-def numpy_runner(current: np.ndarray) -> Callable[[], np.ndarray]:
-    """A callable running :func:`numpy_lif` into one preallocated spike array."""
+def numpy_runner(current: np.ndarray) -> Runner:
     spikes = np.empty_like(current)
     return lambda: numpy_lif(current, spikes)
 
 
-def copy_runner(nbytes: int) -> Callable[[], np.ndarray]:
-    """A callable copying a buffer of ``nbytes`` into another of the same size (``np.copyto``)."""
-    count = nbytes // np.dtype(np.float32).itemsize
-    source = np.ones(count, dtype=np.float32)
-    target = np.zeros(count, dtype=np.float32)
+def spikingjelly_runner(current: np.ndarray) -> Runner:
+    """SpikingJelly's multi-step LIFNode on ``current`` (raises ImportError when absent)."""
+    import torch
+    from spikingjelly.activation_based import functional, neuron
+
+    node = neuron.LIFNode(tau=TAU, decay_input=False, v_threshold=THRESHOLD, v_reset=0.0, step_mode="m")
+    x = torch.from_numpy(current)
 
     def run() -> np.ndarray:
-        np.copyto(target, source)
-        return target
+        functional.reset_net(node)
+        with torch.no_grad():
+            return node(x).numpy()
 
     return run
 
 
+def snntorch_runner(current: np.ndarray) -> Runner:
+    """snnTorch's Leaky stepped over T (raises ImportError when absent)."""
+    import snntorch
+    import torch
+
+    lif = snntorch.Leaky(beta=ALPHA, threshold=THRESHOLD, reset_mechanism="zero")
+    x = torch.from_numpy(current)
+    out = torch.empty_like(x)
+
+    def run() -> np.ndarray:
+        with torch.no_grad():
+            mem = lif.reset_mem()
+            for t in range(x.shape[0]):
+                spk, mem = lif(x[t], mem)
+                out[t] = spk
+        return out.numpy()
+
+    return run
+
+
+def copy_runners(nbytes: int) -> list[Runner]:
+    """Copies of ``nbytes`` into a same-size buffer: numpy (one thread) and torch (its threads)."""
+    count = nbytes // 4
+    source, target = np.ones(count, dtype=np.float32), np.zeros(count, dtype=np.float32)
+    runners: list[Runner] = [lambda: np.copyto(target, source)]
+    try:
+        import torch
+
+        torch_source, torch_target = torch.from_numpy(source), torch.from_numpy(target)
+        runners.append(lambda: torch_target.copy_(torch_source))
+    except ImportError:
+        pass
+    return runners
+
+
 # ---------------------------------------------------------------------------- timing
-def median_seconds(run: Callable[[], object], repeats: int) -> float:
+def median_seconds(run: Runner, repeats: int) -> float:
     """Median wall time of ``repeats`` calls of ``run`` after one warm-up call."""
     run()
     samples = []
@@ -188,123 +229,139 @@ def median_seconds(run: Callable[[], object], repeats: int) -> float:
     return statistics.median(samples)
 
 
-@dataclass(frozen=True)
-class WorkloadResult:
-    workload: Workload
-    timings: list[Timing]
-    bandwidth: float
-    mismatches: int
-    spike_rate: float
-
-    def timing(self, name: str) -> Timing:
-        return next(t for t in self.timings if t.name == name)
+def measure(make: Callable[[], Runner], repeats: int) -> Cell:
+    """Build a contender and time it; a missing package becomes a 'not installed' cell."""
+    try:
+        run = make()
+    except ImportError as exc:
+        return Cell(missing=f"not installed ({exc.name})")
+    spikes = np.array(run(), copy=True)
+    return Cell(median_seconds(run, repeats), spikes=spikes)
 
 
-HNNX = "hnnx / onnxruntime"
-NUMPY = "numpy loop"
-FLOOR = "memory floor (copy)"
-
-
-def bench_workload(workload: Workload, repeats: int, threads: int) -> WorkloadResult:
-    """Measure every contender on ``workload`` and compare the hnnx and numpy spikes."""
+def bench_workload(workload: Workload, repeats: int, threads: int, library: str | None) -> dict[str, Cell]:
+    """Every contender on ``workload``."""
     current = make_current(workload)
-    run_hnnx = hnnx_runner(workload, current, threads)
-    run_numpy = numpy_runner(current)
-    run_copy = copy_runner(workload.nbytes)
-
-    hnnx_spikes = np.array(run_hnnx(), copy=True)
-    numpy_spikes = np.array(run_numpy(), copy=True)
-    mismatches = int(np.count_nonzero(hnnx_spikes != numpy_spikes)) if hnnx_spikes.shape == numpy_spikes.shape \
-        else workload.elements
-    spike_rate = float(numpy_spikes.mean())
-    del hnnx_spikes, numpy_spikes
-
-    t_hnnx = median_seconds(run_hnnx, repeats)
-    t_numpy = median_seconds(run_numpy, repeats)
-    t_copy = median_seconds(run_copy, repeats)
-    bandwidth = 2 * workload.nbytes / t_copy
-    floor = 2 * workload.nbytes / bandwidth  # = t_copy: read the input once, write the spikes once
-    return WorkloadResult(
-        workload=workload,
-        timings=[Timing(HNNX, t_hnnx), Timing(NUMPY, t_numpy), Timing(FLOOR, floor)],
-        bandwidth=bandwidth,
-        mismatches=mismatches,
-        spike_rate=spike_rate,
-    )
+    model = build_lif_model(workload)
+    cells = {
+        NATIVE: measure(lambda: onnxruntime_runner(model, current, threads, library), repeats) if library
+        else Cell(missing="unavailable (see hnnx doctor)"),
+        BODY: measure(lambda: onnxruntime_runner(model, current, threads, None), repeats),
+        NUMPY: measure(lambda: numpy_runner(current), repeats),
+        SPIKINGJELLY: measure(lambda: spikingjelly_runner(current), repeats),
+        SNNTORCH: measure(lambda: snntorch_runner(current), repeats),
+    }
+    cells[FLOOR] = Cell(min(median_seconds(run, repeats) for run in copy_runners(workload.nbytes)))
+    return cells
 
 
 # ---------------------------------------------------------------------------- report
-def format_table(headers: list[str], rows: list[list[str]], right_align: set[int]) -> str:
-    """A Markdown pipe table whose columns are padded so it also reads aligned as plain text."""
+def format_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A Markdown pipe table, padded so it also reads aligned as plain text (numbers right)."""
     widths = [max(len(headers[i]), *(len(r[i]) for r in rows)) for i in range(len(headers))]
 
     def line(cells: list[str]) -> str:
-        padded = [c.rjust(w) if i in right_align else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
-        return "| " + " | ".join(padded) + " |"
+        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
+                                 enumerate(zip(cells, widths))) + " |"
 
-    rule = "|" + "|".join(("-" * (w + 1) + ":") if i in right_align else ("-" * (w + 2))
-                          for i, w in enumerate(widths)) + "|"
+    rule = "|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
     return "\n".join([line(headers), rule, *(line(r) for r in rows)])
 
 
-def format_bytes(nbytes: int) -> str:
-    """``nbytes`` in KiB or MiB, one decimal."""
-    return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.1f} KiB"
+def cell_text(cell: Cell, reference: Cell) -> str:
+    if cell.seconds is None:
+        return cell.missing
+    ms = cell.seconds * 1e3
+    decimals = 0 if ms >= 100 else 1 if ms >= 10 else 2 if ms >= 1 else 3  # three significant digits
+    text = f"{ms:.{decimals}f} ms"
+    if reference.seconds:
+        text += f" ({cell.seconds / reference.seconds:.2f}×)"
+    return text
 
 
-def report(result: WorkloadResult) -> str:
-    """The section for one workload: header, table, correctness and target lines."""
-    w = result.workload
-    reference = result.timing(NUMPY).median
-    rows = [[t.name, f"{t.median:.6f}", f"{t.median / reference:.2f}×"] for t in result.timings]
-    table = format_table(["contender", "median s", "vs numpy loop"], rows, right_align={1, 2})
-    ratio = result.timing(HNNX).median / reference
-    met = ratio <= TARGET_RATIO
-    lines = [
-        f"## {w.title}: T={w.steps}, batch {w.batch} × {w.neurons:,} neurons "
-        f"(input {format_bytes(w.nbytes)}, spike rate {result.spike_rate:.3f})",
-        "",
-        table,
-        "",
-        f"copy bandwidth (np.copyto, {format_bytes(w.nbytes)} → same size): {result.bandwidth / 1e9:.2f} GB/s",
-        f"spikes identical: {result.mismatches == 0} ({result.mismatches} mismatches of {w.elements:,})",
-        f"target (issue): hnnx ≤ {TARGET_RATIO} × numpy loop — hnnx is {ratio:.2f} × numpy loop: "
-        f"{'met' if met else 'NOT met'}",
-    ]
+def differing(cell: Cell, reference: Cell) -> int | None:
+    """How many of the contender's spikes differ from hnnx native's (None: nothing to compare)."""
+    if cell.spikes is None or reference.spikes is None:
+        return None
+    if cell.spikes.shape != reference.spikes.shape:
+        return cell.spikes.size
+    return int(np.count_nonzero(cell.spikes != reference.spikes))
+
+
+def agreement(cells: list[Cell], references: list[Cell]) -> str:
+    """``identical``, or the number of differing spikes per workload."""
+    counts = [differing(cell, reference) for cell, reference in zip(cells, references)]
+    if all(count is None for count in counts):
+        return "—"
+    if all(count in (0, None) for count in counts):
+        return "identical"
+    return " / ".join("—" if count is None else f"{count:,}" for count in counts) + " differ"
+
+
+def report(results: dict[Workload, dict[str, Cell]]) -> str:
+    """The one table (contenders × workloads) and the target lines."""
+    workloads = list(results)
+    headers = ["contender (median of runs; × hnnx native)", *(w.title for w in workloads), "spikes vs hnnx native"]
+    rows = []
+    for name in CONTENDERS:
+        same = agreement([results[w][name] for w in workloads], [results[w][NATIVE] for w in workloads])
+        rows.append([name, *(cell_text(results[w][name], results[w][NATIVE]) for w in workloads), same])
+    lines = [format_table(headers, rows), ""]
+    first, small = workloads[0], workloads[1] if len(workloads) > 1 else None
+    native_first, floor_first = results[first][NATIVE].seconds, results[first][FLOOR].seconds
+    if native_first and floor_first:
+        share = floor_first / native_first
+        lines.append(f"target: hnnx native at ≥ {FLOOR_SHARE_TARGET:.0%} of the memory floor's speed on "
+                     f"{first.title}: floor time / native time = {share:.0%} — "
+                     f"{'met' if share >= FLOOR_SHARE_TARGET else 'NOT met'}")
+    if small is not None and results[small][NATIVE].seconds:
+        seconds = results[small][NATIVE].seconds
+        line = (f"target: hnnx native ≤ {SMALL_LAYER_TARGET_S * 1e3:.0f} ms on {small.title}: "
+                f"{seconds * 1e3:.2f} ms — {'met' if seconds <= SMALL_LAYER_TARGET_S else 'NOT met'}")
+        jelly = results[small][SPIKINGJELLY].seconds
+        if jelly:
+            speedup = jelly / seconds
+            line += (f"; ≥ {SMALL_LAYER_SPEEDUP_TARGET:.0f}× SpikingJelly: {speedup:.1f}× — "
+                     f"{'met' if speedup >= SMALL_LAYER_SPEEDUP_TARGET else 'NOT met'}")
+        lines.append(line)
     return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--steps", type=int, default=16, help="time steps T of the main workload (16)")
-    parser.add_argument("--batch", type=int, default=32, help="batch N of the main workload (32)")
-    parser.add_argument("--neurons", type=int, default=25088, help="neurons per sample C of the main workload (25088)")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per contender, after one warm-up (7)")
-    parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads (2)")
-    parser.add_argument("--quick", action="store_true",
-                        help="small sizes for a smoke run (T=4, 2 × 1000; second workload T=20, 2 × 64)")
+    parser.add_argument("--threads", type=int, default=2, help="threads of onnxruntime and torch (2)")
+    parser.add_argument("--quick", action="store_true", help="small shapes for a smoke run")
     return parser.parse_args(argv)
 
 
-def workloads(args: argparse.Namespace) -> list[Workload]:
-    if args.quick:
-        return [Workload("LIF layer (quick)", 4, 2, 1000), Workload("open-neuromorphic shape (quick)", 20, 2, 64)]
-    return [Workload("LIF layer", args.steps, args.batch, args.neurons),
-            Workload("open-neuromorphic shape", 500, 16, 512)]
+def workloads(quick: bool) -> list[Workload]:
+    if quick:
+        return [Workload(4, 2, 1000), Workload(20, 2, 64)]
+    return [Workload(16, 32, 25088), Workload(500, 16, 512), Workload(500, 16, 4096)]
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.repeats < 1 or args.threads < 1:
-        raise SystemExit("--repeats and --threads must be ≥ 1")
+    if args.repeats < 5 and not args.quick:
+        raise SystemExit("--repeats must be ≥ 5 (the table reports medians of at least 5 runs)")
+    try:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        logging.getLogger("torch._library.triton").setLevel(logging.ERROR)  # "Triton not available" on CPU
+    except ImportError:
+        pass
+    current = native.status()
+    library = str(current.library) if current.active and current.library else None
     print(f"hnnx LIF benchmark — onnxruntime {ort.__version__}, numpy {np.__version__}, "
-          f"python {platform.python_version()}, {os.cpu_count()} CPUs; "
-          f"threads: onnxruntime intra-op {args.threads}, inter-op 1, numpy 1")
-    print(f"LIF: hard reset, alpha={ALPHA}, beta=0, threshold={THRESHOLD}, v_reset={V_RESET}; "
-          f"input N({CURRENT_MEAN}, {CURRENT_STD}²), seed {SEED}; median of {args.repeats} runs after 1 warm-up")
-    for workload in workloads(args):
-        print()
-        print(report(bench_workload(workload, args.repeats, args.threads)), flush=True)
+          f"python {platform.python_version()}, {os.cpu_count()} CPUs, {args.threads} threads; "
+          f"median of {args.repeats} runs after 1 warm-up")
+    print(f"LIF: hard reset to 0, alpha={ALPHA}, threshold={THRESHOLD}; input N({CURRENT_MEAN}, {CURRENT_STD}²), "
+          f"seed {SEED}; native kernel: {'active' if library else 'unavailable — ' + current.reason}")
+    print()
+    results = {w: bench_workload(w, args.repeats, args.threads, library) for w in workloads(args.quick)}
+    print(report(results), flush=True)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -36,6 +37,27 @@ def _reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.version_option(package_name="hnnx")
 def main() -> None:
     """hnnx — hybrid ANN/SNN networks as ONNX graphs."""
+    _warnings_on_one_line()
+
+
+def _warnings_on_one_line() -> None:
+    """Show hnnx's own warnings (e.g. the native-kernel fallback) as ``hnnx: warning: …``."""
+    import warnings
+
+    from hnnx.runtime.native import NativeKernelWarning
+
+    shown = warnings.showwarning
+    if getattr(shown, "hnnx_one_line", False):  # installed by an earlier invocation in this process
+        return
+
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, NativeKernelWarning):
+            click.echo(f"hnnx: warning: {str(message).removeprefix('hnnx: ')}", err=True)
+        else:
+            shown(message, category, *args, **kwargs)
+
+    show.hnnx_one_line = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
 
 
 @main.command()
@@ -119,12 +141,49 @@ def demo(out_dir: Path) -> None:
     """Simulate the bundled hybrid ANN→SNN network on the digits test split."""
     from hnnx.demo import run_demo
 
+    click.echo(_native_setup_line())
     click.echo("hybrid network: ANN conv front → A2S rate coding (16 steps) → spiking MLP → firing-rate readout")
     model_path, data_path, result = run_demo(out_dir, progress=sys.stderr.isatty())
     click.echo(f"wrote {model_path} and {data_path}")
     click.echo(result.summary())
     click.echo(f"next: hnnx inspect {model_path}")
     click.echo(f"      hnnx simulate {model_path} --input {data_path} --probe hidden_lif.spikes")
+
+
+def _native_setup_line() -> str:
+    """Set up the native LIF kernel (the demo ends the documented install) and say which path runs."""
+    from hnnx.runtime import native
+
+    current = native.setup()
+    if current.active:
+        return f"LIF kernel: native (fused C++ onnxruntime custom op, {current.library})"
+    native.mark_reported()
+    return f"LIF kernel: ONNX function bodies — native kernel unavailable: {current.reason}"
+
+
+@main.command()
+@click.option("--build", is_flag=True,
+              help="Fetch the onnxruntime headers if missing (from the Debian mirror) and build the native kernels, "
+                   "retrying earlier failures.")
+@click.option("--require-native", is_flag=True, help="Exit with code 1 unless the native kernels are active.")
+def doctor(build: bool, require_native: bool) -> None:
+    """Say which kernel path hnnx.LIF runs on (native or function bodies) and why."""
+    import platform
+
+    import numpy
+    import onnx
+    import onnxruntime
+
+    import hnnx
+    from hnnx.runtime import native
+
+    click.echo(f"hnnx {hnnx.__version__}, python {platform.python_version()}, onnxruntime {onnxruntime.__version__}, "
+               f"onnx {onnx.__version__}, numpy {numpy.__version__}, {platform.machine()}, {os.cpu_count()} CPUs")
+    current = native.setup(force=True) if build else native.status()
+    for line in native.describe(current):
+        click.echo(line)
+    if require_native and not current.active:
+        sys.exit(1)
 
 
 @main.command()
@@ -141,6 +200,8 @@ def demo(out_dir: Path) -> None:
                    "qdq: fakequant.")
 @click.option("--per-channel/--per-tensor", default=None,
               help="qdq weight scales per output channel (default) or per tensor.")
+@click.option("--spiking", type=click.Choice(["tianjicx", "float"]), default="tianjicx", show_default=True,
+              help="qdq target: quantize the spiking parts as tianjicx, or leave them float.")
 @click.option("--observer", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="minmax",
               show_default=True, help="How activation ranges are chosen from the calibration data.")
 @click.option("--num-samples", type=click.IntRange(min=1), default=None, help="Calibration samples to use (all).")
@@ -153,7 +214,7 @@ def demo(out_dir: Path) -> None:
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 @_reports_errors
 def quantize(model: Path, output: Path, calibration: Path, target: str, output_format: str | None,
-             per_channel: bool | None, observer: str, num_samples: int | None, batch_size: int, exclude: tuple[str, ...], bit_shift_unit: str,
+             per_channel: bool | None, spiking: str, observer: str, num_samples: int | None, batch_size: int, exclude: tuple[str, ...], bit_shift_unit: str,
              report: Path | None, progress: bool) -> None:
     """Calibrate MODEL on data and write its quantized form."""
     import hnnx
@@ -165,7 +226,7 @@ def quantize(model: Path, output: Path, calibration: Path, target: str, output_f
     if report is not None and report.suffix != ".json":
         raise HnnxError(f"{report}: the report file must end in .json")
     quantized, result = run_quantize(model, calibration, target=target, format=output_format,
-                                     per_channel=per_channel, observer=observer,
+                                     per_channel=per_channel, spiking=spiking, observer=observer,
                                      num_samples=num_samples, batch_size=batch_size, exclude=exclude,
                                      bit_shift_unit=int(bit_shift_unit), progress=progress and sys.stderr.isatty())
     for name, reason in result.excluded.items():

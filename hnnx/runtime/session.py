@@ -34,10 +34,13 @@ class Simulator:
     return next to the graph outputs; with ``firing_rates`` every top-level LIF node's
     spike count is reduced inside the graph (no spike tensors are copied out).
     ``threads`` sets onnxruntime's intra-op threads (None: onnxruntime's default).
+    ``native``: run ``hnnx.LIF`` nodes on the native fused kernel (:mod:`hnnx.runtime.native`)
+    — None: when available (else the function bodies, with one warning), True: required,
+    False: never. ``self.native`` tells whether the session uses it.
     """
 
     def __init__(self, model: onnx.ModelProto, probes: Sequence[str] = (), firing_rates: bool = True,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, native: bool | None = None) -> None:
         model = _copy(model)
         ops.attach_functions(model)
         self.inputs = [spec_of(vi) for vi in model.graph.input if vi.name not in _initializer_names(model)]
@@ -61,6 +64,7 @@ class Simulator:
             # Extended optimisations turn DequantizeLinear(int8 weight) + MatMul into the
             # approximate MatMulNBits; a fake-quant model must keep its exact arithmetic.
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        self.native = _register_native(options, model, native)
         try:
             self.session = ort.InferenceSession(model.SerializeToString(), options,
                                                 providers=["CPUExecutionProvider"])
@@ -85,6 +89,15 @@ class Simulator:
         return tensors, counts
 
 
+def _register_native(options: ort.SessionOptions, model: onnx.ModelProto, native: bool | None) -> bool:
+    """Register the native LIF kernel in ``options`` as ``native`` asks; True if registered."""
+    if native is False or (native is None and not any(n.op_type == "LIF" for n in ops.hnnx_nodes(model.graph))):
+        return False
+    from hnnx.runtime import native as native_kernels
+
+    return native_kernels.register(options, required=bool(native))
+
+
 def _is_fakequant(model: onnx.ModelProto) -> bool:
     return any(p.key == "hnnx.quantized" and p.value.endswith("/fakequant") for p in model.metadata_props)
 
@@ -94,12 +107,18 @@ def _add_rate_taps(model: onnx.ModelProto) -> list[SpikingLayer]:
     for index, node in enumerate(n for n in model.graph.node if n.domain == ops.DOMAIN and n.op_type == "LIF"):
         label = node.name or node.output[0]
         spikes = node.output[0]
-        as_float = f"{RATE_PREFIX}{index}.float"
+        time_axis = f"{RATE_PREFIX}{index}.axis0"
+        per_neuron = f"{RATE_PREFIX}{index}.per_neuron"
+        as_double = f"{RATE_PREFIX}{index}.double"
         total = f"{RATE_PREFIX}{index}.sum"
         count = f"{RATE_PREFIX}{index}.count"
+        # Sum over time in the spike type first (exact: each count ≤ T), so no [T, N, ...]
+        # double copy of the spikes is ever held; then the exact total in double.
         model.graph.node.extend([
-            helper.make_node("Cast", [spikes], [as_float], to=TensorProto.DOUBLE),
-            helper.make_node("ReduceSum", [as_float], [total], keepdims=0),
+            helper.make_node("Constant", [], [time_axis], value_ints=[0]),
+            helper.make_node("ReduceSum", [spikes, time_axis], [per_neuron], keepdims=0),
+            helper.make_node("Cast", [per_neuron], [as_double], to=TensorProto.DOUBLE),
+            helper.make_node("ReduceSum", [as_double], [total], keepdims=0),
             helper.make_node("Size", [spikes], [count]),
         ])
         model.graph.output.extend([

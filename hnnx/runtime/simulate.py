@@ -76,12 +76,14 @@ def simulate(
     probes: Sequence[str] = (),
     threads: int | None = None,
     progress: bool = False,
+    native: bool | None = None,
 ) -> SimulationResult:
     """Run ``model`` over every sample of ``data`` in batches of ``batch_size``.
 
     ``data``: a dataset path or dict of arrays (see :mod:`hnnx.runtime.data`);
     ``labels``: class indices ``[N]`` (default: the ``labels`` array of ``data``);
-    ``probes``: names of intermediate tensors to record; ``progress``: show a progress bar.
+    ``probes``: names of intermediate tensors to record; ``progress``: show a progress bar;
+    ``native``: use the native LIF kernel (None: when available; see :class:`Simulator`).
     """
     from hnnx.model import load
 
@@ -89,7 +91,7 @@ def simulate(
         raise DataError(f"batch size must be ≥ 1, got {batch_size}")
     if not isinstance(model, onnx.ModelProto):
         model = load(model)
-    simulator = Simulator(model, probes=probes, threads=threads)
+    simulator = Simulator(model, probes=probes, threads=threads, native=native)
     dataset = load_dataset(data, simulator.inputs, labels)
     collected: dict[str, list[np.ndarray]] = {}
     spike_sums = {layer.name: [0.0, 0] for layer in simulator.spiking_layers}
