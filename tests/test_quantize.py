@@ -236,7 +236,7 @@ def test_fakequant_graph_equals_integer_graph_up_to_the_output_scale(name: str, 
 def test_qdq_target_quantizes_ann_layers_and_leaves_spiking_parts_float(per_channel: bool, digits) -> None:
     name = "hybrid_a2s"
     calibration = {"pixels": digits.x_train[:256].reshape(-1, 1, 8, 8)}
-    model, report = quantize(models.path(name), calibration, target="qdq", per_channel=per_channel)
+    model, report = quantize(models.path(name), calibration, target="qdq", per_channel=per_channel, spiking="float")
     weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith(".weight.q")]
     assert len(weight_dq) == 2  # the two ANN convolutions
     per_channel_axes = [next((a.i for a in n.attribute if a.name == "axis"), None) for n in weight_dq]
@@ -251,6 +251,18 @@ def test_qdq_target_quantizes_ann_layers_and_leaves_spiking_parts_float(per_chan
     float_accuracy = hnnx.simulate(models.path(name), {"pixels": pixels}, labels=digits.y_test).accuracy
     accuracy = hnnx.simulate(model, {"pixels": pixels}, labels=digits.y_test).accuracy
     assert accuracy >= float_accuracy - 0.005
+
+
+def test_qdq_target_runs_the_spiking_parts_as_tianjicx_by_default(digits) -> None:
+    calibration = {"pixels": digits.x_train[:256].reshape(-1, 1, 8, 8)}
+    model, report = quantize(models.path("hybrid_a2s"), calibration, target="qdq")
+    assert report.excluded == {}
+    assert [n.op_type for n in model.graph.node if n.op_type in ("ConvInteger", "Conv")] == ["Conv", "Conv"]
+    spiking = [n for n in ops.hnnx_nodes(model.graph) if n.op_type in ("LIF", "A2S", "S2A")]
+    assert spiking and all(ops.declaration(n.op_type).view(n).attrs["mode"] == "integer" for n in spiking)
+    pixels = digits.x_test.reshape(-1, 1, 8, 8)
+    float_accuracy = hnnx.simulate(models.path("hybrid_a2s"), {"pixels": pixels}, labels=digits.y_test).accuracy
+    assert hnnx.simulate(model, {"pixels": pixels}, labels=digits.y_test).accuracy >= float_accuracy - 0.01
 
 
 def test_qdq_matches_a_hand_quantized_conv() -> None:

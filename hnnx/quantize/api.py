@@ -83,6 +83,7 @@ def quantize(
     format: str | None = None,
     observer: str = "minmax",
     per_channel: bool | None = None,
+    spiking: str = "tianjicx",
     num_samples: int | None = None,
     batch_size: int = 64,
     exclude: Sequence[str] = (),
@@ -95,7 +96,8 @@ def quantize(
     a dict of arrays, an iterable, a DataLoader); it is validated before any work.
     ``exclude``: node names, op types or regular expressions (``re.fullmatch`` on the node
     name) to keep in float. ``format``: see :data:`FORMATS` (default: the target's first);
-    ``per_channel``: per-output-channel weight scales (``qdq`` only; its default).
+    ``per_channel``: per-output-channel weight scales (``qdq`` only; its default);
+    ``spiking``: ``qdq`` target only — quantize the spiking parts as ``tianjicx`` or leave them ``float``.
     Returns the quantized model and a :class:`QuantizationReport`.
     """
     from hnnx.calibrate import calibrate
@@ -129,10 +131,22 @@ def quantize(
     excluded = frozenset(_excluded_names(graph, exclude))
     absmax = lambda name: float(np.max(stats.absmax(name)))  # noqa: E731
     quantizer: Any
+    if spiking not in ("tianjicx", "float"):
+        raise HnnxError(f"spiking parts are quantized as 'tianjicx' or left 'float', got {spiking!r}")
     if target == "qdq":
         from hnnx.quantize.qdq import QdqQuantizer
+        from hnnx.quantize.tianjicx import TianjicxQuantizer
 
-        quantizer = QdqQuantizer(graph, absmax, per_channel=per_channel is not False, excluded_names=excluded)
+        spiking_part = None
+        if spiking == "tianjicx":
+            spiking_part = TianjicxQuantizer(graph, absmax, bit_shift_unit, excluded, spiking_only=True)
+            spiking_part.run()
+        quantizer = QdqQuantizer(graph, absmax, per_channel=per_channel is not False, excluded_names=excluded,
+                                 spiking_float=spiking == "float")
+        if spiking_part is not None:
+            quantizer.records.extend(spiking_part.records)
+            quantizer.excluded.update(spiking_part.excluded)
+            quantizer.output_scales.update(spiking_part.output_scales)
     else:
         from hnnx.quantize.tianjicx import TianjicxQuantizer
 

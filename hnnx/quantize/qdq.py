@@ -5,7 +5,9 @@ get symmetric int8 weights — per output channel with ``per_channel``, else per
 an int32 bias with scale ``s_x·s_w``, and symmetric int8 activations with scale
 ``absmax/127`` from calibration on their input and output tensors. This is the format
 every onnxruntime execution provider fuses into integer kernels (QLinearConv,
-QLinearMatMul, …). Spiking parts (LIF, A2S, S2A and their synaptic layers) stay in float.
+QLinearMatMul, …). The spiking parts (LIF, A2S, S2A and their synaptic layers) are
+quantized as in the ``tianjicx`` target (:mod:`hnnx.quantize.tianjicx`, run first with
+``spiking_only``), or stay in float.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class QdqQuantizer:
     absmax: Callable[[str], float]
     per_channel: bool = True
     excluded_names: frozenset[str] = frozenset()
+    spiking_float: bool = True
     records: list[LayerRecord] = field(default_factory=list)
     excluded: dict[str, str] = field(default_factory=dict)
     output_scales: dict[str, float] = field(default_factory=dict)
@@ -40,8 +43,8 @@ class QdqQuantizer:
         for node in list(self.graph.nodes):
             label = _label(node)
             if node.op not in LAYER_OPS or node.domain not in (None, "", "ai.onnx"):
-                if node.domain == ops.DOMAIN:
-                    self.excluded[label] = f"hnnx.{node.op} stays in float in the qdq target"
+                if node.domain == ops.DOMAIN and self.spiking_float:
+                    self.excluded[label] = f"hnnx.{node.op} stays in float (spiking parts: float)"
                 continue
             if label in self.excluded_names:
                 self.excluded[label] = "excluded by the user"
@@ -53,10 +56,12 @@ class QdqQuantizer:
 
     def _quantize_layer(self, node: gs.Node) -> str | None:
         weight = node.inputs[1]
+        if node.domain == "" and node.op in ("MatMulInteger", "ConvInteger"):
+            return ""
         if not isinstance(weight, gs.Constant):
             return "weight is not a constant"
         if _feeding_lif(node.outputs[0]) is not None:
-            return "synaptic layer of a spiking neuron (stays in float in the qdq target)"
+            return "synaptic layer of a spiking neuron (spiking parts: float)" if self.spiking_float else ""
         if node.op == "Gemm" and node.attrs.get("transA", 0):
             return "Gemm with transA"
         x = node.inputs[0]
@@ -108,7 +113,9 @@ class QdqQuantizer:
                     consumer.inputs[index] = replacement
 
     def _activation_scale(self, name: str) -> float:
-        return max(self.absmax(name), 1e-12) / 127.0
+        # A tensor the spiking parts dequantized (``<name>.dq``) has its float tensor's range.
+        source = name[: -len(".dq")] if name.endswith(".dq") else name
+        return max(self.absmax(source), 1e-12) / 127.0
 
     def _fake_quantized(self, tensor: gs.Tensor, scale: float) -> gs.Variable:
         """``tensor`` through QuantizeLinear → DequantizeLinear (one pair per tensor)."""

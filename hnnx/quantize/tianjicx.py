@@ -82,7 +82,8 @@ class TianjicxQuantizer:
     ``bit_shift_unit``: shifts and weight exponents are multiples of it (2 on TianjicX);
     ``fakequant``: emit the float fake-quant form (QuantizeLinear/DequantizeLinear weights,
     floor fake-quantization of activations) whose tensors equal the integer graph's times a
-    power of two per tensor, instead of the integer graph.
+    power of two per tensor, instead of the integer graph; ``spiking_only``: leave ANN
+    layers in float (for another target to quantize) and quantize only the spiking parts.
     """
 
     graph: gs.Graph
@@ -90,6 +91,7 @@ class TianjicxQuantizer:
     bit_shift_unit: int = 2
     excluded_names: frozenset[str] = frozenset()
     fakequant: bool = False
+    spiking_only: bool = False
     values: dict[str, QValue] = field(default_factory=dict)
     records: list[LayerRecord] = field(default_factory=list)
     excluded: dict[str, str] = field(default_factory=dict)
@@ -108,12 +110,17 @@ class TianjicxQuantizer:
             if label in self.excluded_names:
                 self._float_island(node, "excluded by the user")
                 continue
+            if self.spiking_only and node.domain != ops.DOMAIN and not any(t.name in self.values
+                                                                           for t in node.inputs):
+                continue  # float part, left to the other target
             handler = self._handler(node)
             if handler is None:
                 self._float_island(node, f"{_op_label(node)} has no tianjicx integer form")
                 continue
             try:
                 handler(node)
+            except _LeftToOtherTarget:
+                self._float_island(node, None)
             except _Unsupported as reason:
                 self._float_island(node, str(reason))
         self._finish_outputs()
@@ -186,6 +193,10 @@ class TianjicxQuantizer:
 
     # ------------------------------------------------------------------ synaptic layers
     def _layer(self, node: gs.Node) -> None:
+        if self.spiking_only and _feeding_lif(node.outputs[0]) is None and not (
+                node.op == "MatMul" and len(node.outputs[0].outputs) == 1
+                and _feeding_lif(node.outputs[0].outputs[0].outputs[0]) is not None):
+            raise _LeftToOtherTarget()
         x = self._quantized(node.inputs[0])
         weight, bias, last = self._layer_parameters(node)
         weight_eff = weight * x.scale  # fold the input's scale into the weights
@@ -300,7 +311,7 @@ class TianjicxQuantizer:
     def _pass_through(self, node: gs.Node) -> None:
         x = self.values.get(node.inputs[0].name)
         if x is None:
-            raise _Unsupported("float input")
+            raise _LeftToOtherTarget()  # a float tensor reshaped: nothing to quantize
         out = self._variable(f"{node.outputs[0].name}.q", x.tensor.dtype)
         self._node(node.op, [x.tensor, *node.inputs[1:]], [out], dict(node.attrs))
         self.values[node.outputs[0].name] = QValue(out, x.kind, x.scale, x.fake)
@@ -390,13 +401,14 @@ class TianjicxQuantizer:
         self.records.append(LayerRecord(_label(node), "S2A", "hybrid", {"decoding": decoding, "divisor": divisor}))
 
     # ------------------------------------------------------------------ float islands and outputs
-    def _float_island(self, node: gs.Node, reason: str) -> None:
-        """Keep ``node`` in float: dequantize its integer inputs."""
+    def _float_island(self, node: gs.Node, reason: str | None) -> None:
+        """Keep ``node`` in float: dequantize its integer inputs (``reason`` None: not an exclusion)."""
         for index, tensor in enumerate(node.inputs):
             value = self.values.get(tensor.name)
             if value is not None:
                 node.inputs[index] = self._dequantized(value, tensor.name)
-        self.excluded[_label(node)] = reason
+        if reason is not None:
+            self.excluded[_label(node)] = reason
 
     def _dequantized(self, value: QValue, name: str) -> gs.Variable:
         if self.fakequant:
@@ -465,6 +477,11 @@ class TianjicxQuantizer:
 
 class _Unsupported(Exception):
     """A node that stays in float, with the reason."""
+
+
+class _LeftToOtherTarget(Exception):
+    """A node that stays in float without being an exclusion (a float reshape, or an ANN
+    layer that ``spiking_only`` leaves for another target)."""
 
 
 def ops_node(op: str, inputs: list[gs.Tensor], outputs: list[gs.Variable], name: str, **attrs: Any) -> gs.Node:
