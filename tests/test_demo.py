@@ -16,6 +16,7 @@ from hnnx.datasets import load_digits
 from hnnx.demo import DEMO_MODEL, run_demo
 
 EXPECTED_HNNX_OPS = {
+    "ann_cnn": set(),
     "snn_mlp": {"A2S", "LIF", "S2A"},
     "snn_conv": {"A2S", "LIF", "S2A"},
     "hybrid_a2s": {"A2S", "LIF", "S2A"},
@@ -49,6 +50,7 @@ def test_bundled_model_reaches_accuracy_on_the_test_split(name: str) -> None:
     pixels = data.x_test.reshape(-1, *models.input_layout(name))
     result = hnnx.simulate(model, {"pixels": pixels}, labels=data.y_test, batch_size=100)
     assert result.accuracy is not None and result.accuracy >= 0.95
+    assert len(result.firing_rates) == sum(n.op_type == "LIF" for n in ops.hnnx_nodes(model.graph))
     for layer, rate in result.firing_rates.items():
         assert 0.0 < rate < 1.0, layer
 

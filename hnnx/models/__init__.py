@@ -2,6 +2,7 @@
 
 | name | network |
 |---|---|
+| ``ann_cnn`` | Conv → BatchNorm → ReLU → Conv → BatchNorm → ReLU → Linear → ReLU → Linear (no spiking ops) |
 | ``snn_mlp`` | direct coding → Linear → LIF → Linear → LIF → firing rate |
 | ``snn_conv`` | direct coding → Conv → LIF → Conv → LIF → Linear → mean over time |
 | ``hybrid_a2s`` | ANN conv front → A2S rate coding → spiking MLP → firing rate |

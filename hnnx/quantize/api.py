@@ -21,6 +21,8 @@ TARGETS = ("tianjicx", "qdq")
 FORMATS = {"tianjicx": ("int", "fakequant"), "qdq": ("fakequant",)}
 """The output formats of each target; the first is the default."""
 OUTPUT_SCALE_KEY = "hnnx.output_scale."
+COMPARISON_SAMPLES = 128
+"""Calibration samples the report's float-vs-quantized comparison runs on."""
 QUANTIZED_KEY = "hnnx.quantized"
 
 
@@ -240,7 +242,7 @@ def _compare(float_model: onnx.ModelProto, quantized: onnx.ModelProto, calibrati
     saturated = dict.fromkeys(requantized, 0)
     synops = 0.0
     samples = 0
-    for feeds in batches(calibration, reference.inputs, batch_size, num_samples=256):
+    for feeds in batches(calibration, reference.inputs, batch_size, num_samples=COMPARISON_SAMPLES):
         expected, _ = reference.run(feeds)
         got, counts = candidate.run(feeds)
         samples += next(iter(feeds.values())).shape[reference.inputs[0].batch_axis]

@@ -1,0 +1,528 @@
+"""Benchmark: hnnx quantization against onnxruntime's on the bundled digits models.
+
+Models: the bundled ``ann_cnn`` (a plain ANN), ``snn_mlp``, ``snn_conv`` (SNNs),
+``hybrid_a2s`` and ``hybrid_s2a`` (hybrid ANN/SNN). Calibration data: the first 512 (and
+32) samples of the digits train split; accuracy on the digits test split (359 samples).
+Measured in the same run:
+
+1. **Accuracy** — the float model against ``hnnx.quantize.quantize`` for every target and
+   each of its formats (``hnnx.quantize.api.TARGETS``, ``FORMATS``; one the model cannot
+   take is reported as ``n/a: reason``), and, for the ANN,
+   ``onnxruntime.quantization.quantize_static`` (QDQ, MinMax, per-channel, int8 activations
+   and weights, the same calibration samples through a ``CalibrationDataReader`` in
+   batches of 32 (``--batch-size``), as hnnx reads them).
+2. **Wall time** of quantization, file to file (load the float ONNX file, calibrate,
+   rewrite, write the quantized file), 512 calibration samples: ``hnnx quantize`` for each
+   target in its default format (pre-processing passes and the float-vs-quantized report
+   included, as the API runs them), ``quantize_static`` alone, and onnxruntime's documented
+   flow ``quant_pre_process`` + ``quantize_static``. *Warm*: one warm-up run, then the
+   median of ``--repeats`` (default 9; one quantization of these models takes 0.02–0.2 s,
+   so more than the 3 a slow quantization would need) back-to-back runs per contender.
+   *First*: the first quantization in a fresh process with the libraries imported — what
+   one ``hnnx quantize`` call costs, less interpreter start-up (timed in the memory
+   subprocesses below, median of ``--memory-repeats``).
+3. **Peak memory** with 32 against 512 calibration samples, each measurement in a fresh
+   subprocess: the resident set before quantizing (interpreter, libraries, model and data
+   loaded, quantizer modules imported), then the high-water mark (``VmHWM``, reset to the
+   current RSS just before quantizing) after; the difference Δ is what quantization itself
+   needs, C++ allocations of onnxruntime included. Calibration runs in batches of 32
+   (``--batch-size``), the same in both runs. (``ru_maxrss`` is not used: on Linux a
+   child inherits its parent's high-water mark across fork/exec.) tracemalloc's peak
+   (Python allocations only — it does not see onnxruntime's C++ allocations, so it
+   understates both tools) in a separate subprocess. Median of ``--memory-repeats``
+   (default 3) subprocesses.
+
+Targets (issue): ANN int8 accuracy drop ≤ 0.5 pp and never below onnxruntime on the same
+model; SNN and hybrid integer drop ≤ 1 pp; hnnx wall time ≤ 1.5× onnxruntime's
+``quantize_static``; quantization memory with 512 samples ≤ 1.2× that with 32.
+
+Run: ``python bench/quantize.py`` (``--quick``: a smoke run with one timed run, one
+subprocess per memory cell, and memory and first-call time of ann_cnn only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+import hnnx
+from hnnx import models
+from hnnx.datasets import DigitsSplit, load_digits
+from hnnx.errors import HnnxError
+from hnnx.quantize import api
+
+if TYPE_CHECKING:
+    from onnxruntime.quantization import CalibrationDataReader
+
+MODELS = ("ann_cnn", "snn_mlp", "snn_conv", "hybrid_a2s", "hybrid_s2a")
+ANN_MODELS = ("ann_cnn",)
+"""Models without spiking ops: the ones onnxruntime's quantizer is compared on."""
+CALIBRATION_SIZES = (32, 512)
+BATCH_SIZE = 32  # equal batches in the 32- and 512-sample runs: memory compares like with like
+ANN_DROP_TARGET_PP = 0.5
+SPIKING_DROP_TARGET_PP = 1.0
+TIME_RATIO_TARGET = 1.5
+MEMORY_RATIO_TARGET = 1.2
+
+HNNX = "hnnx "  # contender names "hnnx <target>" (the target's default format)
+ORT = "onnxruntime quantize_static"
+ORT_PRE = "onnxruntime quant_pre_process + quantize_static"
+
+
+# ---------------------------------------------------------------------- data and quantizers
+def calibration(data: DigitsSplit, name: str, samples: int) -> np.ndarray:
+    """The first ``samples`` training digits in the layout of bundled model ``name``."""
+    return np.ascontiguousarray(data.x_train[:samples].reshape(-1, *models.input_layout(name)))
+
+
+def held_out_pixels(data: DigitsSplit, name: str) -> np.ndarray:
+    """The digits test split in the layout of bundled model ``name``."""
+    return np.ascontiguousarray(data.x_test.reshape(-1, *models.input_layout(name)))
+
+
+def combinations() -> list[tuple[str, str]]:
+    """Every (target, format) pair hnnx offers: ``FORMATS`` lists formats per target (or, in
+    older versions, one tuple for all targets)."""
+    formats = api.FORMATS
+    return [(target, format) for target in api.TARGETS
+            for format in (formats[target] if isinstance(formats, Mapping) else formats)]
+
+
+def hnnx_contenders() -> list[str]:
+    return [HNNX + target for target in api.TARGETS]
+
+
+def hnnx_quantize(source: Path, destination: Path, pixels: np.ndarray, target: str = api.TARGETS[0],
+                  format: str | None = None) -> None:
+    """``hnnx quantize`` file to file, as the CLI does it (load, quantize, save)."""
+    options = {"format": format} if format else {}  # None: the target's default format
+    quantized, _ = api.quantize(source, {"pixels": pixels}, target=target, observer="minmax",
+                                batch_size=BATCH_SIZE, **options)
+    hnnx.save(quantized, destination)
+
+
+def ort_reader(pixels: np.ndarray) -> CalibrationDataReader:
+    """A ``CalibrationDataReader`` over ``pixels`` in batches of ``BATCH_SIZE`` (as hnnx reads them)."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"pixels": pixels[i:i + BATCH_SIZE]} for i in range(0, len(pixels), BATCH_SIZE)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    return Reader()
+
+
+def ort_quantize(source: Path, destination: Path, pixels: np.ndarray, pre_process: bool = False) -> None:
+    """onnxruntime static QDQ quantization: MinMax, per-channel, int8 activations and weights."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if pre_process:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        processed = destination.with_suffix(".pre.onnx")
+        quant_pre_process(str(source), str(processed))
+        source = processed
+    quantize_static(str(source), str(destination), ort_reader(pixels), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax)
+
+
+def quantizer(tool: str) -> Callable[[Path, Path, np.ndarray], None]:
+    """``run(source, destination, calibration pixels)`` of contender ``tool``."""
+    if tool.startswith(HNNX):
+        target = tool[len(HNNX):]
+        return lambda source, destination, pixels: hnnx_quantize(source, destination, pixels, target)
+    if tool == ORT:
+        return ort_quantize
+    if tool == ORT_PRE:
+        return lambda source, destination, pixels: ort_quantize(source, destination, pixels, pre_process=True)
+    raise ValueError(tool)
+
+
+def accuracy(path: Path, pixels: np.ndarray, labels: np.ndarray) -> float:
+    """Test accuracy of an ONNX file (float, hnnx integer or QDQ) in onnxruntime.
+
+    Integer outputs of hnnx graphs are ``value · scale`` with a positive scale, so their
+    argmax is the argmax of the real scores.
+    """
+    result = hnnx.simulate(path, {"pixels": pixels}, labels=labels, batch_size=128)
+    assert result.accuracy is not None
+    return result.accuracy
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------------- measurements
+@dataclass
+class AccuracyRow:
+    model: str
+    quantizer: str
+    float_accuracy: float
+    quantized: dict[int, float | str]  # calibration samples → accuracy, or "n/a: reason"
+
+
+def measure_accuracy(data: DigitsSplit, folder: Path) -> list[AccuracyRow]:
+    rows = []
+    for name in MODELS:
+        source = models.path(name)
+        pixels, labels = held_out_pixels(data, name), data.y_test
+        float_accuracy = accuracy(source, pixels, labels)
+        contenders: list[tuple[str, Callable[[Path, Path, np.ndarray], None]]] = [
+            (f"hnnx {target}/{format}",
+             lambda s, d, p, target=target, format=format: hnnx_quantize(s, d, p, target, format))
+            for target, format in combinations()]
+        if name in ANN_MODELS:
+            contenders.append((ORT + " (QDQ int8, per-channel)", quantizer(ORT)))
+        for label, run in contenders:
+            results: dict[int, float | str] = {}
+            for samples in CALIBRATION_SIZES:
+                destination = folder / f"{name}.{len(rows)}.{samples}.onnx"
+                try:
+                    run(source, destination, calibration(data, name, samples))
+                    results[samples] = accuracy(destination, pixels, labels)
+                except HnnxError as exc:  # a combination the model or target cannot take
+                    results[samples] = f"n/a: {first_line(exc)}"
+                except Exception as exc:  # a failing peer is reported, not faked
+                    results[samples] = f"failed: {type(exc).__name__}: {first_line(exc)}"
+            rows.append(AccuracyRow(name, label, float_accuracy, results))
+    return rows
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``repeats`` calls of ``fn`` after one warm-up call."""
+    fn()  # warm-up: lazy imports and first-use costs (measured separately, in a fresh process)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def time_contenders(name: str) -> list[str]:
+    return hnnx_contenders() + ([ORT, ORT_PRE] if name in ANN_MODELS else [])
+
+
+def measure_time(data: DigitsSplit, folder: Path, repeats: int) -> dict[tuple[str, str], float | str]:
+    """Warm median wall time (s) per (model, contender), 512 calibration samples.
+
+    Each contender runs back to back, as in the other benches. (Interleaving the contenders
+    run by run was tried: each then runs with its caches evicted by the other, which costs
+    hnnx ≈ 15 ms and onnxruntime nothing measurable — not a neutral arrangement either.)
+    """
+    times: dict[tuple[str, str], float | str] = {}
+    for name in MODELS:
+        source, pixels = models.path(name), calibration(data, name, max(CALIBRATION_SIZES))
+        for tool in time_contenders(name):
+            run = quantizer(tool)
+            destination = folder / f"{name}.time.onnx"
+            try:
+                times[name, tool] = median_seconds(lambda: run(source, destination, pixels), repeats)
+            except HnnxError as exc:
+                times[name, tool] = f"n/a: {first_line(exc)}"
+            except Exception as exc:  # a failing peer is reported, not faked
+                times[name, tool] = f"failed: {type(exc).__name__}"
+    return times
+
+
+def memory_child(tool: str, name: str, samples: int, method: str) -> None:
+    """Run in a fresh subprocess: quantize once; print the memory it took (and its time) as JSON.
+
+    Libraries are imported first, so the time is that of the first quantization in a
+    process — what ``hnnx quantize`` on the command line costs, less interpreter start-up.
+    """
+    import gc
+    import importlib
+    import pkgutil
+    import tracemalloc
+
+    # Imports are neither the quantization's memory nor its time: the tools' own modules
+    # (hnnx imports its quantizers lazily) and their libraries are loaded first.
+    import hnnx.calibrate  # noqa: F401
+    import hnnx.quantize
+    import onnx_graphsurgeon  # noqa: F401
+    import onnxruntime.quantization  # noqa: F401
+    from onnxruntime.quantization import shape_inference  # noqa: F401
+
+    for module in pkgutil.iter_modules(hnnx.quantize.__path__):
+        importlib.import_module(f"hnnx.quantize.{module.name}")
+    data = load_digits()
+    pixels = calibration(data, name, samples)
+    source = models.path(name)
+    onnx.load(source)  # the float model read once, as both tools do
+    run = quantizer(tool)
+    gc.collect()
+    with tempfile.TemporaryDirectory() as folder:
+        destination = Path(folder) / "out.onnx"
+        if method == "tracemalloc":
+            tracemalloc.start()
+            run(source, destination, pixels)
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            print(json.dumps({"peak": peak}))
+            return
+        before = process_memory("VmRSS")
+        # Reset the high-water mark to the current RSS, so that VmHWM afterwards is the peak
+        # during quantization, not a transient peak of the setup above.
+        reset = reset_peak()
+        started = time.perf_counter()
+        run(source, destination, pixels)
+        seconds = time.perf_counter() - started
+        print(json.dumps({"baseline": before, "peak": process_memory("VmHWM"), "reset": reset, "seconds": seconds}))
+
+
+def process_memory(field_name: str) -> int:
+    """``VmRSS`` (current) or ``VmHWM`` (peak) resident memory of this process in bytes.
+
+    Not ``resource.getrusage().ru_maxrss``: on Linux it keeps the high-water mark across
+    fork/exec, so a subprocess of a large parent reports the parent's peak (measured: a
+    fresh child of a 514 MiB parent reads 514 MiB). ``VmHWM`` belongs to the process's own
+    address space and starts afresh at exec.
+    """
+    import resource
+
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def reset_peak() -> bool:
+    """Reset ``VmHWM`` to the current RSS (Linux ≥ 4.0: write 5 to ``/proc/self/clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def memory_sample(tool: str, name: str, samples: int, method: str) -> dict[str, float]:
+    """One measurement by :func:`memory_child` in a fresh interpreter."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--batch-size", str(BATCH_SIZE),
+               "--memory-child", tool, name, str(samples), method]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@dataclass
+class MemoryRow:
+    model: str
+    quantizer: str
+    rss_peak: dict[int, int] = field(default_factory=dict)  # calibration samples → peak RSS (bytes)
+    rss_delta: dict[int, int] = field(default_factory=dict)  # … → peak RSS minus the RSS before quantizing
+    traced: dict[int, int] = field(default_factory=dict)  # … → tracemalloc peak
+    seconds: dict[int, float] = field(default_factory=dict)  # … → wall time, first quantization in a process
+    error: str = ""
+    peak_reset: bool = True  # False: the peak may include a transient of the child's setup
+
+
+def measure_memory(names: tuple[str, ...], repeats: int) -> list[MemoryRow]:
+    rows = []
+    for name in names:
+        for tool in hnnx_contenders() + ([ORT] if name in ANN_MODELS else []):
+            row = MemoryRow(name, tool)
+            try:
+                for samples in CALIBRATION_SIZES:
+                    rss = [memory_sample(tool, name, samples, "rss") for _ in range(repeats)]
+                    row.rss_peak[samples] = int(statistics.median(r["peak"] for r in rss))
+                    row.rss_delta[samples] = int(statistics.median(r["peak"] - r["baseline"] for r in rss))
+                    row.peak_reset &= all(r["reset"] for r in rss)
+                    row.seconds[samples] = statistics.median(r["seconds"] for r in rss)
+                    row.traced[samples] = int(statistics.median(
+                        memory_sample(tool, name, samples, "tracemalloc")["peak"] for _ in range(repeats)))
+            except Exception as exc:  # a failing contender is reported, not faked
+                row.error = f"failed: {exc}"
+            rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------- tables
+def table(headers: list[str], rows: list[list[str]], right: set[int] = frozenset()) -> None:
+    """Print a Markdown table; columns in ``right`` are right-aligned."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    cell = lambda text, i: f"{text:>{widths[i]}}" if i in right else f"{text:<{widths[i]}}"  # noqa: E731
+    print("| " + " | ".join(cell(h, i) for i, h in enumerate(headers)) + " |")
+    print("|" + "|".join("-" * (w + 1) + ":" if i in right else "-" * (w + 2) for i, w in enumerate(widths)) + "|")
+    for row in rows:
+        print("| " + " | ".join(cell(text, i) for i, text in enumerate(row)) + " |")
+    print()
+
+
+def percent(value: float | str) -> str:
+    return f"{100 * value:.2f} %" if isinstance(value, float) else value
+
+
+def mib(value: int) -> str:
+    return f"{value / 2**20:.1f} MiB"
+
+
+def seconds(value: float | str) -> str:
+    return f"{value:.3f} s" if isinstance(value, float) else value
+
+
+def yes_no(met: bool) -> str:
+    return "yes" if met else "NO"
+
+
+def accuracy_table(rows: list[AccuracyRow], test_samples: int, unmet: list[str]) -> None:
+    big = max(CALIBRATION_SIZES)
+    ort_accuracy = {r.model: r.quantized[big] for r in rows if r.quantizer.startswith(ORT)}
+    lines = []
+    for row in rows:
+        cells = [row.model, row.quantizer, percent(row.float_accuracy)]
+        for samples in CALIBRATION_SIZES:
+            value = row.quantized[samples]
+            cells += [percent(value), f"{100 * (value - row.float_accuracy):+.2f}" if isinstance(value, float) else "—"]
+        value = row.quantized[big]
+        if row.quantizer.startswith(ORT):
+            target, met = "(reference)", "—"
+        elif not isinstance(value, float):
+            target, met = "—", "—"
+        else:
+            drop = 100 * (row.float_accuracy - value)
+            if row.model in ANN_MODELS:
+                peer = ort_accuracy.get(row.model)
+                target = f"drop ≤ {ANN_DROP_TARGET_PP} pp, ≥ ORT"
+                ok = drop <= ANN_DROP_TARGET_PP and (not isinstance(peer, float) or value >= peer)
+                met = yes_no(ok) + ("" if isinstance(peer, float) else " (no ORT result)")
+            else:
+                target = f"drop ≤ {SPIKING_DROP_TARGET_PP:g} pp"
+                ok = drop <= SPIKING_DROP_TARGET_PP
+                met = yes_no(ok)
+            if not ok:
+                unmet.append(f"accuracy: {row.model} {row.quantizer} drops {drop:.2f} pp")
+        lines.append(cells + [target, met])
+    headers = ["model", "quantizer", "float"]
+    for samples in CALIBRATION_SIZES:
+        headers += [f"quantized ({samples} calib)", "Δ pp"]
+    print(f"Accuracy on the digits test split ({test_samples} samples); targets apply to "
+          f"{big} calibration samples")
+    table(headers + ["target", "met"], lines, right={2, 3, 4, 5, 6})
+
+
+def time_table(warm: dict[tuple[str, str], float | str], cold: list[MemoryRow], repeats: int, cold_repeats: int,
+               unmet: list[str]) -> None:
+    big = max(CALIBRATION_SIZES)
+    first: dict[tuple[str, str], float | str] = {
+        (row.model, row.quantizer): row.error or row.seconds[big] for row in cold}
+    lines = []
+    for name in MODELS:
+        for tool in time_contenders(name):
+            cells = [name, tool]
+            for regime, measured in (("warm", warm), ("first in a process", first)):
+                ours, peer = measured.get((name, tool), "—"), measured.get((name, ORT), "—")
+                cells.append(seconds(ours))
+                if tool.startswith(HNNX) and isinstance(ours, float) and isinstance(peer, float):
+                    ratio = ours / peer
+                    cells.append(f"{ratio:.2f}× {yes_no(ratio <= TIME_RATIO_TARGET)}")
+                    if ratio > TIME_RATIO_TARGET:
+                        unmet.append(f"wall time ({regime}): {name} {tool} takes {ratio:.2f}× quantize_static")
+                elif isinstance(ours, float) and isinstance(peer, float):
+                    cells.append(f"{ours / peer:.2f}×")
+                else:
+                    cells.append("—")
+            lines.append(cells)
+    print(f"Quantization wall time, file to file, {big} calibration samples. Warm: median of {repeats} back-to-back "
+          f"runs after one warm-up. First: one quantization in a fresh process with the libraries imported "
+          f"(median of {cold_repeats} processes). Target: hnnx ≤ {TIME_RATIO_TARGET}× quantize_static (met?)")
+    table(["model", "quantizer", "warm", "× ORT (met?)", "first", "× ORT (met?)"], lines, right={2, 3, 4, 5})
+
+
+def memory_table(rows: list[MemoryRow], repeats: int, unmet: list[str]) -> None:
+    small, big = CALIBRATION_SIZES
+    lines = []
+    for row in rows:
+        if row.error:
+            lines.append([row.model, row.quantizer, row.error] + ["—"] * 8)
+            continue
+        ratio = row.rss_delta[big] / max(row.rss_delta[small], 1)
+        traced_ratio = row.traced[big] / max(row.traced[small], 1)
+        lines.append([row.model, row.quantizer, mib(row.rss_peak[small]), mib(row.rss_peak[big]),
+                      mib(row.rss_delta[small]), mib(row.rss_delta[big]), f"{ratio:.2f}×",
+                      mib(row.traced[small]), mib(row.traced[big]), f"{traced_ratio:.2f}×",
+                      yes_no(ratio <= MEMORY_RATIO_TARGET)])
+        if ratio > MEMORY_RATIO_TARGET:
+            unmet.append(f"memory: {row.model} {row.quantizer} needs {ratio:.2f}× with {big} samples")
+    reset = all(row.peak_reset for row in rows if not row.error)
+    print(f"Peak memory of one quantization in a fresh process, {small} vs {big} calibration samples "
+          f"(median of {repeats} subprocesses; peak RSS = VmHWM{' reset just before quantizing' if reset else ''}, "
+          f"Δ = peak RSS − RSS before quantizing; tracemalloc sees Python allocations only; batches of "
+          f"{BATCH_SIZE}{'' if small % BATCH_SIZE == 0 else f', so the {small}-sample run has a smaller batch'}; "
+          f"target Δ({big}) ≤ {MEMORY_RATIO_TARGET}× Δ({small}))")
+    table(["model", "quantizer", f"peak RSS {small}", f"peak RSS {big}", f"Δ RSS {small}", f"Δ RSS {big}",
+           "Δ ratio", f"tracemalloc {small}", f"tracemalloc {big}", "ratio", "met"], lines,
+          right=set(range(2, 10)))
+
+
+# ---------------------------------------------------------------------- main
+def main() -> None:
+    global BATCH_SIZE
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=9, help="warm timed runs per contender (median)")
+    parser.add_argument("--memory-repeats", type=int, default=3, help="subprocesses per memory cell (median)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 1 timed run, 1 memory subprocess, memory and first-call time of ann_cnn only")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                        help="calibration batch size of both tools (default: hnnx's default, 64)")
+    parser.add_argument("--memory-child", nargs=4, metavar=("TOOL", "MODEL", "SAMPLES", "METHOD"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    BATCH_SIZE = args.batch_size
+    # onnxruntime's quantizer logs advice (pre-processing, opset) through the root logger.
+    logging.getLogger().setLevel(logging.ERROR)
+    if args.memory_child:
+        tool, name, samples, method = args.memory_child
+        memory_child(tool, name, int(samples), method)
+        return
+    repeats, memory_repeats = (1, 1) if args.quick else (args.repeats, args.memory_repeats)
+    memory_models = ANN_MODELS if args.quick else MODELS
+
+    data = load_digits()
+    started = time.perf_counter()
+    unmet: list[str] = []
+    print(f"quantization benchmark — bundled digits models; {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs, onnxruntime {ort.__version__}, onnx {onnx.__version__}, hnnx {hnnx.__version__}"
+          + (" (--quick smoke run)" if args.quick else ""))
+    print()
+    with tempfile.TemporaryDirectory() as folder:
+        accuracy_table(measure_accuracy(data, Path(folder)), len(data.y_test), unmet)
+        warm = measure_time(data, Path(folder), repeats)
+    memory = measure_memory(memory_models, memory_repeats)
+    time_table(warm, memory, repeats, memory_repeats, unmet)
+    memory_table(memory, memory_repeats, unmet)
+    print("targets not met: " + ("none" if not unmet else "; ".join(unmet)))
+    print(f"(benchmark took {time.perf_counter() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

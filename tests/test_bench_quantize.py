@@ -1,0 +1,34 @@
+"""``bench/quantize.py --quick`` runs to the end and prints its three tables."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "quantize.py"
+COLUMNS = (
+    ("quantizer", "float", "quantized (32 calib)", "quantized (512 calib)", "target", "met"),  # accuracy
+    ("quantizer", "warm", "first", "× ORT (met?)"),  # wall time
+    ("quantizer", "Δ RSS 32", "Δ RSS 512", "Δ ratio", "tracemalloc 512", "met"),  # memory
+)
+
+
+def test_quick_quantization_benchmark_prints_its_tables() -> None:
+    done = subprocess.run([sys.executable, str(BENCH), "--quick"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    for title in ("Accuracy on the digits test split", "Quantization wall time", "Peak memory of one quantization",
+                  "targets not met:"):
+        assert title in out, f"missing {title!r} in:\n{out}"
+    headers = [[cell.strip() for cell in line.strip("|").split("|")] for line in out.splitlines()
+               if line.startswith("| model ")]
+    assert len(headers) == len(COLUMNS), out
+    for header, columns in zip(headers, COLUMNS):
+        assert set(columns) <= set(header), header
+    # Every bundled digits model got a quantized accuracy, and onnxruntime ran on the ANN.
+    for model in ("ann_cnn", "snn_mlp", "snn_conv", "hybrid_a2s", "hybrid_s2a"):
+        assert re.search(rf"\| {model} +\| hnnx tianjicx/int +\| +\d+\.\d\d % +\| +\d+\.\d\d %", out), model
+    assert re.search(r"\| ann_cnn +\| onnxruntime quantize_static \(QDQ int8, per-channel\) +\| +\d+\.\d\d %", out)
+    assert "failed:" not in out
