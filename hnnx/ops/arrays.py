@@ -30,7 +30,29 @@ StepFunction = Callable[[Any, list[Any], list[Any]], "tuple[list[Any], list[Any]
 """``step(xp, states, inputs_t) -> (new_states, outputs_t)`` — one time step of an op."""
 
 
-class NumpyOps:
+class EagerIndexing:
+    """Indexing operations written once for eager arrays that slice like numpy (numpy, torch)."""
+
+    def sum_axis1(self, x: Any, width: int) -> Any:
+        """Sum over axis 1 (of size ``width``), in index order, keeping the axis."""
+        total = x[:, 0:1]
+        for k in range(1, width):
+            total = total + x[:, k:k + 1]
+        return total
+
+    def slice_axis1(self, x: Any, start: int, stop: int) -> Any:
+        return x[:, start:stop]
+
+    def column3(self, w: Any, k: int) -> Any:
+        """Column ``k`` of a ``[R, K]`` matrix as ``[R, 1, 1]``."""
+        return w[:, k:k + 1, None]
+
+    def rows3(self, b: Any) -> Any:
+        """A ``[R]`` vector as ``[R, 1, 1]``."""
+        return b.reshape(-1, 1, 1)
+
+
+class NumpyOps(EagerIndexing):
     """The numpy array namespace. ``params`` maps attribute names to their values."""
 
     def __init__(self, integer: bool, params: dict[str, Any]) -> None:
@@ -119,16 +141,6 @@ class NumpyOps:
     def max_axis1(self, x: np.ndarray) -> np.ndarray:
         return x.max(axis=1, keepdims=True) if x.shape[1] else np.zeros((x.shape[0], 1), x.dtype)
 
-    def sum_axis1(self, x: np.ndarray, width: int) -> np.ndarray:
-        """Sum over axis 1 (of size ``width``), in index order, keeping the axis."""
-        total = x[:, 0:1]
-        for k in range(1, width):
-            total = total + x[:, k:k + 1]
-        return total
-
-    def slice_axis1(self, x: np.ndarray, start: int, stop: int) -> np.ndarray:
-        return x[:, start:stop]
-
     def concat_axis1(self, parts: Sequence[np.ndarray]) -> np.ndarray:
         return np.concatenate(parts, axis=1)
 
@@ -138,14 +150,6 @@ class NumpyOps:
     def expand_time(self, x1: np.ndarray, steps: int) -> np.ndarray:
         """``[1, ...]`` repeated to ``[steps, ...]``."""
         return np.repeat(x1, steps, axis=0)
-
-    def column3(self, w: np.ndarray, k: int) -> np.ndarray:
-        """Column ``k`` of a ``[R, K]`` matrix as ``[R, 1, 1]``."""
-        return w[:, k:k + 1, None]
-
-    def rows3(self, b: np.ndarray) -> np.ndarray:
-        """A ``[R]`` vector as ``[R, 1, 1]``."""
-        return b.reshape(-1, 1, 1)
 
     # uint32 arithmetic (wrapping) for the counter-based generator
     def u32(self, value: int) -> np.ndarray:

@@ -128,11 +128,7 @@ class A2S(OpDeclaration):
 
     @classmethod
     def check_ports(cls, view: NodeView) -> None:
-        learnable = view.attrs["coding"] == "learnable"
-        if learnable and not view.has_input(1):
-            raise NodeError(view.name, "A2S with coding 'learnable' needs input 1 (weight, [T])")
-        if not learnable and (view.has_input(1) or view.has_input(2)):
-            raise NodeError(view.name, f"A2S with coding {view.attrs['coding']!r} takes no weight/bias inputs")
+        _check_learnable_ports(view, "coding", "[T]")
 
     @classmethod
     def structure(cls, view: NodeView) -> str:
@@ -219,6 +215,15 @@ def _check_mode_type(view: NodeView, elem_type: int | None) -> None:
 
 def _check_array_type(view: NodeView, x: Any) -> None:
     _check_mode_type(view, onnx.helper.np_dtype_to_tensor_dtype(np.dtype(x.dtype)))
+
+
+def _check_learnable_ports(view: NodeView, kind: str, weight_shape: str) -> None:
+    """Learnable coding/decoding needs its weight input; the other kinds take none."""
+    learnable = view.attrs[kind] == "learnable"
+    if learnable and not view.has_input(1):
+        raise NodeError(view.name, f"{kind} 'learnable' needs input 1 (weight, {weight_shape})")
+    if not learnable and (view.has_input(1) or view.has_input(2)):
+        raise NodeError(view.name, f"{kind} {view.attrs[kind]!r} takes no weight/bias inputs")
 
 
 def _torch_float_only(view: NodeView) -> None:
@@ -353,11 +358,7 @@ class S2A(OpDeclaration):
 
     @classmethod
     def check_ports(cls, view: NodeView) -> None:
-        learnable = view.attrs["decoding"] == "learnable"
-        if learnable and not view.has_input(1):
-            raise NodeError(view.name, "S2A decoding 'learnable' needs input 1 (weight, [T / window, kernel])")
-        if not learnable and (view.has_input(1) or view.has_input(2)):
-            raise NodeError(view.name, f"S2A mode {view.attrs['mode']!r} takes no weight/bias inputs")
+        _check_learnable_ports(view, "decoding", "[T / window, kernel]")
 
     @classmethod
     def geometry(cls, attrs: dict[str, Any]) -> tuple[int, int, int, int, int]:

@@ -21,6 +21,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from hnnx.ops.arrays import EagerIndexing
+
 
 class SurrogateSpike(torch.autograd.Function):
     """Heaviside forward, surrogate backward. Inputs: ``v − θ`` and the boolean spikes."""
@@ -63,7 +65,7 @@ def surrogate_derivative(x: torch.Tensor, kind: str, width: float) -> torch.Tens
     raise ValueError(f"unknown surrogate {kind!r}")
 
 
-class TorchOps:
+class TorchOps(EagerIndexing):
     """Array namespace over torch tensors (see :mod:`hnnx.ops.arrays`)."""
 
     def __init__(self, integer: bool, params: dict[str, Any], device: torch.device | None = None) -> None:
@@ -153,15 +155,6 @@ class TorchOps:
     def max_axis1(self, x: torch.Tensor) -> torch.Tensor:
         return x.amax(dim=1, keepdim=True) if x.shape[1] else x.new_zeros((x.shape[0], 1))
 
-    def sum_axis1(self, x: torch.Tensor, width: int) -> torch.Tensor:
-        total = x[:, 0:1]
-        for k in range(1, width):
-            total = total + x[:, k:k + 1]
-        return total
-
-    def slice_axis1(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        return x[:, start:stop]
-
     def concat_axis1(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
         return torch.cat(list(parts), dim=1)
 
@@ -174,12 +167,6 @@ class TorchOps:
     def u32_to_unit(self, r: torch.Tensor) -> torch.Tensor:
         """The top 24 bits of 32-bit words (held in int64) as float32 in [0, 1)."""
         return torch.bitwise_right_shift(r, 8).to(torch.float32) * (2.0**-24)
-
-    def column3(self, w: torch.Tensor, k: int) -> torch.Tensor:
-        return w[:, k:k + 1, None]
-
-    def rows3(self, b: torch.Tensor) -> torch.Tensor:
-        return b.reshape(-1, 1, 1)
 
     # eager multi-step plumbing
     def initial_state(self, given: torch.Tensor | None, fill: torch.Tensor, neuron_shape: tuple[int, ...]
