@@ -637,3 +637,21 @@ def test_non_finite_tensor_in_the_model_is_named(samples: np.ndarray) -> None:
     # log(0) = −inf wherever a neuron never fired
     with pytest.raises(DataError, match="tensor 'log_rate': .*NaN or infinite"):
         calibrate(hybrid_model(), {"x": samples}, ["log_rate"])
+
+
+def test_calibrate_records_the_membrane_range_of_every_lif_layer() -> None:
+    # current [T, N, 3] straight into a leaky neuron: v1 = v + u; fire above 1; reset to 0; v ← 0.5·v.
+    node = ops.make_node("LIF", ["current"], ["spikes"], name="lif", threshold=1.0, alpha=0.5)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("current", TensorProto.FLOAT, ["T", "N", 3])],
+                              [helper.make_tensor_value_info("spikes", TensorProto.FLOAT, ["T", "N", 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    current = np.random.default_rng(3).normal(0.3, 0.8, (6, 20, 3)).astype(np.float32)
+    result = calibrate(model, {"current": current}, ["current"], batch_size=7)
+    v = np.zeros((20, 3), np.float32)
+    seen = []
+    for u in current:
+        v1 = v + u
+        seen.append(v1)
+        v = np.where(v1 > 1.0, np.float32(0), v1) * np.float32(0.5)
+    low, high = result.membrane_ranges["lif"]
+    assert (low, high) == (float(np.min(seen)), float(np.max(seen)))

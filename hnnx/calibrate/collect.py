@@ -26,13 +26,15 @@ class CalibrationResult:
     ``observers``: one observer per calibrated tensor, by tensor name; ``currents``: the
     input-current tensor of every top-level LIF layer, by layer name (the node name, else its
     first output); ``current_ranges``: ``(min, max)`` of that current over all samples and
-    time steps; ``firing_rates``: mean spikes per neuron per time step of every LIF layer;
+    time steps; ``membrane_ranges``: ``(min, max)`` of the layer's membrane after integration
+    over all samples and time steps (replayed by the numpy reference on the probed current); ``firing_rates``: mean spikes per neuron per time step of every LIF layer;
     ``samples``: number of calibration samples run; ``seconds``: wall time.
     """
 
     observers: dict[str, Observer]
     currents: dict[str, str] = field(default_factory=dict)
     current_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    membrane_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     firing_rates: dict[str, float] = field(default_factory=dict)
     samples: int = 0
     seconds: float = 0.0
@@ -60,6 +62,9 @@ class CalibrationResult:
             low, high = self.current_ranges[layer]
             lines.append(f"  LIF {layer}: firing rate {rate:.4f}, input current {self.currents[layer]!r} "
                          f"in [{low:.6g}, {high:.6g}]")
+            if layer in self.membrane_ranges:
+                v_low, v_high = self.membrane_ranges[layer]
+                lines.append(f"    membrane in [{v_low:.6g}, {v_high:.6g}]")
         return "\n".join(lines)
 
     def _observer(self, name: str) -> Observer:
@@ -113,6 +118,8 @@ def calibrate(
     # Layer names as the Simulator's firing-rate taps report them, so rates and ranges share keys.
     currents = {layer.name: current_of_spikes[layer.spikes] for layer in simulator.spiking_layers}
     current_observers = {layer: MinMaxObserver() for layer in currents}
+    membrane_observers = {layer: MinMaxObserver() for layer in currents}
+    lif_views = {layer.name: _lif_view(model, layer.spikes) for layer in simulator.spiking_layers}
     spikes = {layer.name: [0.0, 0] for layer in simulator.spiking_layers}
     stream = batches(data, simulator.inputs, batch_size, num_samples)
     samples = 0
@@ -125,6 +132,8 @@ def calibrate(
                 _observe(obs, name, tensors_of_batch[name])
             for layer, current in currents.items():
                 _observe(current_observers[layer], current, tensors_of_batch[current])
+                membrane = ops.LIF.membrane_trace(lif_views[layer], tensors_of_batch[current])
+                _observe(membrane_observers[layer], f"{layer} membrane", membrane)
             for layer, (total, count) in counts.items():
                 spikes[layer][0] += total
                 spikes[layer][1] += count
@@ -138,10 +147,19 @@ def calibrate(
         observers=observers,
         currents=currents,
         current_ranges={layer: obs.range() for layer, obs in current_observers.items()},
+        membrane_ranges={layer: obs.range() for layer, obs in membrane_observers.items() if obs.count},
         firing_rates={layer: (total / count if count else 0.0) for layer, (total, count) in spikes.items()},
         samples=samples,
         seconds=time.perf_counter() - started,
     )
+
+
+def _lif_view(model: onnx.ModelProto, spikes: str) -> Any:
+    """The resolved view of the LIF node producing ``spikes``, as a one-output node without
+    initial-state inputs (the replay starts from ``v_init``)."""
+    node = next(n for n in model.graph.node if n.domain == ops.DOMAIN and n.op_type == "LIF" and n.output[0] == spikes)
+    view = ops.LIF.view(node)
+    return ops.LIF.view_for(view.attrs, [True], 1, view.name)
 
 
 def _lif_currents(model: onnx.ModelProto) -> dict[str, str]:

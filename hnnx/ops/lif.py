@@ -165,6 +165,22 @@ class LIF(OpDeclaration):
         return _run_eager(view, NumpyOps(integer, view.attrs), current, v0, theta0, refractory0)
 
     @classmethod
+    def membrane_trace(cls, view: NodeView, current: np.ndarray, v0: np.ndarray | None = None,
+                       theta0: np.ndarray | None = None, refractory0: np.ndarray | None = None) -> np.ndarray:
+        """The membrane after integration (step 2, before firing) at every step, ``[T, N, ...]``
+        (numpy reference; calibration records its range)."""
+        integer = view.attrs["mode"] == "integer"
+        xp = NumpyOps(integer, view.attrs)
+        flags = _flags(view)
+        neuron_shape = tuple(current.shape[1:])
+        states = _initial_states(xp, flags, neuron_shape, v0, theta0, refractory0)
+        flat = current.reshape(current.shape[0], math.prod(neuron_shape))
+        if flat.shape[0] == 0:
+            return np.zeros(current.shape, xp.dtype)
+        _, (_, membrane) = xp.time_loop(_step_for(flags, trace=True), states, [flat])
+        return membrane.reshape(current.shape)
+
+    @classmethod
     def torch_forward(cls, view: NodeView, current: Any, v0: Any = None, theta0: Any = None,
                       refractory0: Any = None) -> tuple[Any, ...]:
         from hnnx.ops.torch_ops import TorchOps
@@ -213,18 +229,24 @@ def _run_eager(view: NodeView, xp: Any, current: Any, v0: Any, theta0: Any, refr
     """Multi-step LIF in an eager namespace (numpy or torch)."""
     flags = _flags(view)
     neuron_shape = tuple(current.shape[1:])
-    states = [xp.initial_state(v0, xp.param("v_init"), neuron_shape)]
-    if flags.adapt:
-        states.append(xp.initial_state(theta0, xp.literal(0), neuron_shape))
-    if flags.refr:
-        states.append(xp.initial_state(refractory0, xp.literal_int(0), neuron_shape))
-    states = _admitted(xp, flags, states)
+    states = _initial_states(xp, flags, neuron_shape, v0, theta0, refractory0)
     steps = current.shape[0]
     flat = current.reshape(steps, math.prod(neuron_shape))
     finals, (spikes,) = xp.time_loop(_step_for(flags), states, [flat])
     outputs = [spikes.reshape(current.shape)] + [final.reshape(neuron_shape) for final in finals]
     # Outputs 2 and 3 are only requested when their state is carried (see _flags).
     return tuple(outputs[: view.n_outputs])
+
+
+def _initial_states(xp: Any, flags: SimpleNamespace, neuron_shape: tuple[int, ...], v0: Any, theta0: Any,
+                    refractory0: Any) -> list[Any]:
+    """Flat initial states ``[M]`` of the carried paths, admitted (see :func:`_admitted`)."""
+    states = [xp.initial_state(v0, xp.param("v_init"), neuron_shape)]
+    if flags.adapt:
+        states.append(xp.initial_state(theta0, xp.literal(0), neuron_shape))
+    if flags.refr:
+        states.append(xp.initial_state(refractory0, xp.literal_int(0), neuron_shape))
+    return _admitted(xp, flags, states)
 
 
 def _admitted(xp: Any, flags: SimpleNamespace, states: list[Any]) -> list[Any]:
@@ -257,8 +279,11 @@ def _flags(view: NodeView) -> SimpleNamespace:
     )
 
 
-def _step_for(flags: SimpleNamespace):
-    """The per-step equations (see the LIF docstring), for any array namespace ``xp``."""
+def _step_for(flags: SimpleNamespace, trace: bool = False):
+    """The per-step equations (see the LIF docstring), for any array namespace ``xp``.
+
+    ``trace``: also output the membrane after integration (``v1``) of every step.
+    """
 
     lo, hi = state_range(flags.bits)
 
@@ -318,6 +343,6 @@ def _step_for(flags: SimpleNamespace):
         if flags.refr:
             counted_down = xp.maximum(xp.sub(refractory, xp.literal_int(1)), xp.literal_int(0))
             new_states.append(xp.where(fired, xp.param_int("refractory"), counted_down))
-        return new_states, [spikes]
+        return new_states, [spikes, v1] if trace else [spikes]
 
     return step

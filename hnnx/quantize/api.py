@@ -141,7 +141,8 @@ def quantize(
 
         spiking_part = None
         if spiking == "tianjicx":
-            spiking_part = TianjicxQuantizer(graph, absmax, bit_shift_unit, excluded, spiking_only=True)
+            spiking_part = TianjicxQuantizer(graph, absmax, bit_shift_unit, excluded, spiking_only=True,
+                                             membrane_ranges=dict(stats.membrane_ranges))
             spiking_part.run()
         quantizer = QdqQuantizer(graph, absmax, per_channel=per_channel is not False, excluded_names=excluded,
                                  spiking_float=spiking == "float")
@@ -152,7 +153,8 @@ def quantize(
     else:
         from hnnx.quantize.tianjicx import TianjicxQuantizer
 
-        quantizer = TianjicxQuantizer(graph, absmax, bit_shift_unit, excluded, fakequant=format == "fakequant")
+        quantizer = TianjicxQuantizer(graph, absmax, bit_shift_unit, excluded, fakequant=format == "fakequant",
+                                      membrane_ranges=dict(stats.membrane_ranges))
     quantizer.run()
     quantized = gs.export_onnx(graph, do_type_check=False)
     quantized.ir_version = float_model.ir_version

@@ -92,6 +92,7 @@ class TianjicxQuantizer:
     excluded_names: frozenset[str] = frozenset()
     fakequant: bool = False
     spiking_only: bool = False
+    membrane_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     values: dict[str, QValue] = field(default_factory=dict)
     records: list[LayerRecord] = field(default_factory=list)
     excluded: dict[str, str] = field(default_factory=dict)
@@ -355,9 +356,14 @@ class TianjicxQuantizer:
         self.graph.nodes.append(ops_node("LIF", [current_int], [out], label,
                                          **{k: v for k, v in attrs.items() if v is not None}))
         self.values[node.outputs[0].name] = QValue(self._from_integer(out, 1.0, node.outputs[0].name), "spike", 1.0)
-        self.records.append(LayerRecord(label, "LIF", "neuron",
-                                        {"weight_scale": sigma, **{k: attrs[k] for k in ("threshold", "v_reset",
-                                                                                         "alpha", "beta")}}))
+        details: dict[str, Any] = {"weight_scale": sigma,
+                                   **{k: attrs[k] for k in ("threshold", "v_reset", "alpha", "beta")}}
+        if label in self.membrane_ranges:
+            # The calibrated membrane in integer units, against the saturating state range.
+            peak = max(abs(v) for v in self.membrane_ranges[label]) * sigma
+            details["membrane_peak_int"] = round(peak)
+            details["membrane_headroom_bits"] = round(attrs["state_bits"] - 1 - math.log2(max(peak, 1.0)), 1)
+        self.records.append(LayerRecord(label, "LIF", "neuron", details))
 
     def _a2s(self, node: gs.Node) -> None:
         x = self._quantized(node.inputs[0], ("int8",))
