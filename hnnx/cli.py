@@ -193,7 +193,7 @@ def doctor(build: bool, require_native: bool) -> None:
               help="Calibration data: .npz keyed by input names, .npy, or a directory of them.")
 @click.option("--target", type=click.Choice(["tianjicx", "qdq"]), default="tianjicx", show_default=True,
               help="tianjicx: the chip's shift-only scheme for ANN, SNN and hybrid parts; qdq: standard ONNX "
-                   "INT8 QuantizeLinear/DequantizeLinear for the ANN parts (spiking parts stay float).")
+                   "INT8 QuantizeLinear/DequantizeLinear for the ANN parts (spiking parts: see --spiking).")
 @click.option("--format", "output_format", type=click.Choice(["int", "fakequant"]), default=None,
               help="tianjicx: int (default; int8 weights, int32 accumulators, integer neurons) or fakequant "
                    "(the float QAT-ready graph, equal to the integer graph up to the output scale); "
@@ -205,7 +205,8 @@ def doctor(build: bool, require_native: bool) -> None:
 @click.option("--observer", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="minmax",
               show_default=True, help="How activation ranges are chosen from the calibration data.")
 @click.option("--num-samples", type=click.IntRange(min=1), default=None, help="Calibration samples to use (all).")
-@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Calibration samples per onnxruntime run.")
 @click.option("--exclude", multiple=True, metavar="NAME|OP|REGEX", help="Keep matching nodes in float (repeatable).")
 @click.option("--bit-shift-unit", type=click.Choice(["1", "2"]), default="2", show_default=True,
               help="Requantization shifts and weight exponents are multiples of this (TianjicX: 2).")
