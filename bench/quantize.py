@@ -5,8 +5,8 @@ Models: the bundled ``ann_cnn`` (a plain ANN), ``snn_mlp``, ``snn_conv`` (SNNs),
 32) samples of the digits train split; accuracy on the digits test split (359 samples).
 Measured in the same run:
 
-1. **Accuracy** — the float model against ``hnnx.quantize.quantize`` for every target and
-   each of its formats (``hnnx.quantize.api.TARGETS``, ``FORMATS``; one the model cannot
+1. **Accuracy** — the float model against ``hnnx.quantize`` for every target and
+   each of its formats (``hnnx.quantization.api.TARGETS``, ``FORMATS``; one the model cannot
    take is reported as ``n/a: reason``), and, for the ANN,
    ``onnxruntime.quantization.quantize_static`` (QDQ, MinMax, per-channel, int8 activations
    and weights, the same calibration samples through a ``CalibrationDataReader`` in
@@ -65,7 +65,7 @@ import hnnx
 from hnnx import models
 from hnnx.datasets import DigitsSplit, load_digits
 from hnnx.errors import HnnxError
-from hnnx.quantize import api
+from hnnx.quantization import api
 
 if TYPE_CHECKING:
     from onnxruntime.quantization import CalibrationDataReader
@@ -261,13 +261,13 @@ def memory_child(tool: str, name: str, samples: int, method: str) -> None:
     # Imports are neither the quantization's memory nor its time: the tools' own modules
     # (hnnx imports its quantizers lazily) and their libraries are loaded first.
     import hnnx.calibrate  # noqa: F401
-    import hnnx.quantize
+    import hnnx.quantization
     import onnx_graphsurgeon  # noqa: F401
     import onnxruntime.quantization  # noqa: F401
     from onnxruntime.quantization import shape_inference  # noqa: F401
 
-    for module in pkgutil.iter_modules(hnnx.quantize.__path__):
-        importlib.import_module(f"hnnx.quantize.{module.name}")
+    for module in pkgutil.iter_modules(hnnx.quantization.__path__):
+        importlib.import_module(f"hnnx.quantization.{module.name}")
     data = load_digits()
     pixels = calibration(data, name, samples)
     source = models.path(name)

@@ -4,13 +4,16 @@
 >>> model = hnnx.load("model.onnx")
 >>> result = hnnx.simulate(model, "test.npz")
 >>> print(result.summary())
+>>> quantized, report = hnnx.quantize(model, "calib.npz", target="tianjicx")
 """
 
 from hnnx.errors import DataError, HnnxError, ModelError, NodeError
 from hnnx.model import load, save
+from hnnx.quantization import QuantizationReport, quantize
 from hnnx.runtime import SimulationResult, Simulator, simulate
 
 __version__ = "0.1.0"
 
-__all__ = ["load", "save", "simulate", "Simulator", "SimulationResult", "HnnxError", "ModelError",
+__all__ = ["load", "save", "simulate", "quantize", "Simulator", "SimulationResult", "QuantizationReport",
+           "HnnxError", "ModelError",
            "NodeError", "DataError", "__version__"]

@@ -220,7 +220,7 @@ def quantize(model: Path, output: Path, calibration: Path, target: str, output_f
     """Calibrate MODEL on data and write its quantized form."""
     import hnnx
     from hnnx.model import write_atomic
-    from hnnx.quantize import quantize as run_quantize
+    from hnnx.quantization import quantize as run_quantize
 
     if output.suffix != ".onnx":
         raise HnnxError(f"{output}: the output file must end in .onnx")

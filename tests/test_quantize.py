@@ -18,8 +18,8 @@ import hnnx
 from hnnx import models, ops
 from hnnx.cli import main
 from hnnx.datasets import load_digits
-from hnnx.quantize import quantize
-from hnnx.quantize.api import output_scales
+from hnnx.quantization import quantize
+from hnnx.quantization.api import output_scales
 
 RNG = np.random.default_rng(5)
 

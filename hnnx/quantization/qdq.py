@@ -6,7 +6,7 @@ an int32 bias with scale ``s_x·s_w``, and symmetric int8 activations with scale
 ``absmax/127`` from calibration on their input and output tensors. This is the format
 every onnxruntime execution provider fuses into integer kernels (QLinearConv,
 QLinearMatMul, …). The spiking parts (LIF, A2S, S2A and their synaptic layers) are
-quantized as in the ``tianjicx`` target (:mod:`hnnx.quantize.tianjicx`, run first with
+quantized as in the ``tianjicx`` target (:mod:`hnnx.quantization.tianjicx`, run first with
 ``spiking_only``), or stay in float.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from hnnx import ops
-from hnnx.quantize.tianjicx import INT8, LAYER_OPS, LayerRecord, _feeding_lif, _label
+from hnnx.quantization.tianjicx import INT8, LAYER_OPS, LayerRecord, _feeding_lif, _label
 
 FUSED_ACTIVATIONS = ("Relu", "Clip")
 

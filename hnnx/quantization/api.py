@@ -136,8 +136,8 @@ def quantize(
     if spiking not in ("tianjicx", "float"):
         raise HnnxError(f"spiking parts are quantized as 'tianjicx' or left 'float', got {spiking!r}")
     if target == "qdq":
-        from hnnx.quantize.qdq import QdqQuantizer
-        from hnnx.quantize.tianjicx import TianjicxQuantizer
+        from hnnx.quantization.qdq import QdqQuantizer
+        from hnnx.quantization.tianjicx import TianjicxQuantizer
 
         spiking_part = None
         if spiking == "tianjicx":
@@ -151,7 +151,7 @@ def quantize(
             quantizer.excluded.update(spiking_part.excluded)
             quantizer.output_scales.update(spiking_part.output_scales)
     else:
-        from hnnx.quantize.tianjicx import TianjicxQuantizer
+        from hnnx.quantization.tianjicx import TianjicxQuantizer
 
         quantizer = TianjicxQuantizer(graph, absmax, bit_shift_unit, excluded, fakequant=format == "fakequant",
                                       membrane_ranges=dict(stats.membrane_ranges))
