@@ -296,5 +296,39 @@ def test_quantizing_is_idempotent(fmt: str, digits) -> None:
     twice, report = quantize(once, calibration, format=fmt)
     assert twice.SerializeToString() == once.SerializeToString()
     assert report.layers == [] and report.output_scales == output_scales(once)
-    with pytest.raises(hnnx.HnnxError, match="already quantized"):
-        quantize(once, calibration, format="int" if fmt == "fakequant" else "fakequant")
+    if fmt == "int":  # an integer graph cannot become its fake-quant form again
+        with pytest.raises(hnnx.HnnxError, match="already quantized"):
+            quantize(once, calibration, format="fakequant")
+
+
+@pytest.mark.parametrize("name", models.available())
+def test_fakequant_form_requantizes_to_the_integer_graph(name: str, digits, quantized_models) -> None:
+    calibration = {"pixels": digits.x_train[:256].reshape(-1, *models.input_layout(name))}
+    fake, _ = quantize(models.path(name), calibration, format="fakequant")
+    requantized, _ = quantize(fake, calibration, format="int")
+    integer, _ = quantized_models[name]
+    pixels = digits.x_test.reshape(-1, *models.input_layout(name))
+    (direct,) = _run(integer, {"pixels": pixels})
+    (again,) = _run(requantized, {"pixels": pixels})
+    assert np.array_equal(direct, again)
+    assert output_scales(requantized) == output_scales(integer)
+
+
+def test_requantization_takes_the_fine_tuned_weight_sources(digits) -> None:
+    """A QAT round trip: change the float weight sources of the fake-quant graph (as fine-tuning
+    does); the re-quantized integer graph follows them exactly."""
+    calibration = {"pixels": digits.x_train[:256].reshape(-1, 1, 8, 8)}
+    fake, _ = quantize(models.path("hybrid_s2a"), calibration, format="fakequant")
+    sources = {n.input[0] for n in fake.graph.node if n.op_type == "QuantizeLinear" and n.input[0].endswith(".weight")}
+    rng = np.random.default_rng(0)
+    for init in fake.graph.initializer:
+        if init.name in sources:
+            values = numpy_helper.to_array(init)
+            init.CopyFrom(numpy_helper.from_array((values * rng.uniform(0.8, 1.2, values.shape)).astype(np.float32),
+                                                  init.name))
+    requantized, _ = quantize(fake, calibration, format="int")
+    pixels = digits.x_test.reshape(-1, 1, 8, 8)
+    (as_fake,) = _run_exact(fake, {"pixels": pixels})
+    (as_int,) = _run(requantized, {"pixels": pixels})
+    ratio = output_scales(requantized)["scores"] / output_scales(fake)["scores"]
+    assert np.array_equal(as_int.astype(np.float64) * ratio, as_fake.astype(np.float64))

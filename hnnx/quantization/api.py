@@ -121,6 +121,8 @@ def quantize(
         again = onnx.ModelProto()
         again.CopyFrom(model)
         return again, QuantizationReport(target, format, observer, 0, output_scales=output_scales(model))
+    if done == "tianjicx/fakequant" and (target, format) == ("tianjicx", "int"):
+        return _integerize(model, observer)
     if done is not None:
         raise HnnxError(f"the model is already quantized ({done}); re-quantizing it as {target}/{format} "
                         f"needs the float model")
@@ -184,6 +186,28 @@ def is_fakequant(model: onnx.ModelProto) -> bool:
     """Whether ``model`` is a tianjicx fake-quant model (hnnx's Simulator runs those with basic
     onnxruntime optimisations only, which keep their arithmetic exact)."""
     return any(p.key == QUANTIZED_KEY and p.value == "tianjicx/fakequant" for p in model.metadata_props)
+
+
+def _integerize(fake: onnx.ModelProto, observer: str) -> tuple[onnx.ModelProto, QuantizationReport]:
+    """The integer graph of a tianjicx fake-quant model, weights re-quantized from its sources."""
+    from hnnx.quantization.integerize import FakeQuantIntegerizer
+
+    graph = gs.import_onnx(fake)
+    integerizer = FakeQuantIntegerizer(graph)
+    integerizer.run()
+    model = gs.export_onnx(graph, do_type_check=False)
+    model.ir_version = fake.ir_version
+    del model.opset_import[:]
+    model.opset_import.extend(fake.opset_import)
+    model.producer_name = "hnnx"
+    fake_scales = output_scales(fake)
+    scales = {name: fake_scales.get(name, 1.0) * factor for name, factor in integerizer.output_fakes.items()}
+    onnx.helper.set_model_props(model, {QUANTIZED_KEY: "tianjicx/int",
+                                        **{OUTPUT_SCALE_KEY + k: repr(v) for k, v in scales.items()}})
+    ops.attach_functions(model)
+    check(model, "re-quantized model")
+    return model, QuantizationReport("tianjicx", "int", observer, 0, output_scales=scales,
+                                     size_bytes={"fakequant": _parameter_bytes(fake), "quantized": _parameter_bytes(model)})
 
 
 def output_scales(model: onnx.ModelProto) -> dict[str, float]:
