@@ -18,34 +18,13 @@ import hnnx
 from hnnx import ops
 from hnnx.cli import main
 
+from builders import BIAS, HYBRID_LIF, WEIGHT, hybrid_model
+
 STEPS = 3
 SAMPLES = 9
-LIF_ATTRIBUTES = {"threshold": 0.5, "alpha": 0.75, "beta": -0.125}
+LIF_ATTRIBUTES = HYBRID_LIF
 # Multiples of 1/4 and 1/8 keep float32 arithmetic exact, so numpy and onnxruntime agree bit for bit.
-WEIGHT = (np.arange(20, dtype=np.float32).reshape(5, 4) % 7 - 3) / 4
-BIAS = np.array([0.125, -0.25, 0.375, 0.0, 0.5], np.float32)
 
-
-def hybrid_model() -> onnx.ModelProto:
-    """x [N, 4] → Gemm → repeat 3 steps → hnnx.LIF 'lif1' → mean over time → logits [N, 5]."""
-    initializers = [
-        numpy_helper.from_array(WEIGHT, "w"),
-        numpy_helper.from_array(BIAS, "b"),
-        numpy_helper.from_array(np.array([0], np.int64), "axis0"),
-        numpy_helper.from_array(np.array([STEPS, 1, 1], np.int64), "repeat_shape"),
-    ]
-    nodes = [
-        helper.make_node("Gemm", ["x", "w", "b"], ["current_n"], name="fc", transB=1),
-        helper.make_node("Unsqueeze", ["current_n", "axis0"], ["current_1"], name="add_time"),
-        helper.make_node("Expand", ["current_1", "repeat_shape"], ["current"], name="repeat"),
-        ops.make_node("LIF", ["current"], ["spikes"], name="lif1", **LIF_ATTRIBUTES),
-        helper.make_node("ReduceMean", ["spikes", "axis0"], ["logits"], name="rate", keepdims=0),
-    ]
-    graph = helper.make_graph(nodes, "hybrid", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])],
-                              initializer=initializers)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", ops.ONNX_OPSET)],
-                             ir_version=ops.IR_VERSION)
 
 
 def expected_spikes(x: np.ndarray) -> np.ndarray:

@@ -18,6 +18,8 @@ import hnnx
 from hnnx import ops
 from hnnx.errors import HnnxError, ModelError, NodeError
 
+from builders import lif_hard_reset
+
 STEPS = 4
 SAMPLES = 6
 
@@ -31,18 +33,6 @@ def lif_model(attach: bool = True, name: str = "lif_tm", **lif_attributes: float
                               ir_version=ops.IR_VERSION)
     return ops.attach_functions(model) if attach else model
 
-
-def lif_hard_reset(current: np.ndarray, threshold: float = 1.0, alpha: float = 1.0, beta: float = 0.0,
-                   v_reset: float = 0.0) -> np.ndarray:
-    """Spikes of a hard-reset LIF over axis 0, starting from v = 0."""
-    v = np.zeros(current.shape[1:], np.float32)
-    spikes = np.zeros_like(current)
-    for t in range(current.shape[0]):
-        v1 = v + current[t]
-        fired = v1 > np.float32(threshold)
-        spikes[t] = fired
-        v = np.where(fired, np.float32(v_reset), v1) * np.float32(alpha) + np.float32(beta)
-    return spikes
 
 
 def set_lif_attribute(model: onnx.ModelProto, name: str, value: float) -> None:

@@ -30,8 +30,9 @@ StepFunction = Callable[[Any, list[Any], list[Any]], "tuple[list[Any], list[Any]
 """``step(xp, states, inputs_t) -> (new_states, outputs_t)`` — one time step of an op."""
 
 
-class EagerIndexing:
-    """Indexing operations written once for eager arrays that slice like numpy (numpy, torch)."""
+class EagerOps:
+    """Operations written once for eager arrays that index like numpy (numpy, torch); a
+    subclass supplies ``stack`` and ``zeros``."""
 
     def sum_axis1(self, x: Any, width: int) -> Any:
         """Sum over axis 1 (of size ``width``), in index order, keeping the axis."""
@@ -51,8 +52,20 @@ class EagerIndexing:
         """A ``[R]`` vector as ``[R, 1, 1]``."""
         return b.reshape(-1, 1, 1)
 
+    def time_loop(self, step: StepFunction, states: list[Any], xs: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+        """Run ``step`` over axis 0 of ``xs``; final states and outputs stacked on axis 0."""
+        columns: list[list[Any]] = []
+        for t in range(xs[0].shape[0]):
+            states, y_t = step(self, states, [x[t] for x in xs])
+            columns = columns or [[] for _ in y_t]
+            for column, y in zip(columns, y_t):
+                column.append(y)
+        if not columns:  # T = 0: outputs shaped like the (empty) first input
+            return states, [self.zeros(tuple(xs[0].shape))]
+        return states, [self.stack(column) for column in columns]
 
-class NumpyOps(EagerIndexing):
+
+class NumpyOps(EagerOps):
     """The numpy array namespace. ``params`` maps attribute names to their values."""
 
     def __init__(self, integer: bool, params: dict[str, Any]) -> None:
@@ -198,18 +211,11 @@ class NumpyOps(EagerIndexing):
         # Broadcast both ways, as ONNX Expand does; the element count must then match.
         return np.broadcast_to(given, np.broadcast_shapes(given.shape, neuron_shape)).reshape(size).copy()
 
-    def time_loop(self, step: StepFunction, states: list[Any], xs: list[np.ndarray]
-                  ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Run ``step`` over axis 0 of ``xs``; final states and outputs stacked on axis 0."""
-        columns: list[list[np.ndarray]] = []
-        for t in range(xs[0].shape[0]):
-            states, y_t = step(self, states, [x[t] for x in xs])
-            columns = columns or [[] for _ in y_t]
-            for column, y in zip(columns, y_t):
-                column.append(y)
-        if not columns:  # T = 0: outputs shaped like the (empty) first input
-            return states, [np.zeros(xs[0].shape, self.dtype)]
-        return states, [np.stack(column) for column in columns]
+    def stack(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
+        return np.stack(arrays)
+
+    def zeros(self, shape: tuple[int, ...]) -> np.ndarray:
+        return np.zeros(shape, self.dtype)
 
 
 class Scope:

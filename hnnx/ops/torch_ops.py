@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from hnnx.ops.arrays import EagerIndexing
+from hnnx.ops.arrays import EagerOps
 
 
 class SurrogateSpike(torch.autograd.Function):
@@ -65,7 +65,7 @@ def surrogate_derivative(x: torch.Tensor, kind: str, width: float) -> torch.Tens
     raise ValueError(f"unknown surrogate {kind!r}")
 
 
-class TorchOps(EagerIndexing):
+class TorchOps(EagerOps):
     """Array namespace over torch tensors (see :mod:`hnnx.ops.arrays`)."""
 
     def __init__(self, integer: bool, params: dict[str, Any], device: torch.device | None = None) -> None:
@@ -178,15 +178,8 @@ class TorchOps(EagerIndexing):
         given = torch.as_tensor(given, dtype=fill.dtype)
         return torch.broadcast_to(given, torch.broadcast_shapes(given.shape, neuron_shape)).reshape(size)
 
-    def time_loop(self, step: Callable[..., Any], states: list[torch.Tensor], xs: Sequence[torch.Tensor]
-                  ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Run ``step`` over axis 0 of ``xs``; final states and outputs stacked on axis 0."""
-        columns: list[list[torch.Tensor]] = []
-        for t in range(xs[0].shape[0]):
-            states, y_t = step(self, states, [x[t] for x in xs])
-            columns = columns or [[] for _ in y_t]
-            for column, y in zip(columns, y_t):
-                column.append(y)
-        if not columns:  # T = 0: outputs shaped like the (empty) first input
-            return states, [torch.zeros(xs[0].shape, dtype=self.dtype)]
-        return states, [torch.stack(column) for column in columns]
+    def stack(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(list(tensors))
+
+    def zeros(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.zeros(shape, dtype=self.dtype, device=self._device)
