@@ -8,7 +8,6 @@ digits (train split), exports it to ONNX and runs ``hnnx simulate`` on the test 
 from __future__ import annotations
 
 import argparse
-import io
 import subprocess
 import sys
 import time

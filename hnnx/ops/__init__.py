@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from hnnx.errors import ModelError, NodeError
+from hnnx.errors import ModelError
 from hnnx.ops.declare import DOMAIN, IR_VERSION, MIN_ONNX_OPSET, ONNX_OPSET, OPSET_VERSION, NodeView, OpDeclaration
 from hnnx.ops.fire import Fire
 from hnnx.ops.hybrid import A2S, S2A

@@ -17,13 +17,16 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 import onnx
 from onnx import helper
 
 from hnnx.errors import NodeError
+
+if TYPE_CHECKING:
+    from hnnx.ops.arrays import FunctionBody
 
 DOMAIN = "hnnx"
 """The ONNX domain of every hnnx op."""

@@ -9,7 +9,7 @@ import onnx
 
 from hnnx.errors import NodeError
 from hnnx.ops.arrays import INT32, FunctionBody
-from hnnx.ops.declare import Attribute, NodeView, OpDeclaration, Port, TypeConstraint
+from hnnx.ops.declare import Attribute, NodeView, OpDeclaration, Port
 
 INT8_RANGE = (-128, 127)
 

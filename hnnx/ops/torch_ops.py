@@ -17,7 +17,7 @@ The reset uses the boolean spike without gradient (a detached reset).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
