@@ -19,5 +19,19 @@ def fold_constants(graph: gs.Graph) -> None:
     """Evaluate every subgraph whose inputs are all constant (with onnxruntime) and replace it
     by its values; shape computations on known shapes fold too. hnnx nodes are kept: they
     are the model's meaning, not arithmetic to precompute."""
+    if not any(_foldable(node) for node in graph.nodes):
+        return  # nothing constant to evaluate: skip graphsurgeon's (costly) partitioning
     graph.fold_constants(should_exclude_node=lambda node: node.domain == ops.DOMAIN, error_ok=True)
     graph.cleanup()
+
+
+def _foldable(node: gs.Node) -> bool:
+    """A node that constant folding could replace: all inputs constant, or a shape query of a
+    tensor whose shape is known."""
+    if node.domain == ops.DOMAIN:
+        return False
+    if node.op in ("Shape", "Size") and node.inputs and node.inputs[0].shape is not None:
+        return all(isinstance(d, int) for d in node.inputs[0].shape)
+    present = [t for t in node.inputs if t.name]
+    # A node with no inputs is a Constant (nothing to gain) or one a pass already detached.
+    return bool(present) and all(isinstance(t, gs.Constant) for t in present)
