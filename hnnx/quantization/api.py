@@ -44,6 +44,7 @@ class QuantizationReport:
     firing_rates: dict[str, dict[str, float]] = field(default_factory=dict)
     saturated: dict[str, int] = field(default_factory=dict)
     synops_per_sample: float = 0.0
+    note: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False, default=float)
@@ -51,9 +52,12 @@ class QuantizationReport:
     def markdown(self) -> str:
         """A readable summary (Markdown tables)."""
         lines = [f"# Quantization report — target {self.target}, format {self.format}",
-                 f"observer {self.observer}, {self.calibration_samples} calibration samples", "",
-                 f"model size: {self.size_bytes.get('float', 0):,} → {self.size_bytes.get('quantized', 0):,} bytes "
-                 f"of parameters", "", "| layer | op | role | details |", "|---|---|---|---|"]
+                 self.note or f"observer {self.observer}, {self.calibration_samples} calibration samples", ""]
+        if "float" in self.size_bytes:
+            lines += [f"model size: {self.size_bytes['float']:,} → {self.size_bytes.get('quantized', 0):,} bytes "
+                      f"of parameters", ""]
+        if self.layers:
+            lines += ["| layer | op | role | details |", "|---|---|---|---|"]
         for layer in self.layers:
             details = ", ".join(f"{k}={_short(v)}" for k, v in layer["details"].items())
             lines.append(f"| {layer['name']} | {layer['op']} | {layer['role']} | {details} |")
@@ -120,7 +124,8 @@ def quantize(
     if done == f"{target}/{format}":  # idempotent: nothing is left to quantize
         again = onnx.ModelProto()
         again.CopyFrom(model)
-        return again, QuantizationReport(target, format, observer, 0, output_scales=output_scales(model))
+        return again, QuantizationReport(target, format, observer, 0, output_scales=output_scales(model),
+                                         note="already quantized in this form: returned unchanged")
     if done == "tianjicx/fakequant" and (target, format) == ("tianjicx", "int"):
         return _integerize(model, observer)
     if done is not None:
@@ -207,7 +212,8 @@ def _integerize(fake: onnx.ModelProto, observer: str) -> tuple[onnx.ModelProto, 
     ops.attach_functions(model)
     check(model, "re-quantized model")
     return model, QuantizationReport("tianjicx", "int", observer, 0, output_scales=scales,
-                                     size_bytes={"fakequant": _parameter_bytes(fake), "quantized": _parameter_bytes(model)})
+                                     size_bytes={"fakequant": _parameter_bytes(fake), "quantized": _parameter_bytes(model)},
+                                     note="re-quantized from the fake-quant form: weights from their float sources")
 
 
 def output_scales(model: onnx.ModelProto) -> dict[str, float]:
