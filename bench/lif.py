@@ -56,6 +56,7 @@ from onnx import TensorProto, helper
 
 from hnnx import ops
 from hnnx.runtime import native
+from tables import format_table
 
 SEED = 20240611
 CURRENT_MEAN = 0.3
@@ -256,18 +257,6 @@ def bench_workload(workload: Workload, repeats: int, threads: int, library: str 
 
 
 # ---------------------------------------------------------------------------- report
-def format_table(headers: list[str], rows: list[list[str]]) -> str:
-    """A Markdown pipe table, padded so it also reads aligned as plain text (numbers right)."""
-    widths = [max(len(headers[i]), *(len(r[i]) for r in rows)) for i in range(len(headers))]
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
-                                 enumerate(zip(cells, widths))) + " |"
-
-    rule = "|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
-    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
-
-
 def cell_text(cell: Cell, reference: Cell) -> str:
     if cell.seconds is None:
         return cell.missing

@@ -61,6 +61,8 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from tables import format_table
+
 SEED = 7
 STEPS = 8
 BATCH = 32
@@ -304,17 +306,6 @@ def memory_child(name: str, model_path: Path, threads: int) -> None:
 
 
 # ---------------------------------------------------------------------------- report
-def format_table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(headers[i]), *(len(r[i]) for r in rows)) for i in range(len(headers))]
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
-                                 enumerate(zip(cells, widths))) + " |"
-
-    rule = "|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
-    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
-
-
 def compare(row: Row, reference: Row, index: int) -> str:
     if not row.outputs or not reference.outputs:
         return "—"

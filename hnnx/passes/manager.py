@@ -59,12 +59,18 @@ def _run_graph_passes(model: onnx.ModelProto, passes: Sequence[GraphPass], force
         except Exception as exc:
             raise HnnxError(f"pass {p.__name__} failed: {type(exc).__name__}: {exc}") from exc
     graph.cleanup().toposort()
-    out = gs.export_onnx(graph, do_type_check=False)
-    out.ir_version = model.ir_version
-    del out.opset_import[:]
-    out.opset_import.extend(model.opset_import)
+    out = export_like(graph, model)
     out.producer_name = model.producer_name
     out.producer_version = model.producer_version
     del out.metadata_props[:]
     out.metadata_props.extend(model.metadata_props)
     return ops.attach_functions(out)
+
+
+def export_like(graph: gs.Graph, source: onnx.ModelProto) -> onnx.ModelProto:
+    """Export ``graph`` with the IR version and opset imports of the model it came from."""
+    out = gs.export_onnx(graph, do_type_check=False)
+    out.ir_version = source.ir_version
+    del out.opset_import[:]
+    out.opset_import.extend(source.opset_import)
+    return out

@@ -16,6 +16,7 @@ from hnnx import ops
 from hnnx.errors import HnnxError
 from hnnx.model import check, load
 from hnnx.passes import preprocess
+from hnnx.passes.manager import export_like
 
 TARGETS = ("tianjicx", "qdq")
 FORMATS = {"tianjicx": ("int", "fakequant"), "qdq": ("fakequant",)}
@@ -163,10 +164,7 @@ def quantize(
         quantizer = TianjicxQuantizer(graph, absmax, bit_shift_unit, excluded, fakequant=format == "fakequant",
                                       membrane_ranges=dict(stats.membrane_ranges))
     quantizer.run()
-    quantized = gs.export_onnx(graph, do_type_check=False)
-    quantized.ir_version = float_model.ir_version
-    del quantized.opset_import[:]
-    quantized.opset_import.extend(float_model.opset_import)
+    quantized = export_like(graph, float_model)
     quantized.producer_name = "hnnx"
     onnx.helper.set_model_props(quantized, {QUANTIZED_KEY: f"{target}/{format}",
                                             **{OUTPUT_SCALE_KEY + k: repr(v) for k, v in quantizer.output_scales.items()}})
@@ -200,10 +198,7 @@ def _integerize(fake: onnx.ModelProto, observer: str) -> tuple[onnx.ModelProto, 
     graph = gs.import_onnx(fake)
     integerizer = FakeQuantIntegerizer(graph)
     integerizer.run()
-    model = gs.export_onnx(graph, do_type_check=False)
-    model.ir_version = fake.ir_version
-    del model.opset_import[:]
-    model.opset_import.extend(fake.opset_import)
+    model = export_like(graph, fake)
     model.producer_name = "hnnx"
     fake_scales = output_scales(fake)
     scales = {name: fake_scales.get(name, 1.0) * factor for name, factor in integerizer.output_fakes.items()}

@@ -1,0 +1,15 @@
+"""Table formatting shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+
+def format_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A Markdown pipe table, padded so it also reads aligned as plain text (numbers right)."""
+    widths = [max(len(headers[i]), *(len(r[i]) for r in rows)) for i in range(len(headers))]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
+                                 enumerate(zip(cells, widths))) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
