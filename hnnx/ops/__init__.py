@@ -9,7 +9,14 @@ declarations and derives from them what the rest of hnnx and ONNX tooling need:
 * :func:`attach_functions` — the model-local FunctionProto of every hnnx node, so a stock
   ``onnxruntime.InferenceSession`` runs the model with no extra library;
 * :func:`reference_ops` — kernels for ``onnx.reference.ReferenceEvaluator``;
-* :func:`run_reference` — the numpy reference of one node.
+* :func:`run_reference` — the numpy reference of one node;
+* :func:`view_of` — a node's resolved attributes and ports, the handle every question about
+  it goes through (ranks, time layout, spikes, integer forms, per-step functions).
+
+Per-step functions (numpy, float and integer; the equations every executor runs):
+``LIF.initial_state``/``LIF.step`` (:class:`LIFState`), ``A2S.step``,
+``S2A.initial_state``/``S2A.step``/``S2A.finish`` (:class:`S2AState`); stateless ops
+(``Fire``, ``Requantize``) are their ``reference``.
 """
 
 from __future__ import annotations
@@ -21,14 +28,16 @@ import onnx
 from onnx import helper
 
 from hnnx.errors import ModelError
-from hnnx.ops.declare import DOMAIN, IR_VERSION, MIN_ONNX_OPSET, ONNX_OPSET, OPSET_VERSION, NodeView, OpDeclaration
+from hnnx.ops.declare import (DOMAIN, IR_VERSION, MIN_ONNX_OPSET, NO_TIME, ONNX_OPSET, OPSET_VERSION, SAME_TIME,
+                              TIME_MAJOR, NodeView, OpDeclaration)
 from hnnx.ops.fire import Fire
-from hnnx.ops.hybrid import A2S, S2A
-from hnnx.ops.lif import LIF
+from hnnx.ops.hybrid import A2S, S2A, S2AState
+from hnnx.ops.lif import LIF, LIFState
 from hnnx.ops.quant import Requantize
 
 __all__ = [
-    "DOMAIN", "OPSET_VERSION", "ONNX_OPSET", "IR_VERSION", "REGISTRY", "OpDeclaration",
+    "DOMAIN", "OPSET_VERSION", "ONNX_OPSET", "IR_VERSION", "REGISTRY", "OpDeclaration", "NodeView",
+    "TIME_MAJOR", "NO_TIME", "SAME_TIME", "LIFState", "S2AState", "view_of",
     "LIF", "Fire", "A2S", "S2A", "Requantize", "make_node", "attach_functions", "register_schemas", "reference_ops",
     "run_reference", "declaration", "hnnx_nodes", "op_summary_markdown", "op_reference_markdown",
 ]
@@ -43,6 +52,15 @@ def declaration(op_type: str) -> type[OpDeclaration]:
         return REGISTRY[op_type]
     except KeyError:
         raise ModelError(f"unknown hnnx op {op_type!r} (known: {', '.join(sorted(REGISTRY))})") from None
+
+
+def view_of(op_type: str, attrs: dict[str, Any], inputs: Sequence[bool], n_outputs: int,
+            name: str = "") -> NodeView:
+    """The resolved :class:`NodeView` of an hnnx node given as data (attribute values — bytes
+    are read as UTF-8 —, which inputs are connected, how many outputs): for passes that hold
+    a node in another form than a NodeProto (e.g. onnx-graphsurgeon). NodeError if invalid."""
+    plain = {key: value.decode() if isinstance(value, bytes) else value for key, value in attrs.items()}
+    return declaration(op_type).view_for(plain, inputs, n_outputs, name)
 
 
 def register_schemas() -> None:

@@ -83,14 +83,24 @@ class Attribute:
         return value
 
 
+TIME_MAJOR = "major"
+"""Port time layout: the tensor is time-major, ``[T, N, ...]``."""
+NO_TIME = "none"
+"""Port time layout: the tensor has no time axis (an ANN value ``[N, ...]`` or a neuron state)."""
+SAME_TIME = "same"
+"""Port time layout: as input 0 (element-wise ops)."""
+
+
 @dataclass(frozen=True)
 class Port:
-    """One input or output of an op. ``type`` names a type constraint or is a fixed type."""
+    """One input or output of an op. ``type`` names a type constraint or is a fixed type;
+    ``time`` is the port's time layout (:data:`TIME_MAJOR`, :data:`NO_TIME` or :data:`SAME_TIME`)."""
 
     name: str
     doc: str
     type: str = "T"
     optional: bool = False
+    time: str = SAME_TIME
 
 
 @dataclass(frozen=True)
@@ -173,7 +183,7 @@ class OpDeclaration:
         Nodes whose keys are equal share one FunctionProto. The default covers ops
         whose body depends only on which ports are connected.
         """
-        return _port_key(view)
+        return port_key(view)
 
     @classmethod
     def view(cls, node: onnx.NodeProto) -> NodeView:
@@ -263,6 +273,27 @@ class OpDeclaration:
             out_types.append(tensor_type(elem, None if shape is None else [_from_symbolic(d) for d in shape]))
         return out_types
 
+    # ------------------------------------------------------------------ what passes ask
+    @classmethod
+    def output_ranks(cls, view: NodeView, input_ranks: Sequence[int | None]) -> list[int | None]:
+        """The rank of each output from the ranks of the inputs (None: unknown or absent),
+        derived from :meth:`output_shapes` — a pass that meets a tensor without an inferred
+        shape asks this instead of guessing."""
+        shapes = [None if rank is None else [UnknownDim()] * rank for rank in input_ranks]
+        shapes += [None] * (len(cls.inputs) - len(shapes))
+        return [None if shape is None else len(shape) for shape in cls.output_shapes(view, shapes)]
+
+    @classmethod
+    def output_time(cls, view: NodeView) -> list[str]:
+        """The time layout of each connected output: :data:`TIME_MAJOR`, :data:`NO_TIME`, or
+        :data:`SAME_TIME` for an element-wise op (the layout of the tensor at input 0)."""
+        return [cls.inputs[0].time if port.time == SAME_TIME else port.time for port in cls.outputs[: view.n_outputs]]
+
+    @classmethod
+    def emits_spikes(cls, view: NodeView) -> bool:
+        """Whether output 0 holds 0/1 spikes (an event-driven consumer touches only the ones)."""
+        return False
+
     # ------------------------------------------------------------------ derived
     @classmethod
     def summary(cls) -> str:
@@ -318,7 +349,8 @@ class OpDeclaration:
         return body.to_function(cls.structure(view))
 
 
-def _port_key(view: NodeView) -> str:
+def port_key(view: NodeView) -> str:
+    """The part of an overload key that says which optional ports are connected."""
     inputs = "".join("1" if present else "0" for present in view.inputs)
     return f"i{inputs}o{view.n_outputs}"
 

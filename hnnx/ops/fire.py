@@ -40,6 +40,10 @@ class Fire(OpDeclaration):
             raise NodeError(node, f"Fire attribute 'surrogate_width' must be > 0, got {attrs['surrogate_width']}")
 
     @classmethod
+    def emits_spikes(cls, view: NodeView) -> bool:
+        return True
+
+    @classmethod
     def reference(cls, view: NodeView, v: np.ndarray, threshold: np.ndarray) -> tuple[np.ndarray, ...]:
         return (np.greater(v, threshold).astype(v.dtype),)
 

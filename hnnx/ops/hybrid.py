@@ -8,6 +8,7 @@ values. Time is axis 0 (the original HUs put time last).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -15,7 +16,8 @@ import onnx
 
 from hnnx.errors import NodeError
 from hnnx.ops.arrays import FLOAT, INT64, FunctionBody, NumpyOps, OnnxOps
-from hnnx.ops.declare import Attribute, NodeView, OpDeclaration, Port, TypeConstraint, _port_key
+from hnnx.ops.declare import (NO_TIME, TIME_MAJOR, Attribute, NodeView, OpDeclaration, Port, TypeConstraint,
+                              port_key)
 
 GOLDEN = 0x9E3779B9
 """Added to the seed before hashing, so seed 0 is not the hash's fixed point."""
@@ -88,11 +90,11 @@ class A2S(OpDeclaration):
 
     name = "A2S"
     inputs = (
-        Port("x", "ANN activation, [N, ...]"),
-        Port("weight", "learnable coding: per-step gain, [T]", optional=True),
-        Port("bias", "learnable coding: per-step offset, [T]", optional=True),
+        Port("x", "ANN activation, [N, ...]", time=NO_TIME),
+        Port("weight", "learnable coding: per-step gain, [T]", optional=True, time=NO_TIME),
+        Port("bias", "learnable coding: per-step offset, [T]", optional=True, time=NO_TIME),
     )
-    outputs = (Port("y", "coded sequence, [T, N, ...]"),)
+    outputs = (Port("y", "coded sequence, [T, N, ...]", time=TIME_MAJOR),)
     type_constraints = (TypeConstraint("T", ("tensor(float)", "tensor(int8)", "tensor(int32)"),
                                        "float32 in float mode, int8 or int32 in integer mode"),)
     attributes = (
@@ -140,12 +142,40 @@ class A2S(OpDeclaration):
             parts.append(a["activation"])
         if a["converter"] != "identity":
             parts.append(a["converter"] + (str(a["bits"]) if a["converter"] == "round" else ""))
-        return "-".join(parts) + "-" + _port_key(view)
+        return "-".join(parts) + "-" + port_key(view)
 
     @classmethod
     def output_shapes(cls, view: NodeView, shapes: list[list[Any] | None]) -> list[list[Any] | None]:
         x = shapes[0]
         return [None if x is None else [view.attrs["steps"], *x]]
+
+    @classmethod
+    def emits_spikes(cls, view: NodeView) -> bool:
+        return view.attrs["coding"] == "rate"
+
+    @classmethod
+    def step(cls, view: NodeView, x: np.ndarray, t: int, weight: np.ndarray | None = None,
+             bias: np.ndarray | None = None) -> np.ndarray:
+        """The coded value at absolute step ``t`` (numpy): ``x [N, ...]`` → ``y_t [N, ...]`` in x's type.
+
+        The same equations as the multi-step op (rate coding draws the generator's numbers of
+        step ``t``), so stepping ``t = 0 … T−1`` gives the reference's ``y`` exactly.
+        """
+        _check_array_type(view, x)
+        steps = view.attrs["steps"]
+        if not 0 <= t < steps:
+            raise NodeError(view.name, f"A2S step {t} is outside its {steps} steps")
+        xp = NumpyOps(view.attrs["mode"] == "integer", view.attrs)
+        batch, sample_shape = x.shape[0], tuple(x.shape[1:])
+        elements = math.prod(sample_shape)
+
+        def field(_: Any) -> np.ndarray:
+            return random_bits(xp, np.uint32(view.attrs["seed"]), np.array([t], np.uint32),
+                               np.arange(elements, dtype=np.uint32))
+
+        coded = _a2s_core(view, xp, x.reshape(batch, elements), None if weight is None else weight[t:t + 1],
+                          None if bias is None else bias[t:t + 1], field, lambda x1: x1)
+        return coded.reshape(batch, *sample_shape)
 
     @classmethod
     def reference(cls, view: NodeView, x: np.ndarray, weight: np.ndarray | None = None,
@@ -288,6 +318,17 @@ def _a2s_core(view: NodeView, xp: Any, flat: Any, weight: Any, bias: Any,
 
 
 # ---------------------------------------------------------------------------- S2A
+@dataclass
+class S2AState:
+    """What an S2A node carries between steps: ``buffer [window, N, ...]`` holds the steps of the
+    current window fed so far (``global``: ``[1, N, ...]``, the running sum); ``filled``: steps in
+    the buffer (``global``: steps fed); ``windows``: windows completed (selects the learnable row)."""
+
+    buffer: np.ndarray
+    filled: int = 0
+    windows: int = 0
+
+
 class S2A(OpDeclaration):
     """SNN→ANN Hybrid Unit: spikes ``x [T, N, ...]`` → ``[T', N, ...]`` or ``[N, ...]``.
 
@@ -312,11 +353,11 @@ class S2A(OpDeclaration):
 
     name = "S2A"
     inputs = (
-        Port("x", "spikes, [T, N, ...]"),
-        Port("weight", "learnable: kernels, [T / window, kernel] or [1, kernel]", optional=True),
-        Port("bias", "learnable: offsets, [T / window] or [1]", optional=True),
+        Port("x", "spikes, [T, N, ...]", time=TIME_MAJOR),
+        Port("weight", "learnable: kernels, [T / window, kernel] or [1, kernel]", optional=True, time=NO_TIME),
+        Port("bias", "learnable: offsets, [T / window] or [1]", optional=True, time=NO_TIME),
     )
-    outputs = (Port("y", "[T / window · L, N, ...], or [N, ...] for `global`"),)
+    outputs = (Port("y", "[T / window · L, N, ...], or [N, ...] for `global`", time=TIME_MAJOR),)
     type_constraints = (TypeConstraint("T", ("tensor(float)", "tensor(int32)"),
                                        "float32 in float mode, int32 in integer mode"),)
     attributes = (
@@ -378,7 +419,7 @@ class S2A(OpDeclaration):
             parts.append(f"w{window}k{kernel}s{stride}p{padding}")
         if a["activation"] != "none":
             parts.append(a["activation"])
-        return "-".join(parts) + "-" + _port_key(view)
+        return "-".join(parts) + "-" + port_key(view)
 
     @classmethod
     def output_shapes(cls, view: NodeView, shapes: list[list[Any] | None]) -> list[list[Any] | None]:
@@ -389,6 +430,77 @@ class S2A(OpDeclaration):
             return [list(x[1:])]
         window, *_, per_window = cls.geometry(view.attrs)
         return [[x[0] // window * per_window, *x[1:]]]
+
+    @classmethod
+    def output_time(cls, view: NodeView) -> list[str]:
+        return [NO_TIME if view.attrs["decoding"] == "global" else TIME_MAJOR]
+
+    @classmethod
+    def integer_divisor(cls, view: NodeView, steps: int | None) -> int:
+        """What an integer-mode output is the float output times: the kernel ``K`` (rate), or
+        ``T = steps`` (global). Integer graphs carry ``1/divisor`` outside the tensor."""
+        if view.attrs["decoding"] == "learnable":
+            raise NodeError(view.name, "learnable S2A has no integer form")
+        if view.attrs["decoding"] == "global":
+            if steps is None:
+                raise NodeError(view.name, "global S2A over an unknown number of steps")
+            return steps
+        return cls.geometry(view.attrs)[1]
+
+    # ------------------------------------------------------------------ state and steps
+    @classmethod
+    def initial_state(cls, view: NodeView, shape: tuple[int, ...], dtype: Any = None) -> S2AState:
+        """The state before step 0 for steps of shape ``shape`` (``[N, ...]``): an empty window
+        (``global``: a zero running sum). ``dtype``: the spikes' type (default: the mode's)."""
+        dtype = np.dtype(dtype or (np.int32 if view.attrs["mode"] == "integer" else np.float32))
+        if view.attrs["decoding"] == "global":
+            return S2AState(np.zeros((1, *shape), dtype))
+        return S2AState(np.zeros((cls.geometry(view.attrs)[0], *shape), dtype))
+
+    @classmethod
+    def step(cls, view: NodeView, state: S2AState, x: np.ndarray, weight: np.ndarray | None = None,
+             bias: np.ndarray | None = None) -> tuple[list[np.ndarray], S2AState]:
+        """Feed one step ``x [N, ...]`` (numpy). Returns the outputs this step completes — the
+        ``L`` outputs of a window when ``x`` is its last step, else none — and the next state.
+
+        A window's outputs are computed by the same equations as the multi-step op, so stepping
+        through T steps gives the reference's outputs exactly; ``global`` keeps a running sum
+        (exact for spikes) whose mean :meth:`finish` returns.
+        """
+        if view.attrs["decoding"] == "global":
+            total = state.buffer[0] + x if view.attrs["mode"] == "float" else np.add(state.buffer[0], x, dtype=x.dtype)
+            return [], S2AState(total[None], state.filled + 1, state.windows)
+        buffer = state.buffer.copy()
+        buffer[state.filled] = x
+        filled = state.filled + 1
+        window = cls.geometry(view.attrs)[0]
+        if filled < window:
+            return [], S2AState(buffer, filled, state.windows)
+        xp = NumpyOps(view.attrs["mode"] == "integer", view.attrs)
+        row = None if weight is None else weight[min(state.windows, weight.shape[0] - 1)][None]
+        offset = None if bias is None else bias[min(state.windows, bias.shape[0] - 1)][None]
+        rest = buffer.shape[1:]
+        pooled = _s2a_core(view, xp, buffer.reshape(1, window, math.prod(rest)), row, offset)  # [1, L, M]
+        outputs = [column.reshape(rest) for column in pooled[0]]
+        return outputs, S2AState(np.zeros_like(buffer), 0, state.windows + 1)
+
+    @classmethod
+    def finish(cls, view: NodeView, state: S2AState) -> list[np.ndarray]:
+        """The outputs due after the last step: ``global`` decoding's mean (integer: the spike
+        count) over the steps fed; none for windowed decodings. NodeError on a partial window."""
+        if view.attrs["decoding"] != "global":
+            if state.filled:
+                raise NodeError(view.name, f"S2A stopped inside a window ({state.filled} of "
+                                           f"{cls.geometry(view.attrs)[0]} steps)")
+            return []
+        if state.filled == 0:
+            raise NodeError(view.name, "S2A global rate of an empty sequence (T = 0)")
+        total = state.buffer[0]
+        if view.attrs["mode"] == "integer":
+            rate = total
+        else:
+            rate = np.divide(total, np.float32(state.filled))
+        return [np.maximum(rate, rate.dtype.type(0)) if view.attrs["activation"] == "relu" else rate]
 
     @classmethod
     def reference(cls, view: NodeView, x: np.ndarray, weight: np.ndarray | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -11,7 +12,8 @@ import onnx
 
 from hnnx.errors import NodeError
 from hnnx.ops.arrays import FLOAT, INT32, FunctionBody, NumpyOps, OnnxOps, onnx_time_scan
-from hnnx.ops.declare import (Attribute, NodeView, OpDeclaration, Port, TypeConstraint, _port_key)
+from hnnx.ops.declare import (NO_TIME, TIME_MAJOR, Attribute, NodeView, OpDeclaration, Port, TypeConstraint,
+                              port_key)
 
 EXACT_ATTRIBUTE_LIMIT = 2**24
 """Integer-mode constants travel in float32 attributes, exact up to this magnitude."""
@@ -19,9 +21,30 @@ EXACT_ATTRIBUTE_LIMIT = 2**24
 RESET_MODES = ("hard", "soft", "soft_constant", "none")
 SURROGATES = ("rectangle", "sigmoid", "atan")
 
-# Attributes that hold a membrane-domain constant: integers in integer mode.
-_MEMBRANE_CONSTANTS = ("threshold", "v_reset", "reset_decrement", "v_init", "beta", "v_lower",
-                       "theta_beta", "theta_increment")
+MEMBRANE_CONSTANTS = ("threshold", "v_reset", "reset_decrement", "v_init", "beta", "v_lower",
+                      "theta_beta", "theta_increment")
+"""Attributes in the membrane's units: integers in integer mode, scaled with the input current."""
+Q8_FACTORS = ("alpha", "theta_alpha")
+"""Multiplicative factors that integer mode applies as ``floor(round(256·factor)·x / 256)``."""
+
+
+@dataclass
+class LIFState:
+    """What LIF neurons carry from one time step to the next, each array ``[*neuron_shape]``.
+
+    ``v``: membrane potential (float32, or int32 in integer mode); ``theta``: the adaptive
+    threshold component θa (same type; None when the node has no threshold adaptation);
+    ``refractory``: remaining refractory steps (int32; None when the node has no refractory
+    period). Which of them a node carries is :meth:`LIF.state_names`.
+    """
+
+    v: np.ndarray
+    theta: np.ndarray | None = None
+    refractory: np.ndarray | None = None
+
+    def arrays(self) -> list[np.ndarray]:
+        """The carried arrays in port order (v, then theta and refractory when carried)."""
+        return [a for a in (self.v, self.theta, self.refractory) if a is not None]
 
 
 class LIF(OpDeclaration):
@@ -62,18 +85,19 @@ class LIF(OpDeclaration):
 
     name = "LIF"
     inputs = (
-        Port("current", "input current per step, [T, N, ...]"),
-        Port("v0", "initial membrane potential, broadcastable to [N, ...]", optional=True),
-        Port("theta0", "initial adaptive-threshold component θa, broadcastable to [N, ...]", optional=True),
+        Port("current", "input current per step, [T, N, ...]", time=TIME_MAJOR),
+        Port("v0", "initial membrane potential, broadcastable to [N, ...]", optional=True, time=NO_TIME),
+        Port("theta0", "initial adaptive-threshold component θa, broadcastable to [N, ...]", optional=True,
+             time=NO_TIME),
         Port("refractory0", "initial refractory counter (steps), broadcastable to [N, ...]",
-             type="tensor(int32)", optional=True),
+             type="tensor(int32)", optional=True, time=NO_TIME),
     )
     outputs = (
-        Port("spikes", "0/1 spikes, [T, N, ...], in the type of `current`"),
-        Port("v", "membrane potential after the last step, [N, ...]", optional=True),
-        Port("theta", "adaptive-threshold component after the last step, [N, ...]", optional=True),
+        Port("spikes", "0/1 spikes, [T, N, ...], in the type of `current`", time=TIME_MAJOR),
+        Port("v", "membrane potential after the last step, [N, ...]", optional=True, time=NO_TIME),
+        Port("theta", "adaptive-threshold component after the last step, [N, ...]", optional=True, time=NO_TIME),
         Port("refractory", "refractory counter after the last step, [N, ...]",
-             type="tensor(int32)", optional=True),
+             type="tensor(int32)", optional=True, time=NO_TIME),
     )
     type_constraints = (
         TypeConstraint("T", ("tensor(float)", "tensor(int32)"), "float32 in float mode, int32 in integer mode"),
@@ -103,7 +127,7 @@ class LIF(OpDeclaration):
     # ------------------------------------------------------------------ validation
     @classmethod
     def validate(cls, attrs: dict[str, Any], node: str) -> None:
-        for name in ("alpha", "theta_alpha"):
+        for name in Q8_FACTORS:
             if not 0.0 <= attrs[name] <= 1.0:
                 raise NodeError(node, f"LIF attribute {name!r} must lie in [0, 1], got {attrs[name]}")
         if attrs["refractory"] < 0:
@@ -116,7 +140,7 @@ class LIF(OpDeclaration):
         if not 2 <= bits <= 31:
             raise NodeError(node, f"LIF attribute 'state_bits' must lie in [2, 31], got {bits}")
         lo, hi = state_range(bits)
-        for name in _MEMBRANE_CONSTANTS:
+        for name in MEMBRANE_CONSTANTS:
             value = attrs[name]
             if value is None:
                 continue
@@ -126,7 +150,7 @@ class LIF(OpDeclaration):
             if not lo <= value <= hi:
                 raise NodeError(node, f"integer-mode LIF attribute {name!r} = {int(value)} does not fit "
                                       f"{bits}-bit state")
-        for name in ("alpha", "theta_alpha"):
+        for name in Q8_FACTORS:
             if attrs[name] * 256 != int(attrs[name] * 256):
                 raise NodeError(node, f"integer-mode LIF attribute {name!r} must be a multiple of 1/256, "
                                       f"got {attrs[name]}")
@@ -136,7 +160,7 @@ class LIF(OpDeclaration):
         flags = _flags(view)
         parts = [f"int{view.attrs['state_bits']}" if flags.integer else "float", view.attrs["reset_mode"]]
         parts += [name for name in ("leak", "beta", "sat", "adapt", "theta_leak", "refr") if getattr(flags, name)]
-        return "-".join(parts) + "-" + _port_key(view)
+        return "-".join(parts) + "-" + port_key(view)
 
     @classmethod
     def check_types(cls, view: NodeView, elem_types: list[int | None]) -> None:
@@ -151,6 +175,75 @@ class LIF(OpDeclaration):
         current = shapes[0]
         neurons = None if current is None else list(current[1:])
         return [current, neurons, neurons, neurons][: view.n_outputs]
+
+    @classmethod
+    def emits_spikes(cls, view: NodeView) -> bool:
+        return True
+
+    # ------------------------------------------------------------------ state and steps
+    @classmethod
+    def state_names(cls, view: NodeView) -> tuple[str, ...]:
+        """The state a node carries between steps, in port order: ``v``, then ``theta`` when
+        its threshold adapts and ``refractory`` when it has a refractory period (or those
+        ports are connected). Output port ``k`` (k ≥ 1) and input port ``k`` hold state ``k − 1``."""
+        flags = _flags(view)
+        return ("v",) + (("theta",) if flags.adapt else ()) + (("refractory",) if flags.refr else ())
+
+    @classmethod
+    def initial_state(cls, view: NodeView, neuron_shape: tuple[int, ...], v0: np.ndarray | None = None,
+                      theta0: np.ndarray | None = None, refractory0: np.ndarray | None = None) -> LIFState:
+        """The state before step 0 for neurons of shape ``neuron_shape`` (``[N, ...]``): the given
+        initial values broadcast to it (else ``v_init``, 0, 0), admitted as the neuron holds them
+        (integer membrane and threshold saturated to ``state_bits``, refractory ≥ 0)."""
+        flags = _flags(view)
+        xp = NumpyOps(flags.integer, view.attrs)
+        shape = tuple(neuron_shape)
+        flat = _initial_states(xp, flags, shape, v0, theta0, refractory0)
+        return _state_of(flags, [a.reshape(shape) for a in flat])
+
+    @classmethod
+    def step(cls, view: NodeView, state: LIFState, current: np.ndarray) -> tuple[np.ndarray, LIFState]:
+        """One time step of the neurons (numpy): ``current [N, ...]`` (float32, or int32 in integer
+        mode; the shape of the state) → ``(spikes [N, ...] in the current's type, next state)``.
+
+        These are the equations of the LIF docstring, the very function the numpy reference,
+        the ONNX body and the torch forward run at each step — bit-exact in both modes.
+        """
+        flags = _flags(view)
+        xp = NumpyOps(flags.integer, view.attrs)
+        if current.dtype != xp.dtype:
+            raise NodeError(view.name, f"LIF in {view.attrs['mode']} mode needs {np.dtype(xp.dtype).name} "
+                                       f"current, got {current.dtype}")
+        new_states, (spikes,) = _step_for(flags)(xp, state.arrays(), [current])
+        return spikes, _state_of(flags, new_states)
+
+    @classmethod
+    def integer_attributes(cls, view: NodeView, scale: float) -> dict[str, Any]:
+        """The attributes of the integer-mode neuron that runs this float neuron on an integer
+        current equal to the float current times ``scale``: every membrane constant times ``scale``,
+        rounded half to even; ``alpha``/``theta_alpha`` snapped to multiples of 1/256. Raises
+        NodeError when a scaled constant exceeds what an integer attribute holds exactly (2^24)."""
+        if view.attrs["mode"] == "integer":
+            raise NodeError(view.name, "already an integer-mode LIF")
+        attrs = dict(view.attrs)
+        for name in MEMBRANE_CONSTANTS:
+            if attrs[name] is None:
+                continue
+            scaled = float(np.round(attrs[name] * scale))
+            if abs(scaled) > EXACT_ATTRIBUTE_LIMIT:
+                raise NodeError(view.name, f"{name} × weight scale = {scaled:.0f} exceeds 2^24; the layer's "
+                                           f"weights are too small for its constants")
+            attrs[name] = scaled
+        for name in Q8_FACTORS:
+            attrs[name] = float(np.round(attrs[name] * 256) / 256)
+        attrs["mode"] = "integer"
+        cls.validate(attrs, view.name)
+        return attrs
+
+    @classmethod
+    def integer_state_range(cls, view: NodeView) -> tuple[int, int]:
+        """The saturation range of the node's integer state (``state_bits`` wide)."""
+        return state_range(view.attrs["state_bits"])
 
     # ------------------------------------------------------------------ numerics
     @classmethod
@@ -223,6 +316,15 @@ class LIF(OpDeclaration):
 def state_range(bits: int) -> tuple[int, int]:
     """The signed saturation range of a ``bits``-bit state: ``(−2^(bits−1), 2^(bits−1) − 1)``."""
     return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+def _state_of(flags: SimpleNamespace, arrays: list[Any]) -> LIFState:
+    """A :class:`LIFState` from the carried arrays in port order."""
+    arrays = list(arrays)
+    v = arrays.pop(0)
+    theta = arrays.pop(0) if flags.adapt else None
+    refractory = arrays.pop(0) if flags.refr else None
+    return LIFState(v, theta, refractory)
 
 
 def _run_eager(view: NodeView, xp: Any, current: Any, v0: Any, theta0: Any, refractory0: Any) -> tuple[Any, ...]:
