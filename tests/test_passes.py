@@ -168,10 +168,129 @@ def test_preprocess_keeps_bundled_models_equivalent() -> None:
 
 
 def test_a_failing_pass_is_reported_by_name() -> None:
-    def broken(graph: object) -> None:
+    @passes.graph_pass
+    def broken(graph: object) -> bool:
         raise ValueError("boom")
 
     model = _model([helper.make_node("Relu", ["x"], ["y"])], [helper.make_tensor_value_info("x", 1, ["N"])],
                    [helper.make_tensor_value_info("y", 1, ["N"])], {})
     with pytest.raises(hnnx.HnnxError, match="pass broken failed: ValueError: boom"):
         passes.run_passes(model, [broken])
+
+
+def test_an_undeclared_pass_is_refused() -> None:
+    def bare(graph: object) -> bool:
+        return False
+
+    model = _model([helper.make_node("Relu", ["x"], ["y"])], [helper.make_tensor_value_info("x", 1, ["N"])],
+                   [helper.make_tensor_value_info("y", 1, ["N"])], {})
+    with pytest.raises(hnnx.HnnxError, match="bare is not a declared pass"):
+        passes.run_passes(model, [bare])
+
+
+def test_passes_declare_their_kind_and_report_changes() -> None:
+    assert passes.infer_shapes.kind == "model"
+    assert {p.kind for p in passes.PREPROCESS if p is not passes.infer_shapes} == {"graph"}
+    model = _model([helper.make_node("Identity", ["x"], ["i"]), helper.make_node("Relu", ["i"], ["y"])],
+                   [helper.make_tensor_value_info("x", 1, ["N", 3])], [helper.make_tensor_value_info("y", 1, ["N", 3])],
+                   {})
+    changes: dict[str, bool] = {}
+    out = passes.run_passes(model, [passes.remove_identities, passes.fold_batchnorm], changes)
+    assert changes == {"remove_identities": True, "fold_batchnorm": False}
+    assert _op_types(out) == ["Relu"]
+    changes.clear()
+    passes.run_passes(out, [passes.remove_identities], changes)
+    assert changes == {"remove_identities": False}
+
+
+def _loop_model() -> onnx.ModelProto:
+    """A Loop whose body holds an Identity: graph passes must reach it."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["v_in"], ["v_id"]), helper.make_node("Relu", ["v_id"], ["v_out"]),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [3])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [3])])
+    loop = helper.make_node("Loop", ["trips", "", "x"], ["y"], body=body)
+    return _model([loop], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])], {"trips": np.array(2, np.int64)})
+
+
+def test_graph_passes_walk_subgraphs() -> None:
+    model = _loop_model()
+    changes: dict[str, bool] = {}
+    out = passes.run_passes(model, [passes.remove_identities], changes)
+    body = out.graph.node[0].attribute[0].g
+    assert changes["remove_identities"] is True
+    assert [n.op_type for n in body.node].count("Identity") == 1  # the Relu's input Identity is gone
+    x = np.array([-1.0, 0.5, 2.0], np.float32)
+    np.testing.assert_array_equal(_run(out, {"x": x})[0], _run(model, {"x": x})[0])
+
+
+def test_a_fixed_point_group_repeats_until_nothing_changes() -> None:
+    rounds: list[int] = []
+
+    @passes.graph_pass(subgraphs=False)
+    def drop_one_identity(graph: object) -> bool:
+        """Removes one Identity per call (so it needs as many rounds as there are Identities)."""
+        identity = next((n for n in graph.nodes if n.op == "Identity" and n.inputs), None)  # type: ignore[attr-defined]
+        rounds.append(1)
+        if identity is None:
+            return False
+        source, result = identity.inputs[0], identity.outputs[0]
+        for consumer in list(result.outputs):
+            consumer.inputs[consumer.inputs.index(result)] = source
+        identity.inputs.clear()
+        identity.outputs.clear()
+        return True
+
+    chain = [helper.make_node("Identity", [f"t{i}"], [f"t{i + 1}"]) for i in range(3)]
+    model = _model([*chain, helper.make_node("Relu", ["t3"], ["y"])], [helper.make_tensor_value_info("t0", 1, [2])],
+                   [helper.make_tensor_value_info("y", 1, [2])], {})
+    out = passes.run_passes(model, [passes.fixed_point(drop_one_identity)])
+    assert _op_types(out) == ["Relu"] and len(rounds) == 4  # three removals, then a round with no change
+
+    @passes.graph_pass
+    def always_changes(graph: object) -> bool:
+        return True
+
+    with pytest.raises(hnnx.HnnxError, match="did not settle within 3 rounds"):
+        passes.run_passes(model, [passes.fixed_point(always_changes, max_rounds=3)])
+
+
+@pytest.mark.parametrize("inferred", [True, False], ids=["shapes-inferred", "no-shapes"])
+@pytest.mark.parametrize("unit,folds", [
+    ({"op": "S2A", "decoding": "global"}, False),  # [T, N, C, H, W] → [N, C, H, W]: a plain conv
+    ({"op": "S2A", "decoding": "rate", "window": 2}, True),  # time-major output
+    ({"op": "A2S", "steps": 2}, True),  # [N, C, H, W] input → [T, N, C, H, W]
+], ids=["s2a-global", "s2a-rate", "a2s"])
+def test_fold_time_asks_the_declarations(unit: dict, folds: bool, inferred: bool) -> None:
+    attrs = {k: v for k, v in unit.items() if k != "op"}
+    x_shape = ["N", 2, 4, 4] if unit["op"] == "A2S" else [2, "N", 2, 4, 4]
+    weight = RNG.normal(0, 0.5, (3, 2, 3, 3)).astype(np.float32)
+    nodes = [ops.make_node(unit["op"], ["x"], ["u"], name="unit", **attrs),
+             helper.make_node("Conv", ["u", "w"], ["y"], pads=[1, 1, 1, 1], name="conv")]
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          initializer=[numpy_helper.from_array(weight, "w")]),
+        opset_imports=[helper.make_opsetid("", ops.ONNX_OPSET)], ir_version=10)
+    steps = [passes.infer_shapes, passes.fold_time] if inferred else [passes.fold_time]
+    if not inferred:
+        assert not model.graph.value_info  # the rank of "u" is known only from the declaration
+    out = passes.run_passes(model, steps)
+    types = _op_types(out)
+    assert types.count("Reshape") == (2 if folds else 0)
+    assert len(types) == (11 if folds else 2)
+    feeds = {"x": RNG.random([2 if d == "N" else d for d in x_shape]).astype(np.float32)}
+    got = _run(out, feeds)[0]
+    unit_out = ops.run_reference(nodes[0], feeds["x"])[0]
+    frames = unit_out.reshape(-1, *unit_out.shape[-3:]) if folds else unit_out
+    frame_model = _model([helper.make_node("Conv", ["f", "w"], ["c"], pads=[1, 1, 1, 1])],
+                         [helper.make_tensor_value_info("f", TensorProto.FLOAT, ["M", 2, 4, 4])],
+                         [helper.make_tensor_value_info("c", TensorProto.FLOAT, ["M", 3, 4, 4])], {"w": weight})
+    expected = _run(frame_model, {"f": frames})[0]
+    np.testing.assert_allclose(got.reshape(expected.shape), expected, rtol=1e-6, atol=1e-6)
+    assert got.shape == (*unit_out.shape[:-3], 3, 4, 4)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from hnnx.passes.manager import graph_pass
 
-def fold_batchnorm(graph: gs.Graph) -> None:
+
+@graph_pass
+def fold_batchnorm(graph: gs.Graph) -> bool:
     """Fold ``BatchNormalization`` (eval statistics) into the layer that feeds it.
 
     With ``γ' = scale / sqrt(var + ε)``: Conv ``W' = W·γ'`` per output channel and
@@ -15,6 +18,7 @@ def fold_batchnorm(graph: gs.Graph) -> None:
     parameters, or another producer is left as it is. ``scale = 1, B = 0`` (a
     non-affine BN as exported) folds the same way.
     """
+    changed = False
     for bn in [node for node in graph.nodes if node.op == "BatchNormalization"]:
         x = bn.inputs[0]
         if len(x.inputs) != 1 or len(x.outputs) != 1 or x in graph.outputs or len(bn.outputs) != 1:
@@ -32,6 +36,8 @@ def fold_batchnorm(graph: gs.Graph) -> None:
             last.outputs = list(bn.outputs)
             bn.outputs.clear()
             bn.inputs.clear()
+            changed = True
+    return changed
 
 
 def _fold_into_conv(graph: gs.Graph, conv: gs.Node, gamma: np.ndarray, offset: np.ndarray) -> gs.Node | None:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
+from hnnx.passes.manager import graph_pass
 
-def remove_identities(graph: gs.Graph) -> None:
+
+@graph_pass
+def remove_identities(graph: gs.Graph) -> bool:
     """Bypass ``Identity`` nodes and inference-mode ``Dropout`` nodes (mask output unused).
 
     A bypassed node whose output is a graph output hands that name to its input tensor,
     unless the input is itself a graph input or a constant (then the node stays).
     """
+    changed = False
     for node in list(graph.nodes):
         if node.op == "Dropout":
             if len(node.outputs) > 1 and node.outputs[1].outputs:
@@ -34,6 +38,8 @@ def remove_identities(graph: gs.Graph) -> None:
                         consumer.inputs[index] = source
             node.outputs.clear()
         node.inputs.clear()
+        changed = True
+    return changed
 
 
 def _truthy_constant(tensor: gs.Tensor) -> bool:

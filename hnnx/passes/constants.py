@@ -6,23 +6,32 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from hnnx import ops
-from hnnx.passes.manager import model_pass
+from hnnx.passes.manager import graph_pass, model_pass
 
 
 @model_pass
-def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+def infer_shapes(model: onnx.ModelProto) -> bool:
     """Annotate every tensor with its inferred type and shape (hnnx ops included)."""
-    return onnx.shape_inference.infer_shapes(model, data_prop=True)
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
+    changed = len(inferred.value_info) != len(model.graph.value_info) or any(
+        a != b for a, b in zip(inferred.output, model.graph.output))
+    for ours, theirs in ((model.graph.value_info, inferred.value_info), (model.graph.output, inferred.output)):
+        del ours[:]
+        ours.extend(theirs)
+    return changed
 
 
-def fold_constants(graph: gs.Graph) -> None:
+@graph_pass(subgraphs=False)  # graphsurgeon's folding recurses into subgraphs itself
+def fold_constants(graph: gs.Graph) -> bool:
     """Evaluate every subgraph whose inputs are all constant (with onnxruntime) and replace it
     by its values; shape computations on known shapes fold too. hnnx nodes are kept: they
     are the model's meaning, not arithmetic to precompute."""
     if not any(_foldable(node) for node in graph.nodes):
-        return  # nothing constant to evaluate: skip graphsurgeon's (costly) partitioning
+        return False  # nothing constant to evaluate: skip graphsurgeon's (costly) partitioning
+    before = len(graph.nodes)
     graph.fold_constants(should_exclude_node=lambda node: node.domain == ops.DOMAIN, error_ok=True)
     graph.cleanup()
+    return len(graph.nodes) != before
 
 
 def _foldable(node: gs.Node) -> bool:

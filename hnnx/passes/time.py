@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from hnnx import ops
+from hnnx.passes.manager import graph_pass
+
 # Ops that treat dim 0 as the batch and whose spatial rank follows from the node itself.
 _SPATIAL_RANK = {
     "Conv": lambda node: _constant_rank(node.inputs[1]) - 2,
@@ -15,15 +18,19 @@ _SPATIAL_RANK = {
 }
 
 
-def fold_time(graph: gs.Graph) -> None:
+@graph_pass
+def fold_time(graph: gs.Graph) -> bool:
     """Wrap per-frame ops fed a time-major tensor in reshapes.
 
     A Conv/ConvTranspose/pooling node whose input has one dimension more than the op
     takes (``[T, N, C, H, W]`` into a 2-D convolution) runs on ``[T·N, C, H, W]`` and its
     output is reshaped back to ``[T, N, C', H', W']``. Other nodes are left as they are.
+    Where shape inference left a rank unknown, it is followed from the graph inputs: hnnx
+    nodes answer it from their declarations, standard ops by the rules below.
     """
     graph.toposort()
     ranks: dict[str, int] = {}
+    changed = False
     for node in list(graph.nodes):
         _propagate_rank(node, ranks)
         if node.op not in _SPATIAL_RANK or node.domain not in (None, "", "ai.onnx"):
@@ -32,6 +39,8 @@ def fold_time(graph: gs.Graph) -> None:
         spatial = _SPATIAL_RANK[node.op](node)
         if spatial > 0 and _rank_of(x, ranks) == spatial + 3:
             _fold(graph, node, x)
+            changed = True
+    return changed
 
 
 # Ranks the shapes may not tell before folding (a Conv fed a 5-D tensor has no inferred
@@ -50,15 +59,11 @@ def _rank_of(tensor: gs.Tensor, ranks: dict[str, int]) -> int | None:
 
 
 def _propagate_rank(node: gs.Node, ranks: dict[str, int]) -> None:
-    inputs = [_rank_of(t, ranks) for t in node.inputs]
+    inputs = [_rank_of(t, ranks) if t.name else None for t in node.inputs]
     rank: int | None = None
-    if node.domain == "hnnx" and inputs and inputs[0] is not None:
-        if node.op == "A2S":
-            rank = inputs[0] + 1
-        elif node.op == "S2A" and node.attrs.get("mode") == "global":
-            rank = inputs[0] - 1
-        else:
-            rank = inputs[0]
+    if node.domain == ops.DOMAIN:
+        view = ops.view_of(node.op, node.attrs, [bool(t.name) for t in node.inputs], len(node.outputs), node.name)
+        rank = ops.declaration(node.op).output_ranks(view, inputs)[0]
     elif node.op in _SAME_RANK_AS_INPUT0 and inputs:
         rank = inputs[0]
     elif node.op in _BROADCASTING and inputs and None not in inputs:
