@@ -6,7 +6,7 @@
 2. Native-only cases: many neuron blocks over several threads, strided broadcasting of
    initial states, errors, onnxruntime preferring the kernel over a model's function.
 3. Plumbing: Simulator/simulate flags, the one fallback warning, ``hnnx doctor``, the apt
-   source parsing and the build cache.
+   source parsing, the header fetch policy and the build cache (:mod:`hnnx.native`).
 
 Without the native library (no compiler or headers) the tests that need it are skipped,
 unless ``HNNX_REQUIRE_NATIVE=1`` (set by CI), where they fail.
@@ -14,6 +14,7 @@ unless ``HNNX_REQUIRE_NATIVE=1`` (set by CI), where they fail.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -32,6 +33,9 @@ import test_lif
 from conftest import assert_same_array, run_onnxruntime
 from hnnx import models
 from hnnx.cli import main
+from hnnx.native import NativeBuildError
+from hnnx.native import build as native_build
+from hnnx.native import headers as ort_headers
 from hnnx.runtime import native
 
 # ---------------------------------------------------------------------------------------------
@@ -274,8 +278,8 @@ def test_simulate_passes_the_flag(library: Path) -> None:
 def unavailable(monkeypatch: pytest.MonkeyPatch) -> Iterator[native.NativeStatus]:
     """Pretend the native kernel cannot be built; the warning may be given again."""
     fake = native.NativeStatus(False, "no C++ compiler (install g++ or set CXX)")
-    monkeypatch.setattr(native, "_status", fake)
-    monkeypatch.setattr(native, "_warned", False)
+    monkeypatch.setattr(native.status_cache, "status", fake)
+    monkeypatch.setattr(native.status_cache, "warned", False)
     monkeypatch.delenv("HNNX_NATIVE", raising=False)
     yield fake
 
@@ -343,32 +347,61 @@ def test_debian_mirror_from_deb822_and_one_line_sources(tmp_path: Path) -> None:
         "Types: deb\nURIs: http://mirror.invalid/debian-security\nSuites: bookworm-security\nComponents: main\n")
     (etc / "sources.list.d" / "disabled.sources").write_text(
         "Enabled: no\nTypes: deb\nURIs: http://elsewhere.invalid/debian\nSuites: trixie\nComponents: main\n")
-    sources = native.apt_sources(etc)
+    sources = ort_headers.apt_sources(etc)
     assert [s.uri for s in sources] == ["http://mirror.invalid/other", "http://mirror.invalid/debian",
                                         "http://mirror.invalid/debian-security"]
-    mirror = native.debian_mirror(sources)
+    mirror = ort_headers.debian_mirror(sources)
     assert mirror.uri == "http://mirror.invalid/debian"
     assert mirror.signed_by == "/usr/share/keyrings/debian-archive-keyring.gpg"
-    with pytest.raises(native.NativeBuildError, match="no Debian mirror"):
-        native.debian_mirror(sources[:1] + sources[2:])
+    with pytest.raises(NativeBuildError, match="no Debian mirror"):
+        ort_headers.debian_mirror(sources[:1] + sources[2:])
 
 
 def test_headers_from_the_environment_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HNNX_ORT_INCLUDE", str(tmp_path))
-    with pytest.raises(native.NativeBuildError, match="HNNX_ORT_INCLUDE=.*holds no onnxruntime_c_api.h"):
-        native.find_headers()
-    for name in native.HEADER_FILES:
+    with pytest.raises(NativeBuildError, match="HNNX_ORT_INCLUDE=.*holds no onnxruntime_c_api.h"):
+        ort_headers.find_headers()
+    for name in ort_headers.HEADER_FILES:
         (tmp_path / "onnxruntime").mkdir(exist_ok=True)
         (tmp_path / "onnxruntime" / name).write_text("#define ORT_API_VERSION 21\n")
-    headers = native.find_headers()
-    assert headers.include == tmp_path / "onnxruntime" and headers.api_version == 21
+    found = ort_headers.find_headers()
+    assert found.include == tmp_path / "onnxruntime" and found.api_version == 21
+
+
+def test_failed_fetch_is_recorded_and_not_retried_automatically(monkeypatch: pytest.MonkeyPatch,
+                                                                tmp_path: Path) -> None:
+    """No headers anywhere and no apt-get on PATH (so no network): the fetch fails, is recorded
+    in the cache, later automatic fetches give the recorded reason, and ``force`` tries again."""
+    def no_headers() -> ort_headers.Headers:
+        raise NativeBuildError("no onnxruntime C/C++ headers")
+
+    monkeypatch.setattr(ort_headers, "find_headers", no_headers)
+    monkeypatch.delenv("HNNX_ORT_INCLUDE", raising=False)
+    monkeypatch.setenv("HNNX_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    with pytest.raises(NativeBuildError, match="no onnxruntime C/C"):
+        ort_headers.obtain_headers(fetch=False, force=False)
+    with pytest.raises(NativeBuildError, match="^fetching headers needs apt-get and dpkg-deb"):
+        ort_headers.obtain_headers(fetch=True, force=False)
+    marker = tmp_path / "cache" / "native" / "fetch-failed.json"
+    assert "needs apt-get" in marker.read_text()
+    with pytest.raises(NativeBuildError, match="fetching them failed earlier: fetching headers needs apt-get.*"
+                                               r"\(retry: `hnnx doctor --build`\)"):
+        ort_headers.obtain_headers(fetch=True, force=False)
+    with pytest.raises(NativeBuildError, match="^fetching headers needs apt-get"):
+        ort_headers.obtain_headers(fetch=True, force=True)
+    record = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**record, "time": record["time"] - ort_headers.FETCH_RETRY_S - 1}))
+    with pytest.raises(NativeBuildError, match="^fetching headers needs apt-get"):  # old failure: fetch again
+        ort_headers.obtain_headers(fetch=True, force=False)
 
 
 def test_build_key_follows_sources_headers_and_compiler(library: Path) -> None:
-    headers = native.find_headers()
-    key = native.build_key(headers, "g++ 12")
-    assert key == native.build_key(headers, "g++ 12") != native.build_key(headers, "clang++ 16")
-    assert library.parent.name == native.build_key(headers, native._compiler_id(native.find_compiler()))
+    headers = ort_headers.find_headers()
+    key = native_build.build_key(headers, "g++ 12")
+    assert key == native_build.build_key(headers, "g++ 12") != native_build.build_key(headers, "clang++ 16")
+    identity = native_build.compiler_id(native_build.find_compiler())
+    assert library.parent.name == native_build.build_key(headers, identity)
 
 
 def fake_compiler(directory: Path) -> Path:
@@ -381,20 +414,20 @@ def fake_compiler(directory: Path) -> Path:
 
 
 def test_build_into_an_empty_cache_then_reuse(library: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    headers = native.find_headers()
+    headers = ort_headers.find_headers()
     monkeypatch.setenv("HNNX_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("HNNX_ORT_INCLUDE", str(headers.include))
-    built = native.build_library(native.find_headers())
+    built = native_build.build_library(ort_headers.find_headers())
     assert built.is_file() and built.parent.parent == tmp_path / "cache" / "native"
     assert "-ffp-contract=off" in (built.parent / "build.json").read_text()
     native.self_test(built)
     modified = built.stat().st_mtime_ns
-    assert native.build_library(native.find_headers()) == built and built.stat().st_mtime_ns == modified
+    assert native_build.build_library(ort_headers.find_headers()) == built and built.stat().st_mtime_ns == modified
 
 
 def test_failed_build_falls_back_and_is_not_retried(library: Path, monkeypatch: pytest.MonkeyPatch,
                                                    tmp_path: Path) -> None:
-    headers = native.find_headers()
+    headers = ort_headers.find_headers()
     monkeypatch.setenv("HNNX_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("HNNX_ORT_INCLUDE", str(headers.include))
     monkeypatch.setenv("CXX", str(fake_compiler(tmp_path)))
@@ -402,9 +435,9 @@ def test_failed_build_falls_back_and_is_not_retried(library: Path, monkeypatch: 
     assert not current.active and "compiling the native kernels failed" in current.reason and "boom" in current.reason
     attempts = tmp_path / "attempts"
     assert attempts.read_text().count("x") == 2  # with -march=native, then without
-    with pytest.raises(native.NativeBuildError, match="boom"):
-        native.build_library(native.find_headers())  # the recorded failure, without compiling again
+    with pytest.raises(NativeBuildError, match="boom"):
+        native_build.build_library(ort_headers.find_headers())  # the recorded failure, without compiling again
     assert attempts.read_text().count("x") == 2
-    with pytest.raises(native.NativeBuildError, match="boom"):
-        native.build_library(native.find_headers(), force=True)  # hnnx doctor --build retries
+    with pytest.raises(NativeBuildError, match="boom"):
+        native_build.build_library(ort_headers.find_headers(), force=True)  # hnnx doctor --build retries
     assert attempts.read_text().count("x") == 4
