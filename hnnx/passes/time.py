@@ -77,24 +77,29 @@ def _propagate_rank(node: gs.Node, ranks: dict[str, int]) -> None:
 
 def _fold(graph: gs.Graph, node: gs.Node, x: gs.Tensor) -> None:
     base = node.name or x.name
-    shape = graph.layer(op="Shape", inputs=[x], outputs=[f"{base}_time_shape"])[0]
+
+    def shape_tensor(name: str) -> gs.Variable:
+        return gs.Variable(name, dtype=np.int64)
+
+    shape = graph.layer(op="Shape", inputs=[x], outputs=[shape_tensor(f"{base}_time_shape")])[0]
     frames = graph.layer(op="Slice", inputs=[shape, _ints(f"{base}_from2", [2]), _ints(f"{base}_end", [2**62])],
-                         outputs=[f"{base}_frame_shape"])[0]
+                         outputs=[shape_tensor(f"{base}_frame_shape")])[0]
     folded_shape = graph.layer(op="Concat", inputs=[_ints(f"{base}_minus1", [-1]), frames],
-                               outputs=[f"{base}_folded_shape"], attrs={"axis": 0})[0]
-    folded = graph.layer(op="Reshape", inputs=[x, folded_shape], outputs=[f"{base}_folded"])[0]
+                               outputs=[shape_tensor(f"{base}_folded_shape")], attrs={"axis": 0})[0]
+    folded = graph.layer(op="Reshape", inputs=[x, folded_shape],
+                         outputs=[gs.Variable(f"{base}_folded", dtype=x.dtype)])[0]
     result = node.outputs[0]
     per_frame = gs.Variable(f"{result.name}_folded", dtype=result.dtype)
     node.inputs[0] = folded
     node.outputs[0] = per_frame
     time_batch = graph.layer(op="Slice", inputs=[shape, _ints(f"{base}_from0", [0]), _ints(f"{base}_to2", [2])],
-                             outputs=[f"{base}_time_batch"])[0]
-    out_shape = graph.layer(op="Shape", inputs=[per_frame], outputs=[f"{base}_out_frame_shape"])[0]
+                             outputs=[shape_tensor(f"{base}_time_batch")])[0]
+    out_shape = graph.layer(op="Shape", inputs=[per_frame], outputs=[shape_tensor(f"{base}_out_frame_shape")])[0]
     out_frames = graph.layer(op="Slice", inputs=[out_shape, _ints(f"{base}_from1", [1]),
                                                  _ints(f"{base}_end_out", [2**62])],
-                             outputs=[f"{base}_out_frames"])[0]
-    unfolded_shape = graph.layer(op="Concat", inputs=[time_batch, out_frames], outputs=[f"{base}_unfolded_shape"],
-                                 attrs={"axis": 0})[0]
+                             outputs=[shape_tensor(f"{base}_out_frames")])[0]
+    unfolded_shape = graph.layer(op="Concat", inputs=[time_batch, out_frames],
+                                 outputs=[shape_tensor(f"{base}_unfolded_shape")], attrs={"axis": 0})[0]
     graph.layer(op="Reshape", inputs=[per_frame, unfolded_shape], outputs=[result])
 
 

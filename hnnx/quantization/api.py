@@ -14,12 +14,16 @@ import onnx_graphsurgeon as gs
 
 from hnnx import ops
 from hnnx.errors import HnnxError
-from hnnx.model import check, load
-from hnnx.passes import preprocess
-from hnnx.passes.manager import export_like
+from hnnx.model import load
+from hnnx.passes import export_graph, import_graph, preprocess_graph
+from hnnx.quantization.common import QuantizationTarget, TargetOptions
+from hnnx.quantization.qdq import QdqTarget
+from hnnx.quantization.tianjicx import TianjicxTarget
 
-TARGETS = ("tianjicx", "qdq")
-FORMATS = {"tianjicx": ("int", "fakequant"), "qdq": ("fakequant",)}
+TARGET_CLASSES: dict[str, type[QuantizationTarget]] = {t.name: t for t in (TianjicxTarget, QdqTarget)}
+"""Every quantization target by name."""
+TARGETS = tuple(TARGET_CLASSES)
+FORMATS = {name: target.formats for name, target in TARGET_CLASSES.items()}
 """The output formats of each target; the first is the default."""
 OUTPUT_SCALE_KEY = "hnnx.output_scale."
 COMPARISON_SAMPLES = 128
@@ -105,7 +109,11 @@ def quantize(
     name) to keep in float. ``format``: see :data:`FORMATS` (default: the target's first);
     ``per_channel``: per-output-channel weight scales (``qdq`` only; its default);
     ``spiking``: ``qdq`` target only — quantize the spiking parts as ``tianjicx`` or leave them ``float``.
-    Returns the quantized model and a :class:`QuantizationReport`.
+    Returns the quantized model (with function bodies; checked in full when saved) and a
+    :class:`QuantizationReport`.
+
+    The model is held as one graph from pre-processing to the rewrite, and serialised only for
+    the onnxruntime sessions that calibrate and compare (``bench/conversions.py`` counts this).
     """
     from hnnx.calibrate import calibrate
 
@@ -119,6 +127,8 @@ def quantize(
         raise HnnxError("the tianjicx target has per-tensor shift-only weights; per-channel scales need --target qdq")
     if bit_shift_unit not in (1, 2):
         raise HnnxError(f"bit_shift_unit must be 1 or 2, got {bit_shift_unit}")
+    if spiking not in ("tianjicx", "float"):
+        raise HnnxError(f"spiking parts are quantized as 'tianjicx' or left 'float', got {spiking!r}")
     if not isinstance(model, onnx.ModelProto):
         model = load(model)
     done = quantized_as(model)
@@ -132,52 +142,32 @@ def quantize(
     if done is not None:
         raise HnnxError(f"the model is already quantized ({done}); re-quantizing it as {target}/{format} "
                         f"needs the float model")
-    float_model = preprocess(model)
-    tensors = _float_tensors(float_model)
-    stats = calibrate(float_model, calibration, tensors, observer=observer, batch_size=batch_size,
-                      num_samples=num_samples, progress=progress)
-
-    graph = gs.import_onnx(float_model)
-    excluded = frozenset(_excluded_names(graph, exclude))
-    absmax = lambda name: float(np.max(stats.absmax(name)))  # noqa: E731
-    quantizer: Any
-    if spiking not in ("tianjicx", "float"):
-        raise HnnxError(f"spiking parts are quantized as 'tianjicx' or left 'float', got {spiking!r}")
-    if target == "qdq":
-        from hnnx.quantization.qdq import QdqQuantizer
-        from hnnx.quantization.tianjicx import TianjicxQuantizer
-
-        spiking_part = None
-        if spiking == "tianjicx":
-            spiking_part = TianjicxQuantizer(graph, absmax, bit_shift_unit, excluded, spiking_only=True,
-                                             membrane_ranges=dict(stats.membrane_ranges))
-            spiking_part.run()
-        quantizer = QdqQuantizer(graph, absmax, per_channel=per_channel is not False, excluded_names=excluded,
-                                 spiking_float=spiking == "float")
-        if spiking_part is not None:
-            quantizer.records.extend(spiking_part.records)
-            quantizer.excluded.update(spiking_part.excluded)
-            quantizer.output_scales.update(spiking_part.output_scales)
-    else:
-        from hnnx.quantization.tianjicx import TianjicxQuantizer
-
-        quantizer = TianjicxQuantizer(graph, absmax, bit_shift_unit, excluded, fakequant=format == "fakequant",
-                                      membrane_ranges=dict(stats.membrane_ranges))
-    quantizer.run()
-    quantized = export_like(graph, float_model)
-    quantized.producer_name = "hnnx"
-    onnx.helper.set_model_props(quantized, {QUANTIZED_KEY: f"{target}/{format}",
-                                            **{OUTPUT_SCALE_KEY + k: repr(v) for k, v in quantizer.output_scales.items()}})
-    ops.attach_functions(quantized)
-    check(quantized, "quantized model")
+    graph = preprocess_graph(model)
+    float_model = export_graph(graph, model)
+    options = TargetOptions(format, frozenset(_excluded_names(graph, exclude)), bit_shift_unit, per_channel, spiking)
+    quantizer = TARGET_CLASSES[target](options)
+    stats = calibrate(float_model, calibration, quantizer.calibration_tensors(graph), observer=observer,
+                      batch_size=batch_size, num_samples=num_samples, progress=progress,
+                      keep_outputs=COMPARISON_SAMPLES)
+    rewrite = quantizer.rewrite(graph, lambda name: float(np.max(stats.absmax(name))), dict(stats.membrane_ranges))
+    quantized = _quantized_model(graph, float_model, f"{target}/{format}", rewrite.output_scales)
 
     report = QuantizationReport(target, format, observer, stats.samples,
-                                layers=[asdict(record) for record in quantizer.records],
-                                excluded=dict(quantizer.excluded), output_scales=dict(quantizer.output_scales),
+                                layers=[asdict(record) for record in rewrite.records],
+                                excluded=dict(rewrite.excluded), output_scales=dict(rewrite.output_scales),
                                 size_bytes={"float": _parameter_bytes(float_model),
                                             "quantized": _parameter_bytes(quantized)})
-    _compare(float_model, quantized, calibration, report, stats.firing_rates, batch_size)
+    _compare(float_model, stats.outputs, quantized, calibration, report, stats.firing_rates, batch_size)
     return quantized, report
+
+
+def _quantized_model(graph: gs.Graph, source: onnx.ModelProto, form: str, scales: Mapping[str, float]
+                     ) -> onnx.ModelProto:
+    """The rewritten ``graph`` as a model, marked with its form and output scales."""
+    model = export_graph(graph, source)
+    model.producer_name = "hnnx"
+    onnx.helper.set_model_props(model, {QUANTIZED_KEY: form, **{OUTPUT_SCALE_KEY + k: repr(v) for k, v in scales.items()}})
+    return model
 
 
 def quantized_as(model: onnx.ModelProto) -> str | None:
@@ -195,17 +185,12 @@ def _integerize(fake: onnx.ModelProto, observer: str) -> tuple[onnx.ModelProto, 
     """The integer graph of a tianjicx fake-quant model, weights re-quantized from its sources."""
     from hnnx.quantization.integerize import FakeQuantIntegerizer
 
-    graph = gs.import_onnx(fake)
+    graph = import_graph(fake)
     integerizer = FakeQuantIntegerizer(graph)
     integerizer.run()
-    model = export_like(graph, fake)
-    model.producer_name = "hnnx"
     fake_scales = output_scales(fake)
     scales = {name: fake_scales.get(name, 1.0) * factor for name, factor in integerizer.output_fakes.items()}
-    onnx.helper.set_model_props(model, {QUANTIZED_KEY: "tianjicx/int",
-                                        **{OUTPUT_SCALE_KEY + k: repr(v) for k, v in scales.items()}})
-    ops.attach_functions(model)
-    check(model, "re-quantized model")
+    model = _quantized_model(graph, fake, "tianjicx/int", scales)
     return model, QuantizationReport("tianjicx", "int", observer, 0, output_scales=scales,
                                      size_bytes={"fakequant": _parameter_bytes(fake), "quantized": _parameter_bytes(model)},
                                      note="re-quantized from the fake-quant form: weights from their float sources")
@@ -215,18 +200,6 @@ def output_scales(model: onnx.ModelProto) -> dict[str, float]:
     """The real value per unit of each integer graph output of a quantized model."""
     return {prop.key[len(OUTPUT_SCALE_KEY):]: float(prop.value) for prop in model.metadata_props
             if prop.key.startswith(OUTPUT_SCALE_KEY)}
-
-
-def _float_tensors(model: onnx.ModelProto) -> list[str]:
-    """Graph inputs and float32 node outputs: what the quantizer may need ranges of."""
-    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in [*inferred.graph.value_info, *inferred.graph.input,
-                                                               *inferred.graph.output]}
-    initializers = {init.name for init in model.graph.initializer}
-    names = [vi.name for vi in model.graph.input if vi.name not in initializers]
-    for node in model.graph.node:
-        names += [name for name in node.output if name and types.get(name) == onnx.TensorProto.FLOAT]
-    return list(dict.fromkeys(names))
 
 
 def _excluded_names(graph: gs.Graph, patterns: Sequence[str]) -> set[str]:
@@ -251,16 +224,18 @@ def _parameter_bytes(model: onnx.ModelProto) -> int:
     return total
 
 
-def _compare(float_model: onnx.ModelProto, quantized: onnx.ModelProto, calibration: Any,
-             report: QuantizationReport, float_rates: Mapping[str, float], batch_size: int) -> None:
-    """On (up to 256 of) the calibration samples: SQNR of every output, firing-rate drift,
-    saturation of every requantized activation, and SynOps per sample of the quantized model."""
+def _compare(float_model: onnx.ModelProto, float_outputs: list[dict[str, np.ndarray]], quantized: onnx.ModelProto,
+             calibration: Any, report: QuantizationReport, float_rates: Mapping[str, float], batch_size: int) -> None:
+    """On (up to :data:`COMPARISON_SAMPLES` of) the calibration samples: SQNR of every output,
+    firing-rate drift, saturation of every requantized activation, and SynOps per sample of the
+    quantized model. ``float_outputs``: the float model's outputs of those batches, as calibration
+    kept them (the float model is run again only for batches it did not keep)."""
     from hnnx.calibrate import batches
     from hnnx.runtime.session import Simulator
 
     requantized = [n.output[0] for n in quantized.graph.node if n.domain == ops.DOMAIN and n.op_type == "Requantize"]
     fan_outs = _spike_fan_outs(quantized)
-    reference = Simulator(float_model)
+    reference: Simulator | None = None
     candidate = Simulator(quantized, probes=[*requantized, *fan_outs])
     scales = output_scales(quantized)
     signal: dict[str, float] = {}
@@ -269,10 +244,17 @@ def _compare(float_model: onnx.ModelProto, quantized: onnx.ModelProto, calibrati
     saturated = dict.fromkeys(requantized, 0)
     synops = 0.0
     samples = 0
-    for feeds in batches(calibration, reference.inputs, batch_size, num_samples=COMPARISON_SAMPLES):
-        expected, _ = reference.run(feeds)
+    for index, feeds in enumerate(batches(calibration, candidate.inputs, batch_size, num_samples=COMPARISON_SAMPLES)):
+        size = next(iter(feeds.values())).shape[candidate.inputs[0].batch_axis]
+        kept = float_outputs[index] if index < len(float_outputs) else None
+        if kept is not None and all(_batch_size_of(value, _sample_axis(candidate, name)) == size
+                                    for name, value in kept.items()):
+            expected = kept
+        else:  # calibration kept fewer samples than the comparison uses
+            reference = reference or Simulator(float_model)
+            expected, _ = reference.run(feeds)
         got, counts = candidate.run(feeds)
-        samples += next(iter(feeds.values())).shape[reference.inputs[0].batch_axis]
+        samples += size
         for name, value in expected.items():
             real = got[name].astype(np.float64) * scales.get(name, 1.0)
             signal[name] = signal.get(name, 0.0) + float(np.sum(value.astype(np.float64) ** 2))
@@ -293,6 +275,15 @@ def _compare(float_model: onnx.ModelProto, quantized: onnx.ModelProto, calibrati
     report.synops_per_sample = synops / max(samples, 1)
 
 
+def _sample_axis(simulator: Any, name: str) -> int:
+    """The sample axis of output ``name`` (0 unless shape inference placed it elsewhere)."""
+    return simulator.batch_axes.get(name, 0)
+
+
+def _batch_size_of(value: np.ndarray, axis: int) -> int:
+    return value.shape[axis] if value.ndim > axis else -1
+
+
 def _spike_fan_outs(model: onnx.ModelProto) -> dict[str, int]:
     """Spike tensors that feed a synaptic layer, with the synapses each spike drives.
 
@@ -310,9 +301,8 @@ def _spike_fan_outs(model: onnx.ModelProto) -> dict[str, int]:
             node = producers.get(tensor)
         if node is None or node.domain != ops.DOMAIN:
             return False
-        if node.op_type == "LIF":
-            return True
-        return node.op_type == "A2S" and any(a.name == "coding" and a.s == b"rate" for a in node.attribute)
+        declaration = ops.declaration(node.op_type)
+        return declaration.emits_spikes(declaration.view(node))
 
     fan_outs = {}
     for node in model.graph.node:

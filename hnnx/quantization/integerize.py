@@ -22,7 +22,7 @@ import onnx_graphsurgeon as gs
 
 from hnnx import ops
 from hnnx.errors import ModelError
-from hnnx.quantization.tianjicx import INT8, INT32, ops_node
+from hnnx.quantization.common import INT8, INT32, hnnx_node
 
 INTEGER_TYPES = (np.int8, np.int32)
 
@@ -144,7 +144,7 @@ class FakeQuantIntegerizer:
             down = clip.outputs[0].outputs[0]
             shift = round(-math.log2(value.fake * factor))
             out = gs.Variable(f"{down.outputs[0].name}.int", dtype=np.int8)
-            self.graph.nodes.append(ops_node("Requantize", [value.tensor], [out], f"{down.outputs[0].name}.requantize",
+            self.graph.nodes.append(hnnx_node("Requantize", [value.tensor], [out], f"{down.outputs[0].name}.requantize",
                                              shift=shift))
             self.ints[down.outputs[0].name] = _Int(out, float(np.asarray(down.inputs[1].values).reshape(-1)[0]))
             self._done.update({id(consumers[0]), id(clip), id(down)})

@@ -19,7 +19,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from hnnx import ops
-from hnnx.quantization.tianjicx import INT8, LAYER_OPS, LayerRecord, _feeding_lif, _label
+from hnnx.quantization.common import (INT8, LAYER_OPS, LayerRecord, QuantizationTarget, Rewrite, feeding_lif,
+                                      label)
+from hnnx.quantization.tianjicx import TianjicxQuantizer
 
 FUSED_ACTIVATIONS = ("Relu", "Clip")
 
@@ -38,21 +40,23 @@ class QdqQuantizer:
     output_scales: dict[str, float] = field(default_factory=dict)
     _qdq: dict[str, gs.Variable] = field(default_factory=dict)
 
-    def run(self) -> None:
+    def run(self) -> Rewrite:
+        """Rewrite the graph in place; returns what was done."""
         self.graph.toposort()
         for node in list(self.graph.nodes):
-            label = _label(node)
+            name = label(node)
             if node.op not in LAYER_OPS or node.domain not in (None, "", "ai.onnx"):
                 if node.domain == ops.DOMAIN and self.spiking_float:
-                    self.excluded[label] = f"hnnx.{node.op} stays in float (spiking parts: float)"
+                    self.excluded[name] = f"hnnx.{node.op} stays in float (spiking parts: float)"
                 continue
-            if label in self.excluded_names:
-                self.excluded[label] = "excluded by the user"
+            if name in self.excluded_names:
+                self.excluded[name] = "excluded by the user"
                 continue
             reason = self._quantize_layer(node)
             if reason:
-                self.excluded[label] = reason
+                self.excluded[name] = reason
         self.graph.cleanup().toposort()
+        return Rewrite(self.records, self.excluded, self.output_scales)
 
     def _quantize_layer(self, node: gs.Node) -> str | None:
         weight = node.inputs[1]
@@ -60,7 +64,7 @@ class QdqQuantizer:
             return ""
         if not isinstance(weight, gs.Constant):
             return "weight is not a constant"
-        if _feeding_lif(node.outputs[0]) is not None:
+        if feeding_lif(node.outputs[0]) is not None:
             return "synaptic layer of a spiking neuron (spiking parts: float)" if self.spiking_float else ""
         if node.op == "Gemm" and node.attrs.get("transA", 0):
             return "Gemm with transA"
@@ -78,7 +82,7 @@ class QdqQuantizer:
         shape = [1] * w.ndim
         shape[axis] = -1
         w_int = np.clip(np.round(w / w_scale.reshape(shape if w_scale.size > 1 else [1] * w.ndim)), *INT8).astype(np.int8)
-        base = _label(node)
+        base = label(node)
         node.inputs[1] = self._dequantize(f"{base}.weight", w_int, w_scale, axis if w_scale.size > 1 else None)
         if len(node.inputs) > 2 and isinstance(node.inputs[2], gs.Constant) and node.op in ("Conv", "Gemm"):
             bias = node.inputs[2].values.astype(np.float64)
@@ -143,6 +147,25 @@ class QdqQuantizer:
                                                 gs.Constant(f"{name}.zero", zero)],
                                         outputs=[out]))
         return out
+
+
+class QdqTarget(QuantizationTarget):
+    """The ``qdq`` target: standard INT8 QDQ for ANN layers; the spiking parts quantized as
+    ``tianjicx`` first (``spiking="tianjicx"``) or left in float (``spiking="float"``)."""
+
+    name = "qdq"
+    formats = ("fakequant",)
+
+    def rewrite(self, graph: gs.Graph, absmax: Callable[[str], float],
+                membrane_ranges: dict[str, tuple[float, float]]) -> Rewrite:
+        options = self.options
+        done = Rewrite()
+        if options.spiking == "tianjicx":
+            done = TianjicxQuantizer(graph, absmax, options.bit_shift_unit, options.excluded_names,
+                                     spiking_only=True, membrane_ranges=dict(membrane_ranges)).run()
+        ann = QdqQuantizer(graph, absmax, per_channel=options.per_channel is not False,
+                           excluded_names=options.excluded_names, spiking_float=options.spiking == "float").run()
+        return done.merge(ann)
 
 
 def _weight_scales(w: np.ndarray, axis: int | None) -> np.ndarray:

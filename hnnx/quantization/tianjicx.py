@@ -38,15 +38,8 @@ import onnx_graphsurgeon as gs
 
 from hnnx import ops
 from hnnx.errors import NodeError
-from hnnx.ops.lif import EXACT_ATTRIBUTE_LIMIT
-
-INT8 = (-128, 127)
-INT28 = (-(1 << 27), (1 << 27) - 1)
-INT32 = (-(1 << 31), (1 << 31) - 1)
-LAYER_OPS = ("Conv", "Gemm", "MatMul")
-SHAPE_OPS = ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity")
-LIF_CONSTANTS = ("threshold", "v_reset", "reset_decrement", "v_init", "beta", "v_lower", "theta_beta",
-                 "theta_increment")
+from hnnx.quantization.common import (INT8, INT32, LAYER_OPS, SHAPE_OPS, LayerRecord, QuantizationTarget, Rewrite,
+                                      feeding_lif, hnnx_node, label, op_label, view_of)
 
 
 @dataclass
@@ -62,16 +55,6 @@ class QValue:
     kind: str
     scale: float
     fake: float = 1.0  # fake-quant form: the float tensor holds value · fake (a power of two)
-
-
-@dataclass
-class LayerRecord:
-    """What the report says about one quantized node."""
-
-    name: str
-    op: str
-    role: str
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -101,14 +84,14 @@ class TianjicxQuantizer:
     _requantized: dict[str, QValue] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ driver
-    def run(self) -> None:
+    def run(self) -> Rewrite:
+        """Rewrite the graph in place; returns what was done."""
         graph = self.graph
         graph.toposort()
         for node in list(graph.nodes):
             if id(node) in self._consumed:
                 continue
-            label = node.name or node.outputs[0].name
-            if label in self.excluded_names:
+            if label(node) in self.excluded_names:
                 self._float_island(node, "excluded by the user")
                 continue
             if self.spiking_only and node.domain != ops.DOMAIN and not any(t.name in self.values
@@ -116,7 +99,7 @@ class TianjicxQuantizer:
                 continue  # float part, left to the other target
             handler = self._handler(node)
             if handler is None:
-                self._float_island(node, f"{_op_label(node)} has no tianjicx integer form")
+                self._float_island(node, f"{op_label(node)} has no tianjicx integer form")
                 continue
             try:
                 handler(node)
@@ -126,6 +109,7 @@ class TianjicxQuantizer:
                 self._float_island(node, str(reason))
         self._finish_outputs()
         graph.cleanup().toposort()
+        return Rewrite(self.records, self.excluded, self.output_scales)
 
     def _handler(self, node: gs.Node) -> Callable[[gs.Node], None] | None:
         if node.domain == ops.DOMAIN:
@@ -186,7 +170,7 @@ class TianjicxQuantizer:
                                  f"{name}.fq")
         else:
             out = self._variable(f"{name}.i8", np.int8)
-            self.graph.nodes.append(ops_node("Requantize", [value.tensor], [out], f"{name}.requantize", shift=shift))
+            self.graph.nodes.append(hnnx_node("Requantize", [value.tensor], [out], f"{name}.requantize", shift=shift))
         result = QValue(out, "int8", 2.0 ** -exponent, 2.0 ** -exponent)
         self._requantized[name] = result
         self.records.append(LayerRecord(name, "Requantize", "requantize", {"shift": shift, "exponent": exponent}))
@@ -194,18 +178,21 @@ class TianjicxQuantizer:
 
     # ------------------------------------------------------------------ synaptic layers
     def _layer(self, node: gs.Node) -> None:
-        if self.spiking_only and _feeding_lif(node.outputs[0]) is None and not (
+        if self.spiking_only and feeding_lif(node.outputs[0]) is None and not (
                 node.op == "MatMul" and len(node.outputs[0].outputs) == 1
-                and _feeding_lif(node.outputs[0].outputs[0].outputs[0]) is not None):
+                and feeding_lif(node.outputs[0].outputs[0].outputs[0]) is not None):
             raise _LeftToOtherTarget()
         x = self._quantized(node.inputs[0])
         weight, bias, last = self._layer_parameters(node)
         weight_eff = weight * x.scale  # fold the input's scale into the weights
         absmax = max(float(np.abs(weight_eff).max()), 1e-30)
-        if _feeding_lif(last.outputs[0]) is not None:
+        neuron = feeding_lif(last.outputs[0])
+        if neuron is not None:
             sigma = 128.0 / absmax
             multiplier, out_kind, out_scale, out_fake = sigma, "current", 1.0 / sigma, 1.0
-            b_int = None if bias is None else np.clip(np.round(bias * sigma), *INT28).astype(np.int32)
+            # The current saturates to the neuron's state range on entry: the bias can hold no more.
+            state_range = ops.LIF.integer_state_range(view_of(neuron))
+            b_int = None if bias is None else np.clip(np.round(bias * sigma), *state_range).astype(np.int32)
             details: dict[str, Any] = {"weight_scale": sigma}
         else:
             unit = self.bit_shift_unit
@@ -223,7 +210,7 @@ class TianjicxQuantizer:
         details["saturated_weights"] = int(np.sum(np.abs(np.round(w_src / np.float32(q))) > INT8[1]))
         out = self._emit_layer(node, x, w_src, np.float32(q), w_int, b_int, out_fake)
         self.values[last.outputs[0].name] = QValue(out, out_kind, out_scale, out_fake)
-        self.records.append(LayerRecord(_label(node), node.op, "snn" if out_kind == "current" else "ann", details))
+        self.records.append(LayerRecord(label(node), node.op, "snn" if out_kind == "current" else "ann", details))
 
     def _layer_parameters(self, node: gs.Node) -> tuple[np.ndarray, np.ndarray | None, gs.Node]:
         """Float weight in the integer op's layout, bias, and the node whose output ends the layer."""
@@ -257,7 +244,7 @@ class TianjicxQuantizer:
 
     def _emit_layer(self, node: gs.Node, x: QValue, w_src: np.ndarray, q: np.float32, w_int: np.ndarray,
                     b_int: np.ndarray | None, out_fake: float) -> gs.Variable:
-        base = _label(node)
+        base = label(node)
         conv_attrs = {k: v for k, v in node.attrs.items() if k in ("auto_pad", "dilations", "group", "kernel_shape",
                                                                       "pads", "strides")}
         bias_shape = (1, -1) + (1,) * (w_int.ndim - 2) if node.op == "Conv" else (-1,)
@@ -335,76 +322,65 @@ class TianjicxQuantizer:
             raise _Unsupported("its input current does not come from a synaptic layer")
         if len(node.inputs) > 1 or len(node.outputs) > 1:
             raise _Unsupported("initial-state inputs or state outputs")
-        label = _label(node)
-        attrs = ops.LIF.resolve(_plain_attrs(node), label)
-        sigma = 1.0 / current.scale
-        if attrs["mode"] == "integer":
+        view = view_of(node)
+        if view.attrs["mode"] == "integer":
             raise _Unsupported("already an integer LIF")
-        for name in LIF_CONSTANTS:
-            if attrs[name] is not None:
-                scaled = float(np.round(attrs[name] * sigma))
-                if abs(scaled) > EXACT_ATTRIBUTE_LIMIT:
-                    raise NodeError(label, f"{name} × weight scale = {scaled:.0f} exceeds 2^24; the layer's "
-                                               f"weights are too small for its constants")
-                attrs[name] = scaled
-        for name in ("alpha", "theta_alpha"):
-            attrs[name] = float(np.round(attrs[name] * 256) / 256)
-        attrs["mode"] = "integer"
+        sigma = 1.0 / current.scale
+        attrs = ops.LIF.integer_attributes(view, sigma)
         # The fake-quant form runs the same integer neuron on its (integer-valued) current.
         current_int = self._to_integer(current, np.int32, f"{node.inputs[0].name}.i32")
         out = self._variable(f"{node.outputs[0].name}.q", np.int32)
-        self.graph.nodes.append(ops_node("LIF", [current_int], [out], label,
-                                         **{k: v for k, v in attrs.items() if v is not None}))
+        self.graph.nodes.append(hnnx_node("LIF", [current_int], [out], view.name,
+                                          **{k: v for k, v in attrs.items() if v is not None}))
         self.values[node.outputs[0].name] = QValue(self._from_integer(out, 1.0, node.outputs[0].name), "spike", 1.0)
         details: dict[str, Any] = {"weight_scale": sigma,
                                    **{k: attrs[k] for k in ("threshold", "v_reset", "alpha", "beta")}}
-        if label in self.membrane_ranges:
+        if view.name in self.membrane_ranges:
             # The calibrated membrane in integer units, against the saturating state range.
-            peak = max(abs(v) for v in self.membrane_ranges[label]) * sigma
+            peak = max(abs(v) for v in self.membrane_ranges[view.name]) * sigma
             details["membrane_peak_int"] = round(peak)
             details["membrane_headroom_bits"] = round(attrs["state_bits"] - 1 - math.log2(max(peak, 1.0)), 1)
-        self.records.append(LayerRecord(label, "LIF", "neuron", details))
+        self.records.append(LayerRecord(view.name, "LIF", "neuron", details))
 
     def _a2s(self, node: gs.Node) -> None:
         x = self._quantized(node.inputs[0], ("int8",))
-        attrs = _plain_attrs(node)
-        coding = attrs.get("coding", "direct")
-        if coding not in ("direct", "rate") or (coding == "rate" and attrs.get("normalize", "minmax") != "minmax"):
-            raise _Unsupported(f"A2S coding {coding!r} (normalize {attrs.get('normalize', 'minmax')!r})")
-        if attrs.get("converter", "identity") != "identity":
+        view = view_of(node)
+        attrs = {k: v for k, v in view.attrs.items() if v is not None}
+        try:  # the declaration says which codings have an integer form
+            ops.A2S.resolve({**attrs, "mode": "integer"}, view.name)
+        except NodeError as exc:
+            raise _Unsupported(exc.detail) from None
+        if attrs["converter"] != "identity":
             raise _Unsupported("A2S precision converter")
         attrs["mode"] = "integer"
         out = self._variable(f"{node.outputs[0].name}.q", np.int8)
-        self.graph.nodes.append(ops_node("A2S", [self._to_integer(x, np.int8, f"{node.inputs[0].name}.i8")], [out],
-                                         _label(node), **attrs))
-        kind, scale, fake = ("int8", x.scale, x.fake) if coding == "direct" else ("spike", 1.0, 1.0)
+        self.graph.nodes.append(hnnx_node("A2S", [self._to_integer(x, np.int8, f"{node.inputs[0].name}.i8")], [out],
+                                          view.name, **attrs))
+        coding = attrs["coding"]
+        kind, scale, fake = ("spike", 1.0, 1.0) if ops.A2S.emits_spikes(view) else ("int8", x.scale, x.fake)
         self.values[node.outputs[0].name] = QValue(self._from_integer(out, fake, node.outputs[0].name), kind, scale,
                                                    fake)
-        self.records.append(LayerRecord(_label(node), "A2S", "hybrid", {"coding": coding}))
+        self.records.append(LayerRecord(view.name, "A2S", "hybrid", {"coding": coding}))
 
     def _s2a(self, node: gs.Node) -> None:
         # Spikes give counts; an accumulator (a readout layer per step) gives sums of accumulators.
         x = self._quantized(node.inputs[0], ("spike", "acc"))
-        attrs = _plain_attrs(node)
-        decoding = attrs.get("decoding", "rate")
-        if decoding == "learnable":
-            raise _Unsupported("learnable S2A")
-        if decoding == "global":
-            steps = node.inputs[0].shape[0] if node.inputs[0].shape else None
-            if not isinstance(steps, int):
-                raise _Unsupported("global S2A over an unknown number of steps")
-            divisor = steps
-        else:
-            window = attrs.get("window", 1)
-            divisor = attrs.get("kernel", 0) or window
+        view = view_of(node)
+        decoding = view.attrs["decoding"]
+        steps = node.inputs[0].shape[0] if node.inputs[0].shape else None
+        try:
+            divisor = ops.S2A.integer_divisor(view, steps if isinstance(steps, int) else None)
+        except NodeError as exc:
+            raise _Unsupported(exc.detail) from None
         spikes = self._to_integer(x, np.int32, f"{node.inputs[0].name}.i32")
+        attrs = {k: v for k, v in view.attrs.items() if v is not None}
         attrs["mode"] = "integer"
         out = self._variable(f"{node.outputs[0].name}.q", np.int32)
-        self.graph.nodes.append(ops_node("S2A", [spikes], [out], _label(node), **attrs))
+        self.graph.nodes.append(hnnx_node("S2A", [spikes], [out], view.name, **attrs))
         kind = "count" if x.kind == "spike" else "acc"
         self.values[node.outputs[0].name] = QValue(self._from_integer(out, x.fake, node.outputs[0].name), kind,
                                                    x.scale / divisor, x.fake)
-        self.records.append(LayerRecord(_label(node), "S2A", "hybrid", {"decoding": decoding, "divisor": divisor}))
+        self.records.append(LayerRecord(view.name, "S2A", "hybrid", {"decoding": decoding, "divisor": divisor}))
 
     # ------------------------------------------------------------------ float islands and outputs
     def _float_island(self, node: gs.Node, reason: str | None) -> None:
@@ -414,7 +390,7 @@ class TianjicxQuantizer:
             if value is not None:
                 node.inputs[index] = self._dequantized(value, tensor.name)
         if reason is not None:
-            self.excluded[_label(node)] = reason
+            self.excluded[label(node)] = reason
 
     def _dequantized(self, value: QValue, name: str) -> gs.Variable:
         if self.fakequant:
@@ -481,6 +457,19 @@ class TianjicxQuantizer:
                                         outputs=outputs))
 
 
+class TianjicxTarget(QuantizationTarget):
+    """The ``tianjicx`` target: the integer graph (``int``) or its fake-quant form (``fakequant``)."""
+
+    name = "tianjicx"
+    formats = ("int", "fakequant")
+
+    def rewrite(self, graph: gs.Graph, absmax: Callable[[str], float],
+                membrane_ranges: dict[str, tuple[float, float]]) -> Rewrite:
+        options = self.options
+        return TianjicxQuantizer(graph, absmax, options.bit_shift_unit, options.excluded_names,
+                                 fakequant=options.format == "fakequant", membrane_ranges=dict(membrane_ranges)).run()
+
+
 class _Unsupported(Exception):
     """A node that stays in float, with the reason."""
 
@@ -488,30 +477,6 @@ class _Unsupported(Exception):
 class _LeftToOtherTarget(Exception):
     """A node that stays in float without being an exclusion (a float reshape, or an ANN
     layer that ``spiking_only`` leaves for another target)."""
-
-
-def ops_node(op: str, inputs: list[gs.Tensor], outputs: list[gs.Variable], name: str, **attrs: Any) -> gs.Node:
-    """An hnnx node for the graphsurgeon graph, validated through :func:`hnnx.ops.make_node`."""
-    proto = ops.make_node(op, [t.name for t in inputs], [t.name for t in outputs], name=name, **attrs)
-    written = {a.name: onnx.helper.get_attribute_value(a) for a in proto.attribute}
-    written = {k: v.decode() if isinstance(v, bytes) else v for k, v in written.items()}
-    return gs.Node(op, name=name, domain=ops.DOMAIN, attrs=written, inputs=inputs, outputs=outputs)
-
-
-def _feeding_lif(tensor: gs.Tensor) -> gs.Node | None:
-    """The LIF node that ``tensor`` reaches through shape-only ops, if any."""
-    while len(tensor.outputs) == 1:
-        consumer = tensor.outputs[0]
-        if consumer.domain == ops.DOMAIN and consumer.op == "LIF" and consumer.inputs[0] is tensor:
-            return consumer
-        if consumer.op not in SHAPE_OPS or consumer.inputs[0] is not tensor:
-            return None
-        tensor = consumer.outputs[0]
-    return None
-
-
-def _plain_attrs(node: gs.Node) -> dict[str, Any]:
-    return {k: v.decode() if isinstance(v, bytes) else v for k, v in node.attrs.items()}
 
 
 def _constant_values(tensor: gs.Tensor, what: str) -> np.ndarray:
@@ -522,11 +487,3 @@ def _constant_values(tensor: gs.Tensor, what: str) -> np.ndarray:
 
 def _const(name: str, values: Any) -> gs.Constant:
     return gs.Constant(name, np.asarray(values))
-
-
-def _label(node: gs.Node) -> str:
-    return node.name or node.outputs[0].name
-
-
-def _op_label(node: gs.Node) -> str:
-    return f"{node.domain}.{node.op}" if node.domain and node.domain not in ("", "ai.onnx") else node.op

@@ -45,7 +45,8 @@ class Simulator:
         ops.attach_functions(model)
         self.inputs = [spec_of(vi) for vi in model.graph.input if vi.name not in _initializer_names(model)]
         self.outputs = [spec_of(vi) for vi in model.graph.output]
-        types = _value_types(model)
+        # One shape inference answers both questions: tensor types and sample axes.
+        types, self.batch_axes = _infer_types_and_batch_axes(model, self.inputs)
         self.probes = []
         for name in dict.fromkeys(probes):
             if name not in types:
@@ -53,7 +54,6 @@ class Simulator:
             if name not in {o.name for o in self.outputs}:
                 model.graph.output.append(_value_info(name, types[name]))
             self.probes.append(spec_of(_value_info(name, types[name])))
-        self.batch_axes = _symbolic_batch_axes(model, self.inputs)
         self.spiking_layers = _add_rate_taps(model) if firing_rates else []
         options = ort.SessionOptions()
         options.log_severity_level = 3
@@ -132,11 +132,15 @@ def _add_rate_taps(model: onnx.ModelProto) -> list[SpikingLayer]:
 BATCH_DIM = "hnnx_batch"
 
 
-def _symbolic_batch_axes(model: onnx.ModelProto, inputs: Sequence[TensorSpec]) -> dict[str, int]:
-    """Which axis of each tensor holds the samples, by shape inference with a symbolic batch.
+def _infer_types_and_batch_axes(model: onnx.ModelProto, inputs: Sequence[TensorSpec]
+                                 ) -> tuple[dict[str, onnx.TypeProto], dict[str, int]]:
+    """The type of every named tensor of the top graph, and which axis of each tensor holds
+    the samples — from one shape inference with a symbolic batch.
 
     Every graph input gets the dim name ``hnnx_batch`` on its sample axis; tensors whose
-    inferred shape carries that name exactly once map to its position.
+    inferred shape carries that name exactly once map to its position. Inference is best
+    effort: where it fails, the model's own annotations give the types and the observed batch
+    sizes decide the axes.
     """
     probe = _copy(model)
     del probe.graph.value_info[:]
@@ -150,15 +154,41 @@ def _symbolic_batch_axes(model: onnx.ModelProto, inputs: Sequence[TensorSpec]) -
             dims[spec.batch_axis].Clear()
             dims[spec.batch_axis].dim_param = BATCH_DIM
     try:
-        inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True)
-    except Exception:  # best effort: the observed batch sizes decide instead
-        return {}
+        inferred: onnx.GraphProto | None = onnx.shape_inference.infer_shapes(probe, data_prop=True).graph
+    except Exception:
+        inferred = None
     axes = {}
-    for vi in [*inferred.graph.value_info, *inferred.graph.output]:
+    for vi in ([*inferred.value_info, *inferred.output] if inferred is not None else []):
         marked = [i for i, d in enumerate(vi.type.tensor_type.shape.dim) if d.dim_param == BATCH_DIM]
         if len(marked) == 1:
             axes[vi.name] = marked[0]
-    return axes
+    graph = model.graph
+    types = {vi.name: vi.type for vi in [*graph.value_info, *graph.input, *graph.output]}
+    if inferred is not None:  # inferred types where the model declares none (inputs keep theirs)
+        for vi in [*inferred.value_info, *inferred.output]:
+            if vi.type.tensor_type.elem_type and not _declared_elem_type(types.get(vi.name)):
+                types[vi.name] = _without_batch_name(vi.type)
+    for init in graph.initializer:
+        types.setdefault(init.name, helper.make_tensor_type_proto(init.data_type, list(init.dims)))
+    for node in graph.node:
+        for name in node.output:
+            if name and name not in types:
+                types[name] = onnx.TypeProto()  # produced but untyped: let onnxruntime decide
+    return types, axes
+
+
+def _declared_elem_type(type_proto: onnx.TypeProto | None) -> bool:
+    return type_proto is not None and bool(type_proto.tensor_type.elem_type)
+
+
+def _without_batch_name(inferred: onnx.TypeProto) -> onnx.TypeProto:
+    """An inferred type with the symbolic batch dim left unnamed (the probe's name is internal)."""
+    out = onnx.TypeProto()
+    out.CopyFrom(inferred)
+    for dim in out.tensor_type.shape.dim:
+        if dim.dim_param == BATCH_DIM:
+            dim.Clear()
+    return out
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -169,23 +199,6 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _initializer_names(model: onnx.ModelProto) -> set[str]:
     return {init.name for init in model.graph.initializer}
-
-
-def _value_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
-    """The type of every named tensor of the top graph (after shape inference)."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # inference is best effort here; the session reports real errors
-        inferred = model
-    graph = inferred.graph
-    types = {vi.name: vi.type for vi in [*graph.value_info, *graph.input, *graph.output]}
-    for init in graph.initializer:
-        types.setdefault(init.name, helper.make_tensor_type_proto(init.data_type, list(init.dims)))
-    for node in graph.node:
-        for name in node.output:
-            if name and name not in types:
-                types[name] = onnx.TypeProto()  # produced but untyped: let onnxruntime decide
-    return types
 
 
 def _value_info(name: str, type_proto: onnx.TypeProto) -> onnx.ValueInfoProto:
