@@ -1,0 +1,1 @@
+"""Lowering integer graphs onto many-core neuromorphic chips (placeholder, filled below)."""
