@@ -5,15 +5,17 @@
 >>> result = hnnx.simulate(model, "test.npz")
 >>> print(result.summary())
 >>> quantized, report = hnnx.quantize(model, "calib.npz", target="tianjicx")
+>>> program = hnnx.lower(quantized, chip="tianjicx")           # hnnx.chip.simulate(program, "test.npz")
 """
 
 from hnnx.errors import DataError, HnnxError, ModelError, NodeError
 from hnnx.model import load, save
 from hnnx.quantization import QuantizationReport, quantize
 from hnnx.runtime import SimulationResult, Simulator, simulate
+from hnnx.chip import lower
 
 __version__ = "0.1.0"
 
-__all__ = ["load", "save", "simulate", "quantize", "Simulator", "SimulationResult", "QuantizationReport",
+__all__ = ["load", "save", "simulate", "quantize", "lower", "Simulator", "SimulationResult", "QuantizationReport",
            "HnnxError", "ModelError",
            "NodeError", "DataError", "__version__"]

@@ -120,13 +120,17 @@ def inspect(model: Path) -> None:
 @_reports_errors
 def simulate(model: Path, data: Path, labels: Path | None, batch_size: int, probes: tuple[str, ...],
              threads: int | None, output: Path | None, progress: bool) -> None:
-    """Run MODEL on a dataset: accuracy, firing rates, probes."""
+    """Run MODEL (an .onnx file, or a chip program directory written by `hnnx lower`) on a
+    dataset: accuracy, firing rates, probes."""
     import hnnx
 
     if output is not None and output.suffix != ".npz":
         raise HnnxError(f"{output}: the output file must end in .npz")
-    result = hnnx.simulate(model, data, labels=labels, batch_size=batch_size, probes=probes,
-                           threads=threads, progress=progress and sys.stderr.isatty())
+    if model.is_dir():  # a chip program: the chip simulator runs it
+        result = hnnx.chip.simulate(model, data, labels=labels, probes=probes)
+    else:
+        result = hnnx.simulate(model, data, labels=labels, batch_size=batch_size, probes=probes,
+                               threads=threads, progress=progress and sys.stderr.isatty())
     click.echo(result.summary())
     if output is not None:
         result.save(output)
@@ -148,6 +152,8 @@ def demo(out_dir: Path) -> None:
     click.echo(result.summary())
     click.echo(f"next: hnnx inspect {model_path}")
     click.echo(f"      hnnx simulate {model_path} --input {data_path} --probe hidden_lif.spikes")
+    click.echo(f"      hnnx lower {model_path} --chip tianjicx --calib {data_path} -o {out_dir / 'program'} "
+               f"--verify {data_path}")
 
 
 def _native_setup_line() -> str:
@@ -239,6 +245,56 @@ def quantize(model: Path, output: Path, calibration: Path, target: str, output_f
         write_atomic(report, result.to_json().encode())
         write_atomic(report.with_suffix(".md"), result.markdown().encode())
         click.echo(f"wrote {report} and {report.with_suffix('.md')}")
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--chip", "chip", default="tianjicx", show_default=True, metavar="tianjicx|tianjic|FILE.json",
+              help="The target chip: a built-in spec or a spec file (schema: hnnx.chip.spec).")
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
+              help="The program directory to write (program.json + weights.npz).")
+@click.option("--calib", "calibration", type=click.Path(path_type=Path), default=None,
+              help="Calibration data: quantizes a float MODEL first, and gives the spike rates for placement "
+                   "and the report (else traffic is dense).")
+@click.option("--verify", "verify_data", type=click.Path(path_type=Path), default=None,
+              help="Run the chip simulator and the integer graph on this data; fail on the first differing tensor.")
+@click.option("--chips", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Spread the model over this many chips side by side.")
+@click.option("--report", type=click.Path(path_type=Path), default=None,
+              help="Write the report as JSON (and Markdown next to it, .md).")
+@click.option("--plot", type=click.Path(path_type=Path), default=None,
+              help="Write the placement picture (PNG; needs matplotlib).")
+@_reports_errors
+def lower(model: Path, chip: str, output: Path, calibration: Path | None, verify_data: Path | None, chips: int,
+          report: Path | None, plot: Path | None) -> None:
+    """Map an integer MODEL onto a many-core chip and write the program to PROGRAM_DIR (-o)."""
+    from hnnx import chip as chips_pkg
+    from hnnx.model import write_atomic
+
+    if report is not None and report.suffix != ".json":
+        raise HnnxError(f"{report}: the report file must end in .json")
+    if plot is not None and plot.suffix != ".png":
+        raise HnnxError(f"{plot}: the plot file must end in .png")
+    integer = chips_pkg.integer_model(model, calibration)
+    program = chips_pkg.lower(integer, chip, calibration=calibration, chips=chips)
+    if verify_data is not None:
+        compared = chips_pkg.verify(integer, program, verify_data)
+        click.echo(f"verified: the chip program equals the integer graph bit for bit ({len(compared)} tensors: "
+                   f"{', '.join(compared)})")
+    program.save(output)
+    result = chips_pkg.chip_report(program)
+    click.echo(result.markdown(), nl=False)
+    click.echo(f"wrote {output}")
+    if report is not None:
+        write_atomic(report, result.to_json().encode())
+        write_atomic(report.with_suffix(".md"), result.markdown().encode())
+        click.echo(f"wrote {report} and {report.with_suffix('.md')}")
+    if plot is not None:
+        try:
+            chips_pkg.plot_placement(program, str(plot))
+            click.echo(f"wrote {plot}")
+        except HnnxError as exc:
+            click.echo(f"hnnx: warning: {exc}", err=True)
 
 
 if __name__ == "__main__":

@@ -28,11 +28,10 @@ import numpy as np
 import onnx
 
 from hnnx import ops
-from hnnx.chip.graph import STATIC, Layer, LayerGraph, MappingError, Value, layer_graph
+from hnnx.chip.graph import STATIC, Layer, LayerGraph, MappingError, layer_graph
 from hnnx.chip.program import FORMAT, VERSION, Program
 from hnnx.chip.soma import p08_fields
 from hnnx.chip.spec import ChipSpec, load_spec
-from hnnx.errors import HnnxError
 
 
 @dataclass
@@ -612,28 +611,37 @@ def _final_stage(layer: Layer) -> int:
     return len(layer.stages) if layer.kind == "synapse" else 0
 
 
+def integer_model(model: onnx.ModelProto | str | os.PathLike, calibration: Any = None) -> onnx.ModelProto:
+    """The integer graph to lower: ``model`` itself when it is one (``tianjicx``/``int``), else
+    ``model`` quantized on ``calibration`` (``hnnx.quantize(..., target="tianjicx")``)."""
+    from hnnx.model import load
+
+    if not isinstance(model, onnx.ModelProto):
+        model = load(model)
+    if _is_integer_graph(model):
+        return model
+    if calibration is None:
+        raise MappingError("the model is a float graph: give calibration data (--calib) to quantize it first, "
+                           "or lower the output of `hnnx quantize`")
+    from hnnx.quantization import quantize
+
+    quantized, _ = quantize(model, calibration, target="tianjicx")
+    return quantized
+
+
 def lower(model: onnx.ModelProto | str | os.PathLike, chip: str | os.PathLike | ChipSpec = "tianjicx", *,
           calibration: Any = None, chips: int = 1) -> Program:
     """Map an integer (``tianjicx``/``int``) graph onto ``chips`` chips of kind ``chip``.
 
     ``model``: a path or ModelProto; a float model needs ``calibration`` data and is quantized
-    first (``hnnx.quantize(..., target="tianjicx")``). ``calibration`` (path or dict of arrays)
-    also gives the spike rates that weigh placement and the report (else traffic is dense).
+    first (see :func:`integer_model`). ``calibration`` (path or dict of arrays) also gives the
+    spike rates that weigh placement and the report (else traffic is dense).
     ``chip``: ``"tianjicx"``, ``"tianjic"``, a spec file or a :class:`ChipSpec`.
-    Raises MappingError naming the layer and the limit when the model does not fit.
+    Returns the :class:`Program` (``program.save(dir)`` writes it). Raises MappingError naming
+    the layer and the limit when the model does not fit or uses what the chip lacks.
     """
-    from hnnx.model import load
-
     spec = load_spec(chip)
-    if not isinstance(model, onnx.ModelProto):
-        model = load(model)
-    if not _is_integer_graph(model):
-        if calibration is None:
-            raise MappingError("the model is a float graph: give calibration data (--calib) to quantize it first, "
-                               "or lower the output of `hnnx quantize`")
-        from hnnx.quantization import quantize
-
-        model, _ = quantize(model, calibration, target="tianjicx")
+    model = integer_model(model, calibration)
     limit = spec.value("mesh", "chips_per_board")
     if not 1 <= chips <= limit:
         raise MappingError(f"--chips {chips}: {spec.name} boards hold 1 to {limit} chips")
@@ -681,7 +689,8 @@ def _layer_json(layer: Layer, rates: Mapping[int, float]) -> dict[str, Any]:
              "input_size": layer.input_size, "input_dtype": np.dtype(layer.input_dtype).name, "stages": stages,
              "attrs": attrs, "spiking_input": layer.spiking_input, "spiking_output": layer.spiking_output,
              "value_dtypes": [stage_dtype(layer, s).name for s in range(len(layer.stages) + 1)],
-             "synapses": int(layer.mask.sum()) if layer.mask is not None else 0}
+             "synapses": int(layer.mask.sum()) if layer.mask is not None else 0,
+             "sources": [] if layer.sources is None else sorted(int(i) for i in np.unique(layer.sources.layer))}
     if layer.index in rates:
         entry["spike_rate"] = rates[layer.index]
     return entry
@@ -739,4 +748,4 @@ def _program(graph: LayerGraph, tiles: list[Tile], routes: list[Route], schedule
     return Program(meta, arrays)
 
 
-__all__ = ["lower", "MappingError", "HnnxError", "Value"]
+__all__ = ["lower", "MappingError", "Tile", "Route"]

@@ -313,3 +313,39 @@ def _join(readout: dict[str, Any], parts: list[np.ndarray]) -> np.ndarray:
     unfolded = [p.reshape(count, -1, *p.shape[1:]) for p in parts]
     joined = np.concatenate(unfolded, axis=1)
     return joined.reshape(-1, *joined.shape[2:])
+
+
+def verify(model: Any, program: Program, data: Any, *, batch_size: int = 1024) -> list[str]:
+    """Compare the chip simulator with ``hnnx.simulate`` of the integer graph ``model``, bit for bit.
+
+    Compares every spike train the program reads out (``[T, N, ...]``, layer by layer) and
+    then the graph's outputs; raises VerificationError naming the first differing tensor.
+    Returns the names of the tensors compared.
+    """
+    from hnnx.runtime.simulate import simulate as graph_simulate
+
+    readouts = program.meta["readouts"]
+    spikes: dict[int, str] = {}
+    for name, r in readouts.items():
+        layer = program.layers[r["layer"]]
+        final = r["stage"] == len(layer["stages"])
+        if layer["spiking_output"] and final and r["timing"] == "step" and not r["folded"]:
+            spikes.setdefault(r["layer"], name)
+    probes = [spikes[index] for index in sorted(spikes)]
+    expected = graph_simulate(model, data, probes=probes, batch_size=batch_size)
+    got = simulate(program, data, probes=probes, batch_size=batch_size)
+    compared = []
+    for name in probes + list(program.meta["model"]["outputs"]):
+        want = expected.probes.get(name, expected.outputs.get(name))
+        have = got.probes.get(name, got.outputs.get(name))
+        if want.dtype != have.dtype or want.shape != have.shape:
+            raise VerificationError(f"{name}: the chip program gives {have.dtype} {list(have.shape)}, the integer "
+                                    f"graph {want.dtype} {list(want.shape)}")
+        differ = np.argwhere(want != have)
+        if differ.size:
+            first = tuple(int(i) for i in differ[0])
+            raise VerificationError(f"{name}: the chip program differs from the integer graph at {list(first)} "
+                                    f"(chip {have[first]}, graph {want[first]}; {len(differ)} of {want.size} values "
+                                    f"differ)")
+        compared.append(name)
+    return compared
