@@ -225,7 +225,6 @@ def quantize(model: Path, output: Path, calibration: Path, target: str, output_f
              report: Path | None, progress: bool) -> None:
     """Calibrate MODEL on data and write its quantized form."""
     import hnnx
-    from hnnx.model import write_atomic
     from hnnx.quantization import quantize as run_quantize
 
     if output.suffix != ".onnx":
@@ -239,6 +238,14 @@ def quantize(model: Path, output: Path, calibration: Path, target: str, output_f
     for name, reason in result.excluded.items():
         click.echo(f"hnnx: warning: {name} stays in float: {reason}", err=True)
     hnnx.save(quantized, output)
+    _print_and_write_report(result, output, report)
+
+
+def _print_and_write_report(result: Any, output: Path, report: Path | None) -> None:
+    """Print a report (its ``markdown()``), say ``output`` was written, and write the report as
+    JSON (``to_json()``) and Markdown next to it (``.md``) when ``report`` is given."""
+    from hnnx.model import write_atomic
+
     click.echo(result.markdown(), nl=False)
     click.echo(f"wrote {output}")
     if report is not None:
@@ -269,7 +276,6 @@ def lower(model: Path, chip: str, output: Path, calibration: Path | None, verify
           report: Path | None, plot: Path | None) -> None:
     """Map an integer MODEL onto a many-core chip and write the program to PROGRAM_DIR (-o)."""
     from hnnx import chip as chips_pkg
-    from hnnx.model import write_atomic
 
     if report is not None and report.suffix != ".json":
         raise HnnxError(f"{report}: the report file must end in .json")
@@ -283,12 +289,7 @@ def lower(model: Path, chip: str, output: Path, calibration: Path | None, verify
                    f"{', '.join(compared)})")
     program.save(output)
     result = chips_pkg.chip_report(program)
-    click.echo(result.markdown(), nl=False)
-    click.echo(f"wrote {output}")
-    if report is not None:
-        write_atomic(report, result.to_json().encode())
-        write_atomic(report.with_suffix(".md"), result.markdown().encode())
-        click.echo(f"wrote {report} and {report.with_suffix('.md')}")
+    _print_and_write_report(result, output, report)
     if plot is not None:
         try:
             chips_pkg.plot_placement(program, str(plot))
