@@ -298,5 +298,28 @@ def lower(model: Path, chip: str, output: Path, calibration: Path | None, verify
             click.echo(f"hnnx: warning: {exc}", err=True)
 
 
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--format", "export_format", type=click.Choice(["bimap"]), required=True,
+              help="bimap: the ONNX dialect of BiMap, the TianjicX compiler (one time step, opset 9, snn ops), "
+                   "from a tianjicx integer MODEL.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="The exported .onnx file.")
+@click.option("--report", type=click.Path(path_type=Path), default=None,
+              help="Write the report (what the host feeds and reads per step) as JSON, and Markdown next to it (.md).")
+@_reports_errors
+def export(model: Path, export_format: str, output: Path, report: Path | None) -> None:
+    """Export a quantized MODEL to another toolchain's format."""
+    import hnnx
+    from hnnx.interop import export_bimap, write_bimap
+
+    if output.suffix != ".onnx":
+        raise HnnxError(f"{output}: the output file must end in .onnx")
+    if report is not None and report.suffix != ".json":
+        raise HnnxError(f"{report}: the report file must end in .json")
+    exported, result = export_bimap(hnnx.load(model))
+    write_bimap(exported, output)
+    _print_and_write_report(result, output, report)
+
+
 if __name__ == "__main__":
     main()
