@@ -23,17 +23,15 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tables import format_table  # noqa: E402
+from tables import format_table, median_seconds  # noqa: E402
 
 import hnnx  # noqa: E402
 from hnnx import chip, models  # noqa: E402
@@ -41,17 +39,6 @@ from hnnx.datasets import load_digits  # noqa: E402
 
 MODELS = ("snn_mlp", "snn_conv", "hybrid_a2s", "hybrid_s2a")
 TARGET_MODEL, TARGET_CHIP, TARGET_RATIO = "hybrid_a2s", "tianjicx", 10.0
-
-
-def median_seconds(work: Callable[[], Any], repeats: int, warm_up: bool = True) -> float:
-    if warm_up:
-        work()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -1,6 +1,10 @@
-"""Table formatting shared by the benchmark scripts."""
+"""Table formatting (and timing) shared by the benchmark scripts."""
 
 from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
 
 
 def format_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -13,3 +17,15 @@ def format_table(headers: list[str], rows: list[list[str]]) -> str:
 
     rule = "|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
     return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, warm_up: bool = True) -> float:
+    """Median wall time of ``repeats`` calls of ``fn``, after one untimed warm-up call unless ``warm_up`` is False."""
+    if warm_up:
+        fn()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
