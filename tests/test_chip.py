@@ -181,6 +181,30 @@ def test_fan_in_partial_sums_merge_exactly_against_numpy() -> None:
     assert got.dtype == np.int32 and np.array_equal(got, expected)
 
 
+def test_conv_relu_maxpool_split_over_cores_match_onnxruntime() -> None:
+    rng = np.random.default_rng(7)
+    weight = rng.integers(-128, 128, (4, 2, 3, 3)).astype(np.int8)
+    bias = rng.integers(-3000, 3000, (1, 4, 1, 1)).astype(np.int32)
+    nodes = [helper.make_node("ConvInteger", ["x", "w"], ["acc"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["acc", "b"], ["acc_b"], name="conv_bias"),
+             ops.make_node("Requantize", ["acc_b"], ["q"], name="conv_rq", shift=6),
+             helper.make_node("Relu", ["q"], ["r"], name="relu"),
+             helper.make_node("MaxPool", ["r"], ["y"], name="pool", kernel_shape=[2, 2], strides=[2, 2])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.INT8, ["N", 2, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT8, ["N", 4, 3, 3])],
+                              initializer=[numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+    model = ops.attach_functions(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]))
+    x = rng.integers(-128, 128, (9, 2, 6, 6)).astype(np.int8)
+    program = chip.lower(model, tiny_spec(12, 8, None, 4, 4), chips=8)
+    roles = [core["role"] for core in program.cores]
+    assert roles.count("pool") > 1 and "merge" in roles  # 18 inputs per conv neuron > 12 axons: fan-in split
+    expected = hnnx.simulate(model, {"x": x}).outputs["y"]
+    got = chip.simulate(program, {"x": x}, probes=["r"])
+    assert got.outputs["y"].dtype == np.int8 and np.array_equal(got.outputs["y"], expected)
+    windows = got.probes["r"].reshape(9, 4, 3, 2, 3, 2).max(axis=(3, 5))
+    assert np.array_equal(windows, expected)  # numpy max pooling of the probed ReLU output
+
+
 # ---------------------------------------------------------------------------- errors
 def _with_attribute(model: onnx.ModelProto, node_name: str, **attrs) -> onnx.ModelProto:
     edited = copy.deepcopy(model)
