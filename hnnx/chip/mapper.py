@@ -705,6 +705,8 @@ def _program(graph: LayerGraph, tiles: list[Tile], routes: list[Route], schedule
         key = f"core{tile.index}"
         arrays[f"{key}.neurons"] = tile.neurons.astype(np.int32)
         axons = tile.axons.size if tile.role != "merge" else tile.parts * tile.neurons.size
+        if tile.role != "merge":  # the layer input each axon holds (a merge core's axons are partial sums)
+            arrays[f"{key}.axons"] = tile.axons.astype(np.int32)
         if tile.role in ("compute", "partial"):
             arrays[f"{key}.weights"] = np.ascontiguousarray(layer.weights[np.ix_(tile.axons, tile.neurons)])
         if tile.role == "pool":

@@ -10,7 +10,9 @@
   (``compute``, ``partial``, ``merge``, ``encode``, ``decode``, ``pool``), ``neurons``
   (output neurons of the layer it computes), ``axons`` (inputs it holds), ``parts``
   (partial sums a merge core adds), ``memory_bytes``; its arrays live in ``weights.npz``
-  under ``core<id>.<name>`` (``neurons``, ``weights``, ``bias``, ``mask``);
+  under ``core<id>.<name>``: ``neurons`` and ``axons`` (the neuron map and the axon map:
+  which layer output and which layer input each holds), ``weights`` [axons, neurons] int8
+  (convolutions unrolled), ``bias``, ``mask`` (max pooling windows);
 * ``routes`` — the routing tables: from a core (or the ``host``) to a core (or the host):
   ``stage`` of the source's value, emission ``slot`` (−1: every emission), ``kind``
   (``value`` or ``psum``), ``count``, ``hops`` and the XY ``path``; arrays
@@ -197,6 +199,11 @@ def validate(program: Program, where: str = "program") -> None:
               and neurons.min() >= 0 and neurons.max() < layers[core["layer"]]["size"], where,
               f"{at}.neurons does not match core{index}.neurons")
         sizes[index] = (int(core.get("axons", 0)), int(neurons.size))
+        if core["role"] != "merge":
+            axons = program.array(f"core{index}.axons")
+            _need(axons.shape == (core.get("axons"),) and (axons.size == 0 or (
+                axons.min() >= 0 and axons.max() < layers[core["layer"]]["input_size"])), where,
+                  f"{at}.axons does not match core{index}.axons")
         if core["role"] in ("compute", "partial"):
             weights = program.array(f"core{index}.weights")
             _need(weights.shape == (core["axons"], neurons.size) and weights.dtype == np.int8, where,
