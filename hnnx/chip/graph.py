@@ -204,8 +204,9 @@ class _Builder:
 
     def on_QuantizeLinear(self, node: onnx.NodeProto) -> None:
         x = self.value(node, node.input[0])
-        layer = self.layers[x.elements.single_layer() if x.elements.single_layer() is not None else -1]
-        if layer.kind != "input" or "scale" in layer.attrs or x.dtype != np.float32:
+        owner = x.elements.single_layer()
+        layer = self.layers[owner] if owner is not None else None
+        if layer is None or layer.kind != "input" or "scale" in layer.attrs or x.dtype != np.float32:
             raise self.fail(node, "QuantizeLinear is mapped only on a float graph input (the host quantizes it)")
         scale, zero = self.const(node, 1), self.const(node, 2)
         if scale is None or scale.size != 1 or (zero is not None and zero.size != 1):

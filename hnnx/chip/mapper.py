@@ -87,7 +87,8 @@ def check_primitives(graph: LayerGraph, spec: ChipSpec) -> None:
             bits = spec.value("primitives", "weight_bits")
             low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
             if layer.weights.size and (layer.weights.min() < low or layer.weights.max() > high):
-                raise MappingError(f"{name}: weights need 8 bits, {chip} has {bits}-bit weights")
+                raise MappingError(f"{name}: weights span [{layer.weights.min()}, {layer.weights.max()}], {chip} has "
+                                   f"{bits}-bit weights")
         if layer.kind == "maxpool" and not spec.value("primitives", "max_pool"):
             raise MappingError(f"{name}: max pooling is not supported on {chip}")
         if layer.kind == "a2s" and layer.attrs["coding"] not in spec.value("primitives", "a2s_codings"):
@@ -294,15 +295,8 @@ def tile_elementwise(layer: Layer, graph: LayerGraph, cap: _Capacity) -> list[Ti
     else:
         per_neuron = (0 if whole_sample else in_bytes) + s["axon_bytes"]
     fixed = layer.input_size * in_bytes if whole_sample else 0
-    best = 0
-    for n in range(layer.size, 0, -1) if layer.size <= 4096 else ():
-        axons = layer.input_size if whole_sample else n
-        if cap.fits(axons, n, fixed + n * per_neuron):
-            best = n
-            break
-    if best == 0 and layer.size > 4096:
-        best = _largest_fitting(layer.size, lambda n: cap.fits(layer.input_size if whole_sample else n, n,
-                                                               fixed + n * per_neuron))
+    best = _largest_fitting(layer.size, lambda n: cap.fits(layer.input_size if whole_sample else n, n,
+                                                           fixed + n * per_neuron))
     if best == 0:
         if whole_sample:
             raise MappingError(f"{name}: needs {layer.input_size} axons in one core (rate coding normalises over "
@@ -319,6 +313,7 @@ def tile_elementwise(layer: Layer, graph: LayerGraph, cap: _Capacity) -> list[Ti
 
 
 def _largest_fitting(limit: int, fits: Any) -> int:
+    """The largest ``n ≤ limit`` with ``fits(n)`` (``fits`` is monotone: fewer neurons use less), or 0."""
     low, high = 0, limit
     while low < high:
         mid = (low + high + 1) // 2

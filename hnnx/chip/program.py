@@ -208,6 +208,14 @@ def validate(program: Program, where: str = "program") -> None:
             weights = program.array(f"core{index}.weights")
             _need(weights.shape == (core["axons"], neurons.size) and weights.dtype == np.int8, where,
                   f"{at}: core{index}.weights must be int8 [{core['axons']}, {neurons.size}]")
+        if core["role"] in ("compute", "merge") and any(s["op"] == "bias" for s in layers[core["layer"]]["stages"]):
+            bias = program.array(f"core{index}.bias")
+            _need(bias.shape == (neurons.size,) and bias.dtype == np.int32, where,
+                  f"{at}: core{index}.bias must be int32 [{neurons.size}]")
+        if core["role"] == "pool":
+            mask = program.array(f"core{index}.mask")
+            _need(mask.shape == (core["axons"], neurons.size) and mask.dtype == bool, where,
+                  f"{at}: core{index}.mask must be bool [{core['axons']}, {neurons.size}]")
     for index, route in enumerate(meta["routes"]):
         at = f"field 'routes[{index}]'"
         src, dst = program.array(f"route{index}.src"), program.array(f"route{index}.dst")

@@ -88,6 +88,10 @@ class ChipSimulator:
             else:
                 self.cores[route["src"]].routes.append(entry)
         self.inputs = [self._input_spec(name) for name in program.meta["model"]["inputs"]]
+        # per batch: (layer, stage) → values of every emission [count, N, size]; spikes per LIF node
+        self.history: dict[tuple[int, int], np.ndarray] = {}
+        self.spikes: dict[str, int] = {}
+        self.feeds: Mapping[str, np.ndarray] = {}
 
     def _unit_view(self, layer: dict[str, Any]) -> Any:
         if layer["kind"] == "a2s":
@@ -107,7 +111,7 @@ class ChipSimulator:
         """Run one batch; returns the ``wanted`` tensors (graph outputs or probes) by name."""
         batch = next(iter(feeds.values())).shape[0]
         readouts = self.program.meta["readouts"]
-        self.history: dict[tuple[int, int], np.ndarray] = {}
+        self.history = {}
         for name in wanted:
             r = readouts[name]
             key = (r["layer"], r["stage"])
