@@ -28,8 +28,9 @@ class CalibrationResult:
     first output); ``current_ranges``: ``(min, max)`` of that current over all samples and
     time steps; ``membrane_ranges``: ``(min, max)`` of the layer's membrane after integration
     over all samples and time steps (replayed by the numpy reference on the probed current); ``firing_rates``: mean spikes per neuron per time step of every LIF layer;
-    ``samples``: number of calibration samples run; ``seconds``: wall time; ``outputs``: the
-    graph outputs of the first batches (as many as ``keep_outputs`` asked for), one dict per batch.
+    ``samples``: number of calibration samples run; ``seconds``: wall time; ``simulator``: the
+    onnxruntime session that ran the model (it probes every calibrated tensor; a caller that runs
+    the same model again, e.g. to compare it with its quantized form, reuses it).
     """
 
     observers: dict[str, Observer]
@@ -39,7 +40,7 @@ class CalibrationResult:
     firing_rates: dict[str, float] = field(default_factory=dict)
     samples: int = 0
     seconds: float = 0.0
-    outputs: list[dict[str, np.ndarray]] = field(default_factory=list)
+    simulator: Simulator | None = field(default=None, repr=False)
 
     def absmax(self, name: str) -> Threshold:
         """Clip threshold ``T > 0`` of tensor ``name`` (an array ``[channels]`` if per channel)."""
@@ -89,7 +90,6 @@ def calibrate(
     *,
     observer_options: Mapping[str, Any] | None = None,
     threads: int | None = None,
-    keep_outputs: int = 0,
 ) -> CalibrationResult:
     """Run ``model`` in onnxruntime over ``data`` and observe ``tensors``; also LIF currents and rates.
 
@@ -99,8 +99,7 @@ def calibrate(
     :data:`~hnnx.calibrate.observers.OBSERVERS`, built with ``observer_options`` (e.g.
     ``{"percentile": 99.9}``); ``per_channel``: tensor name → channel axis for per-channel
     statistics; ``num_samples``: use at most this many samples; ``threads``: onnxruntime
-    intra-op threads; ``keep_outputs``: keep the graph outputs of the batches holding the first
-    this many samples (a caller comparing against the float model then needs no second float run).
+    intra-op threads.
 
     Every top-level ``hnnx.LIF`` node additionally gets the range of its input current (input
     0, probed) and its firing rate over all time steps. Memory does not grow with the number
@@ -127,8 +126,6 @@ def calibrate(
     spikes = {layer.name: [0.0, 0] for layer in simulator.spiking_layers}
     stream = batches(data, simulator.inputs, batch_size, num_samples)
     samples = 0
-    kept: list[dict[str, np.ndarray]] = []
-    output_names = [spec.name for spec in simulator.outputs]
     started = time.perf_counter()
     # No bar object at all when progress is off: tqdm's first use costs milliseconds.
     with (tqdm(total=stream.total, unit="sample", leave=False) if progress else contextlib.nullcontext()) as bar:
@@ -144,8 +141,6 @@ def calibrate(
                 spikes[layer][0] += total
                 spikes[layer][1] += count
             size = sample_count(feeds, simulator.inputs)
-            if samples < keep_outputs:
-                kept.append({name: tensors_of_batch[name] for name in output_names})
             samples += size
             if bar is not None:
                 bar.update(size)
@@ -159,7 +154,7 @@ def calibrate(
         firing_rates={layer: (total / count if count else 0.0) for layer, (total, count) in spikes.items()},
         samples=samples,
         seconds=time.perf_counter() - started,
-        outputs=kept,
+        simulator=simulator,
     )
 
 

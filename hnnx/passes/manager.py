@@ -149,8 +149,14 @@ def run_passes(model: onnx.ModelProto, steps: Sequence[Step], changes: dict[str,
 
 
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
-    """The onnx-graphsurgeon graph of ``model`` (the one import of a pipeline)."""
-    return gs.import_onnx(model)
+    """The onnx-graphsurgeon graph of ``model`` (the one import of a pipeline).
+
+    The hnnx function bodies are dropped from the graph: they are derived data, attached
+    anew from the nodes' attributes at export (and sorting them would cost more than the graph).
+    """
+    graph = gs.import_onnx(model)
+    graph.functions = [f for f in graph.functions if f.domain != ops.DOMAIN]
+    return graph
 
 
 def export_graph(graph: gs.Graph, source: onnx.ModelProto) -> onnx.ModelProto:

@@ -35,7 +35,9 @@ QUANTIZED_KEY = "hnnx.quantized"
 class QuantizationReport:
     """What quantization did: per-layer scales and shifts, exclusions, sizes, and the
     float-vs-quantized comparison on the calibration samples (SQNR per output in dB,
-    firing rates, saturated values per requantized activation, SynOps per sample)."""
+    firing rates, saturated values per requantized activation, SynOps per sample, and
+    ``tensor_errors``: the SQNR of every quantized tensor against its float counterpart with
+    its saturated values, worst first — where to look when accuracy drops)."""
 
     target: str
     format: str
@@ -49,6 +51,7 @@ class QuantizationReport:
     firing_rates: dict[str, dict[str, float]] = field(default_factory=dict)
     saturated: dict[str, int] = field(default_factory=dict)
     synops_per_sample: float = 0.0
+    tensor_errors: list[dict[str, Any]] = field(default_factory=list)
     note: str = ""
 
     def to_json(self) -> str:
@@ -80,6 +83,10 @@ class QuantizationReport:
             lines += [f"| {name} | {count:,} |" for name, count in self.saturated.items()]
         if self.synops_per_sample:
             lines += ["", f"SynOps per sample (spike-driven synaptic operations): {self.synops_per_sample:,.0f}"]
+        if self.tensor_errors:
+            lines += ["", "| quantized tensor (worst first) | SQNR (dB) | saturated values |", "|---|---|---|"]
+            lines += [f"| {e['tensor']} | {e['sqnr_db']:.2f} | {e['saturated']:,} of {e['elements']:,} |"
+                      for e in self.tensor_errors]
         if self.excluded:
             lines += ["", "| excluded node | reason |", "|---|---|"]
             lines += [f"| {name} | {reason} |" for name, reason in self.excluded.items()]
@@ -147,8 +154,7 @@ def quantize(
     options = TargetOptions(format, frozenset(_excluded_names(graph, exclude)), bit_shift_unit, per_channel, spiking)
     quantizer = TARGET_CLASSES[target](options)
     stats = calibrate(float_model, calibration, quantizer.calibration_tensors(graph), observer=observer,
-                      batch_size=batch_size, num_samples=num_samples, progress=progress,
-                      keep_outputs=COMPARISON_SAMPLES)
+                      batch_size=batch_size, num_samples=num_samples, progress=progress)
     rewrite = quantizer.rewrite(graph, lambda name: float(np.max(stats.absmax(name))), dict(stats.membrane_ranges))
     quantized = _quantized_model(graph, float_model, f"{target}/{format}", rewrite.output_scales)
 
@@ -157,7 +163,7 @@ def quantize(
                                 excluded=dict(rewrite.excluded), output_scales=dict(rewrite.output_scales),
                                 size_bytes={"float": _parameter_bytes(float_model),
                                             "quantized": _parameter_bytes(quantized)})
-    _compare(float_model, stats.outputs, quantized, calibration, report, stats.firing_rates, batch_size)
+    _compare(stats.simulator, quantized, rewrite.tensors, calibration, report, stats.firing_rates, batch_size)
     return quantized, report
 
 
@@ -224,41 +230,40 @@ def _parameter_bytes(model: onnx.ModelProto) -> int:
     return total
 
 
-def _compare(float_model: onnx.ModelProto, float_outputs: list[dict[str, np.ndarray]], quantized: onnx.ModelProto,
+def _compare(reference: Any, quantized: onnx.ModelProto, tensors: Mapping[str, tuple[str, float]],
              calibration: Any, report: QuantizationReport, float_rates: Mapping[str, float], batch_size: int) -> None:
-    """On (up to :data:`COMPARISON_SAMPLES` of) the calibration samples: SQNR of every output,
-    firing-rate drift, saturation of every requantized activation, and SynOps per sample of the
-    quantized model. ``float_outputs``: the float model's outputs of those batches, as calibration
-    kept them (the float model is run again only for batches it did not keep)."""
+    """On (up to :data:`COMPARISON_SAMPLES` of) the calibration samples, the float model (``reference``:
+    the calibration's session, which probes every float tensor) and the quantized model side by side:
+    SQNR of every output and of every quantized tensor (``tensors``: float name → quantized name and
+    real value per unit), saturated values, firing-rate drift and SynOps per sample."""
     from hnnx.calibrate import batches
     from hnnx.runtime.session import Simulator
 
     requantized = [n.output[0] for n in quantized.graph.node if n.domain == ops.DOMAIN and n.op_type == "Requantize"]
     fan_outs = _spike_fan_outs(quantized)
-    reference: Simulator | None = None
-    candidate = Simulator(quantized, probes=[*requantized, *fan_outs])
+    float_names = {spec.name for spec in [*reference.outputs, *reference.probes]}
+    quantized_names = _tensor_names(quantized)
+    pairs = {name: pair for name, pair in tensors.items() if name in float_names and pair[0] in quantized_names}
+    candidate = Simulator(quantized, probes=[*requantized, *fan_outs, *(q for q, _ in pairs.values())])
     scales = output_scales(quantized)
-    signal: dict[str, float] = {}
-    noise: dict[str, float] = {}
+    outputs = {name: (name, scales.get(name, 1.0)) for name in (o.name for o in reference.outputs)}
+    errors = {name: [0.0, 0.0, 0, 0] for name in {**pairs, **outputs}}  # signal, noise, saturated, elements
     spikes: dict[str, list[float]] = {}
     saturated = dict.fromkeys(requantized, 0)
     synops = 0.0
     samples = 0
-    for index, feeds in enumerate(batches(calibration, candidate.inputs, batch_size, num_samples=COMPARISON_SAMPLES)):
-        size = next(iter(feeds.values())).shape[candidate.inputs[0].batch_axis]
-        kept = float_outputs[index] if index < len(float_outputs) else None
-        if kept is not None and all(_batch_size_of(value, _sample_axis(candidate, name)) == size
-                                    for name, value in kept.items()):
-            expected = kept
-        else:  # calibration kept fewer samples than the comparison uses
-            reference = reference or Simulator(float_model)
-            expected, _ = reference.run(feeds)
+    for feeds in batches(calibration, candidate.inputs, batch_size, num_samples=COMPARISON_SAMPLES):
+        expected, _ = reference.run(feeds)
         got, counts = candidate.run(feeds)
-        samples += size
-        for name, value in expected.items():
-            real = got[name].astype(np.float64) * scales.get(name, 1.0)
-            signal[name] = signal.get(name, 0.0) + float(np.sum(value.astype(np.float64) ** 2))
-            noise[name] = noise.get(name, 0.0) + float(np.sum((real - value) ** 2))
+        samples += next(iter(feeds.values())).shape[candidate.inputs[0].batch_axis]
+        for name, (quantized_name, unit) in {**pairs, **outputs}.items():
+            value, real = expected[name].astype(np.float64), got[quantized_name]
+            entry = errors[name]
+            entry[0] += float(np.sum(value**2))
+            entry[1] += float(np.sum((real.astype(np.float64) * unit - value) ** 2))
+            if real.dtype == np.int8:
+                entry[2] += int(np.count_nonzero((real == 127) | (real == -128)))
+            entry[3] += int(real.size)
         for name, (total, count) in counts.items():
             spikes.setdefault(name, [0.0, 0.0])
             spikes[name][0] += total
@@ -267,7 +272,11 @@ def _compare(float_model: onnx.ModelProto, float_outputs: list[dict[str, np.ndar
             saturated[name] += int(np.sum((got[name] == 127) | (got[name] == -128)))
         for name, fan_out in fan_outs.items():
             synops += float(np.count_nonzero(got[name])) * fan_out
-    report.sqnr_db = {name: 10 * np.log10(signal[name] / max(noise[name], 1e-30)) for name in signal}
+    report.sqnr_db = {name: _sqnr(*errors[name][:2]) for name in outputs}
+    report.tensor_errors = sorted(({"tensor": name, "quantized_tensor": pairs[name][0], "unit": pairs[name][1],
+                                    "sqnr_db": _sqnr(signal, noise), "saturated": sat, "elements": size}
+                                   for name, (signal, noise, sat, size) in errors.items() if name in pairs),
+                                  key=lambda e: e["sqnr_db"])
     report.firing_rates = {name: {"float": float(float_rates.get(name, float("nan"))),
                                   "quantized": total / count if count else 0.0}
                            for name, (total, count) in spikes.items()}
@@ -275,13 +284,13 @@ def _compare(float_model: onnx.ModelProto, float_outputs: list[dict[str, np.ndar
     report.synops_per_sample = synops / max(samples, 1)
 
 
-def _sample_axis(simulator: Any, name: str) -> int:
-    """The sample axis of output ``name`` (0 unless shape inference placed it elsewhere)."""
-    return simulator.batch_axes.get(name, 0)
+def _sqnr(signal: float, noise: float) -> float:
+    """Signal-to-quantization-noise ratio in dB (capped where the noise is 0)."""
+    return float(10 * np.log10(max(signal, 1e-30) / max(noise, 1e-30)))
 
 
-def _batch_size_of(value: np.ndarray, axis: int) -> int:
-    return value.shape[axis] if value.ndim > axis else -1
+def _tensor_names(model: onnx.ModelProto) -> set[str]:
+    return {name for node in model.graph.node for name in node.output} | {i.name for i in model.graph.input}
 
 
 def _spike_fan_outs(model: onnx.ModelProto) -> dict[str, int]:

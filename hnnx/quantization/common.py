@@ -38,17 +38,20 @@ class LayerRecord:
 
 @dataclass
 class Rewrite:
-    """What a target's rewrite did: report records, excluded nodes with the reason, and the real
-    value per unit of each integer graph output (``real = value · scale``)."""
+    """What a target's rewrite did: report records, excluded nodes with the reason, the real
+    value per unit of each integer graph output (``real = value · scale``), and which tensor of
+    the new graph stands for each quantized float tensor (for the per-tensor error report)."""
 
     records: list[LayerRecord] = field(default_factory=list)
     excluded: dict[str, str] = field(default_factory=dict)
     output_scales: dict[str, float] = field(default_factory=dict)
+    tensors: dict[str, tuple[str, float]] = field(default_factory=dict)
+    """Float tensor name → (the tensor of the new graph standing for it, its real value per unit)."""
 
     def merge(self, other: "Rewrite") -> "Rewrite":
         """This rewrite followed by ``other`` on the same graph."""
         return Rewrite([*self.records, *other.records], {**self.excluded, **other.excluded},
-                       {**self.output_scales, **other.output_scales})
+                       {**self.output_scales, **other.output_scales}, {**self.tensors, **other.tensors})
 
 
 @dataclass(frozen=True)

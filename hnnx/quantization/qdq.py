@@ -56,7 +56,8 @@ class QdqQuantizer:
             if reason:
                 self.excluded[name] = reason
         self.graph.cleanup().toposort()
-        return Rewrite(self.records, self.excluded, self.output_scales)
+        return Rewrite(self.records, self.excluded, self.output_scales,
+                       {name: (restored.name, 1.0) for name, restored in self._qdq.items()})
 
     def _quantize_layer(self, node: gs.Node) -> str | None:
         weight = node.inputs[1]

@@ -109,7 +109,9 @@ class TianjicxQuantizer:
                 self._float_island(node, str(reason))
         self._finish_outputs()
         graph.cleanup().toposort()
-        return Rewrite(self.records, self.excluded, self.output_scales)
+        tensors = {name: (value.tensor.name, value.scale / value.fake if self.fakequant else value.scale)
+                   for name, value in self.values.items()}
+        return Rewrite(self.records, self.excluded, self.output_scales, tensors)
 
     def _handler(self, node: gs.Node) -> Callable[[gs.Node], None] | None:
         if node.domain == ops.DOMAIN:
@@ -120,7 +122,9 @@ class TianjicxQuantizer:
             return self._layer
         if node.op in SHAPE_OPS:
             return self._pass_through
-        return {"Relu": self._relu, "MaxPool": self._maxpool, "Mul": self._scale_by_constant}.get(node.op)
+        return {"Relu": self._relu, "MaxPool": self._maxpool, "Mul": self._mul, "Add": self._add, "Sum": self._add,
+                "Concat": self._concat, "AveragePool": self._average_pool, "GlobalAveragePool": self._average_pool,
+                "Clip": self._clip}.get(node.op)
 
     # ------------------------------------------------------------------ inputs
     def _quantized(self, tensor: gs.Tensor, kinds: tuple[str, ...] = ("int8", "spike", "count")) -> QValue:
@@ -152,28 +156,37 @@ class TianjicxQuantizer:
         return value
 
     def _requantize(self, value: QValue, name: str) -> QValue:
-        """int32 accumulator → int8 with a power-of-two exponent from the calibrated range."""
-        acc_exponent = -round(math.log2(value.scale))
-        if 2.0 ** -acc_exponent != value.scale:
-            raise _Unsupported(f"accumulator {name!r} has a scale that is not a power of two")
+        """int32 accumulator → int8 by a right shift (floor), chosen from the calibrated range.
+
+        The int8 scale aims at ``2^−E`` with ``E`` the largest multiple of ``bit_shift_unit``
+        whose range holds the calibrated ``absmax``; an accumulator whose scale is not a power
+        of two (an average over a window of k values carries ``1/k``) keeps that factor in the
+        int8 scale, and the next layer's weights absorb it.
+        """
         unit = self.bit_shift_unit
         wanted = math.floor(math.log2(127.0 / self.absmax(name)))
-        exponent = min(unit * math.floor(wanted / unit), acc_exponent)
-        shift = acc_exponent - exponent
-        if self.fakequant:  # floor(acc·2^f_y)·2^−f_y, clamped: exact on the exact accumulator
-            scaled = self._float_op("Mul", [value.tensor, _const(f"{name}.fq_up", np.float32(2.0**exponent))],
+        target = unit * math.floor(wanted / unit)
+        acc_exponent = -math.log2(value.scale)  # fractional for a non-power-of-two scale
+        shift = max(0, math.ceil(acc_exponent - target - 1e-9))
+        if shift > 30:
+            raise _Unsupported(f"accumulator {name!r} needs a shift of {shift} bits (at most 30)")
+        scale, fake = value.scale * 2.0**shift, value.fake * 2.0**shift
+        if self.fakequant:  # floor(acc / 2^shift), clamped, held times a power of two: exact
+            scaled = self._float_op("Mul", [value.tensor, _const(f"{name}.fq_up", np.float32(1.0 / fake))],
                                     f"{name}.fq_scaled")
             low, high = (_const(f"{name}.fq_{side}", np.float32(v)) for side, v in zip(("lo", "hi"), INT8))
             clipped = self._float_op("Clip", [self._float_op("Floor", [scaled], f"{name}.fq_floor"), low, high],
                                      f"{name}.fq_clip")
-            out = self._float_op("Mul", [clipped, _const(f"{name}.fq_down", np.float32(2.0**-exponent))],
-                                 f"{name}.fq")
+            out = self._float_op("Mul", [clipped, _const(f"{name}.fq_down", np.float32(fake))], f"{name}.fq")
         else:
             out = self._variable(f"{name}.i8", np.int8)
             self.graph.nodes.append(hnnx_node("Requantize", [value.tensor], [out], f"{name}.requantize", shift=shift))
-        result = QValue(out, "int8", 2.0 ** -exponent, 2.0 ** -exponent)
+        result = QValue(out, "int8", scale, fake)
         self._requantized[name] = result
-        self.records.append(LayerRecord(name, "Requantize", "requantize", {"shift": shift, "exponent": exponent}))
+        exponent = -math.log2(scale)
+        self.records.append(LayerRecord(name, "Requantize", "requantize",
+                                        {"shift": shift, "exponent": round(exponent) if exponent.is_integer()
+                                         else round(exponent, 4)}))
         return result
 
     # ------------------------------------------------------------------ synaptic layers
@@ -184,6 +197,14 @@ class TianjicxQuantizer:
             raise _LeftToOtherTarget()
         x = self._quantized(node.inputs[0])
         weight, bias, last = self._layer_parameters(node)
+        conv_attrs = {k: v for k, v in node.attrs.items() if k in ("auto_pad", "dilations", "group", "kernel_shape",
+                                                                      "pads", "strides")}
+        self._synaptic(node, x, weight, bias, last, "Conv" if node.op == "Conv" else "MatMul", conv_attrs)
+
+    def _synaptic(self, node: gs.Node, x: QValue, weight: np.ndarray, bias: np.ndarray | None, last: gs.Node,
+                  op: str, conv_attrs: dict[str, Any]) -> None:
+        """Quantize a synaptic layer ``op`` (``Conv`` or ``MatMul``; weights in that op's layout) whose
+        result is ``last``'s output: int8 weights, int32 accumulator (ANN) or current (SNN)."""
         weight_eff = weight * x.scale  # fold the input's scale into the weights
         absmax = max(float(np.abs(weight_eff).max()), 1e-30)
         neuron = feeding_lif(last.outputs[0])
@@ -208,7 +229,7 @@ class TianjicxQuantizer:
         w_src = (weight_eff * multiplier * q).astype(np.float32)
         w_int = np.clip(np.round(w_src / np.float32(q)), *INT8).astype(np.int8)
         details["saturated_weights"] = int(np.sum(np.abs(np.round(w_src / np.float32(q))) > INT8[1]))
-        out = self._emit_layer(node, x, w_src, np.float32(q), w_int, b_int, out_fake)
+        out = self._emit_layer(node, op, conv_attrs, x, w_src, np.float32(q), w_int, b_int, out_fake)
         self.values[last.outputs[0].name] = QValue(out, out_kind, out_scale, out_fake)
         self.records.append(LayerRecord(label(node), node.op, "snn" if out_kind == "current" else "ann", details))
 
@@ -242,26 +263,23 @@ class TianjicxQuantizer:
                     self._consumed.add(id(add))
         return w, bias, last
 
-    def _emit_layer(self, node: gs.Node, x: QValue, w_src: np.ndarray, q: np.float32, w_int: np.ndarray,
-                    b_int: np.ndarray | None, out_fake: float) -> gs.Variable:
+    def _emit_layer(self, node: gs.Node, op: str, conv_attrs: dict[str, Any], x: QValue, w_src: np.ndarray,
+                    q: np.float32, w_int: np.ndarray, b_int: np.ndarray | None, out_fake: float) -> gs.Variable:
         base = label(node)
-        conv_attrs = {k: v for k, v in node.attrs.items() if k in ("auto_pad", "dilations", "group", "kernel_shape",
-                                                                      "pads", "strides")}
-        bias_shape = (1, -1) + (1,) * (w_int.ndim - 2) if node.op == "Conv" else (-1,)
+        bias_shape = (1, -1) + (1,) * (w_int.ndim - 2) if op == "Conv" else (-1,)
         if self.fakequant:
             q_scale, zero = _const(f"{base}.weight_scale", q), _const(f"{base}.weight_zero", np.int8(0))
             w_q = self._variable(f"{base}.weight_q", np.int8)
             self._node("QuantizeLinear", [_const(f"{base}.weight", w_src), q_scale, zero], [w_q])
             weight = self._float_op("DequantizeLinear", [w_q, q_scale, zero], f"{base}.weight_fq")
-            acc = self._float_op("Conv" if node.op == "Conv" else "MatMul", [x.tensor, weight], f"{base}.acc",
-                                 conv_attrs if node.op == "Conv" else None)
+            acc = self._float_op(op, [x.tensor, weight], f"{base}.acc", conv_attrs if op == "Conv" else None)
             if b_int is None:
                 return acc
             bias = _const(f"{base}.bias_fq", (b_int.astype(np.float64) * out_fake).astype(np.float32).reshape(bias_shape))
             return self._float_op("Add", [acc, bias], f"{base}.acc_bias")
         x8 = self._as_int8(x, node.inputs[0].name)
         acc = self._variable(f"{base}.acc", np.int32)
-        if node.op == "Conv":
+        if op == "Conv":
             self._node("ConvInteger", [x8, _const(f"{base}.weight_q", w_int)], [acc], conv_attrs)
         else:
             self._node("MatMulInteger", [x8, _const(f"{base}.weight_q", w_int)], [acc])
@@ -314,6 +332,174 @@ class TianjicxQuantizer:
         if factor <= 0:
             raise _Unsupported("Mul by a non-positive constant")
         self.values[node.outputs[0].name] = QValue(x.tensor, x.kind, x.scale * factor, x.fake)
+
+    def _mul(self, node: gs.Node) -> None:
+        """A scalar factor moves into the scale; a per-channel factor (an unfolded BatchNorm's
+        ``x·a + b``) becomes a depthwise 1×1 layer with int8 factors and an int32 offset."""
+        constants = [t for t in node.inputs if isinstance(t, gs.Constant)]
+        if len(constants) == 1 and constants[0].values.size == 1:
+            self._scale_by_constant(node)
+            return
+        variables = [t for t in node.inputs if not isinstance(t, gs.Constant)]
+        x_tensor = variables[0] if len(variables) == 1 else None
+        rank = len(x_tensor.shape) if x_tensor is not None and x_tensor.shape is not None else 0
+        if x_tensor is None or len(constants) != 1 or rank < 3:
+            raise _Unsupported("Mul of two tensors" if len(variables) > 1 else "Mul by a non-channel constant")
+        channels = _channel_vector(constants[0].values, rank)
+        if channels is None or x_tensor.shape[1] != channels.size:
+            raise _Unsupported("Mul by a constant that is not one factor per channel")
+        x = self._quantized(x_tensor)
+        last, bias = node, None
+        consumers = node.outputs[0].outputs
+        if len(consumers) == 1 and consumers[0].op == "Add" and node.outputs[0] not in self.graph.outputs:
+            add = consumers[0]
+            other = [t for t in add.inputs if t is not node.outputs[0]]
+            offsets = _channel_vector(other[0].values, rank) if len(other) == 1 and isinstance(
+                other[0], gs.Constant) else None
+            if offsets is not None and offsets.size == channels.size:
+                bias, last = offsets, add
+                self._consumed.add(id(add))
+        weight = channels.reshape(-1, 1, *([1] * (rank - 2)))
+        self._synaptic(node, x, weight, bias, last, "Conv",
+                       {"group": int(channels.size), "kernel_shape": [1] * (rank - 2)})
+
+    def _add(self, node: gs.Node) -> None:
+        """Residual ``Add``/``Sum``: int8 operands aligned by left shifts to the finest scale and
+        summed in int32 (every activation scale is a power of two apart from the others, so the
+        sum is exact); a constant operand is rounded onto that scale."""
+        variables = [t for t in node.inputs if not isinstance(t, gs.Constant)]
+        constants = [t for t in node.inputs if isinstance(t, gs.Constant)]
+        if not variables:
+            raise _Unsupported("Add of constants")
+        operands = [self._quantized(t) for t in variables]
+        finest = min(operands, key=lambda v: v.scale)
+        name = node.outputs[0].name
+        terms = [self._aligned(v, t.name, finest, name) for v, t in zip(operands, variables)]
+        for index, constant in enumerate(constants):
+            units = np.clip(np.round(constant.values.astype(np.float64) / finest.scale), *INT32)
+            value = (units * finest.fake).astype(np.float32) if self.fakequant else units.astype(np.int32)
+            terms.append(_const(f"{name}.term{index}_q", value))
+        total = terms[0]
+        for index, term in enumerate(terms[1:]):
+            partial = self._variable(f"{name}.sum{index}", np.float32 if self.fakequant else np.int32)
+            self._node("Add", [total, term], [partial])
+            total = partial
+        self.values[name] = QValue(total, "acc", finest.scale, finest.fake)
+        self.records.append(LayerRecord(label(node), node.op, "add", {"operands": len(terms),
+                                                                       "shifts": [_shift_between(v, finest)
+                                                                                  for v in operands]}))
+
+    def _concat(self, node: gs.Node) -> None:
+        """``Concat``: int8 inputs of one scale are joined as they are; inputs of different scales
+        are brought to the finest one (int32, left shifts) and the result requantized where used."""
+        if any(isinstance(t, gs.Constant) for t in node.inputs):
+            raise _Unsupported("Concat with a constant input")
+        operands = [self._quantized(t) for t in node.inputs]
+        name = node.outputs[0].name
+        same = all((v.kind, v.scale, v.fake, v.tensor.dtype) == (operands[0].kind, operands[0].scale,
+                                                                   operands[0].fake, operands[0].tensor.dtype)
+                   for v in operands)
+        if same:
+            parts, kind, finest = [v.tensor for v in operands], operands[0].kind, operands[0]
+        else:
+            finest = min(operands, key=lambda v: v.scale)
+            parts = [self._aligned(v, t.name, finest, name) for v, t in zip(operands, node.inputs)]
+            kind = "acc"
+        out = self._variable(f"{name}.q", parts[0].dtype)
+        self._node("Concat", parts, [out], {"axis": node.attrs.get("axis", 1)})
+        self.values[name] = QValue(out, kind, finest.scale, finest.fake)
+        self.records.append(LayerRecord(label(node), "Concat", "concat", {"inputs": len(parts), "aligned": not same}))
+
+    def _average_pool(self, node: gs.Node) -> None:
+        """Average pooling as an integer window sum (a depthwise all-ones ``ConvInteger``, or a
+        ``ReduceSum`` for the global pool); the ``1/k`` of a k-value window stays in the scale."""
+        x = self._quantized(node.inputs[0])
+        shape = node.inputs[0].shape
+        if shape is None or len(shape) < 3 or not all(isinstance(d, int) for d in shape[1:]):
+            raise _Unsupported("pooling over a tensor whose channel and spatial sizes are unknown")
+        spatial = list(shape[2:])
+        name = node.outputs[0].name
+        if node.op == "GlobalAveragePool":
+            window = math.prod(spatial)
+            axes = _const(f"{name}.axes", np.arange(2, len(shape), dtype=np.int64))
+            source = x.tensor if self.fakequant else self._to_int32(x, f"{node.inputs[0].name}.i32")
+            total = self._variable(f"{name}.sum", np.float32 if self.fakequant else np.int32)
+            self._node("ReduceSum", [source, axes], [total], {"keepdims": 1})
+        else:
+            attrs = dict(node.attrs)
+            kernel = list(attrs.get("kernel_shape", []))
+            pads = list(attrs.get("pads", [0] * 2 * len(kernel)))
+            if attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET", "VALID", b"VALID"):
+                raise _Unsupported("AveragePool with SAME padding")
+            if any(pads) and not attrs.get("count_include_pad", 0):
+                raise _Unsupported("padded AveragePool that divides border windows by fewer values "
+                                   "(count_include_pad = 0)")
+            if attrs.get("ceil_mode", 0):
+                raise _Unsupported("AveragePool with ceil_mode (partial border windows)")
+            window = math.prod(kernel)
+            conv_attrs = {"group": int(shape[1]), "kernel_shape": kernel, "pads": pads,
+                          "strides": list(attrs.get("strides", [1] * len(kernel)))}
+            if "dilations" in attrs:
+                conv_attrs["dilations"] = list(attrs["dilations"])
+            ones = np.ones((int(shape[1]), 1, *kernel), np.int8)
+            if self.fakequant:
+                total = self._float_op("Conv", [x.tensor, _const(f"{name}.ones", ones.astype(np.float32))],
+                                       f"{name}.sum", conv_attrs)
+            else:
+                total = self._variable(f"{name}.sum", np.int32)
+                self._node("ConvInteger", [self._as_int8(x, node.inputs[0].name), _const(f"{name}.ones", ones)],
+                           [total], conv_attrs)
+        self.values[name] = QValue(total, "acc", x.scale / window, x.fake)
+        self.records.append(LayerRecord(label(node), node.op, "pool", {"window": window}))
+
+    def _clip(self, node: gs.Node) -> None:
+        """``Clip`` (ReLU6 and the like) on the integers: the real bounds mapped inward onto the grid."""
+        x = self._quantized(node.inputs[0], ("int8", "acc", "count", "spike"))
+        bounds = []
+        for index, attr, default in ((1, "min", -math.inf), (2, "max", math.inf)):
+            given = node.inputs[index] if len(node.inputs) > index and node.inputs[index].name else None
+            if given is not None and not isinstance(given, gs.Constant):
+                raise _Unsupported("Clip with a computed bound")
+            bounds.append(float(given.values) if given is not None else float(node.attrs.get(attr, default)))
+        limits = INT8 if x.tensor.dtype == np.int8 else INT32
+        low = limits[0] if bounds[0] == -math.inf else max(limits[0], math.ceil(bounds[0] / x.scale - 1e-9))
+        high = limits[1] if bounds[1] == math.inf else min(limits[1], math.floor(bounds[1] / x.scale + 1e-9))
+        name = node.outputs[0].name
+        dtype = x.tensor.dtype
+        as_bound = (lambda v: np.float32(v * x.fake)) if self.fakequant else (lambda v: np.asarray(v, dtype))
+        out = self._variable(f"{name}.q", dtype)
+        self._node("Clip", [x.tensor, _const(f"{name}.lo", as_bound(low)), _const(f"{name}.hi", as_bound(high))],
+                   [out])
+        self.values[name] = QValue(out, x.kind, x.scale, x.fake)
+
+    def _aligned(self, value: QValue, source: str, finest: QValue, user: str) -> gs.Variable:
+        """``value`` on ``finest``'s scale for summing or joining: the int32 tensor times
+        ``2^k`` (integer graph), or the float tensor times the power of two that makes it hold
+        ``value · 2^k · finest.fake`` (fake-quant graph)."""
+        shift = _shift_between(value, finest)
+        if shift is None:
+            raise _Unsupported(f"input {source!r}: its scale is not a power of two apart from the finest input's")
+        if shift > 23:
+            raise _Unsupported(f"input {source!r}: scales {shift} bits apart (at most 23)")
+        if self.fakequant:
+            factor = 2.0**shift * finest.fake / value.fake
+            if factor == 1.0:
+                return value.tensor
+            return self._float_op("Mul", [value.tensor, _const(f"{source}.{user}.align", np.float32(factor))],
+                                  f"{source}.{user}.aligned")
+        wide = self._to_int32(value, f"{source}.i32")
+        if shift == 0:
+            return wide
+        out = self._variable(f"{source}.{user}.aligned", np.int32)
+        self._node("Mul", [wide, _const(f"{source}.{user}.align", np.int32(1 << shift))], [out])
+        return out
+
+    def _to_int32(self, value: QValue, name: str) -> gs.Variable:
+        if value.tensor.dtype == np.int32:
+            return value.tensor
+        out = self._variable(name, np.int32)
+        self._node("Cast", [value.tensor], [out], {"to": onnx.TensorProto.INT32})
+        return out
 
     # ------------------------------------------------------------------ spiking ops
     def _lif(self, node: gs.Node) -> None:
@@ -477,6 +663,25 @@ class _Unsupported(Exception):
 class _LeftToOtherTarget(Exception):
     """A node that stays in float without being an exclusion (a float reshape, or an ANN
     layer that ``spiking_only`` leaves for another target)."""
+
+
+def _shift_between(value: QValue, finest: QValue) -> int | None:
+    """``k`` with ``value.scale = finest.scale · 2^k``, or None when no integer k fits."""
+    ratio = value.scale / finest.scale
+    k = round(math.log2(ratio))
+    return k if math.isclose(ratio, 2.0**k, rel_tol=1e-9) else None
+
+
+def _channel_vector(values: np.ndarray, rank: int) -> np.ndarray | None:
+    """A constant that broadcasts one value per channel (axis 1) of a rank-``rank`` tensor, as
+    ``[C]`` float64; None for any other shape."""
+    shape = list(values.shape)
+    if len(shape) > rank:
+        return None
+    shape = [1] * (rank - len(shape)) + shape
+    if shape[0] != 1 or any(d != 1 for d in shape[2:]):
+        return None
+    return values.astype(np.float64).reshape(-1)
 
 
 def _constant_values(tensor: gs.Tensor, what: str) -> np.ndarray:

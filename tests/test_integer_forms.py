@@ -1,0 +1,207 @@
+"""tianjicx integer forms of residual, concat, pooling, clip and per-channel affine ops.
+
+Each form is checked four ways: no float island is left, the integer graph gives the same
+integers in onnxruntime and in onnx's ReferenceEvaluator, the fake-quant graph equals the
+integer graph element-wise up to its output scale, and (where the arithmetic is simple) the
+integers equal a hand-written numpy computation of the scheme.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from hnnx import ops
+from hnnx.quantization import quantize
+from hnnx.quantization.api import output_scales
+
+RNG = np.random.default_rng(21)
+C = 4
+
+
+def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    # Basic optimisations keep a fake-quant graph's arithmetic exact (see README, Quantization).
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)[0]
+
+
+def _model(nodes: list[onnx.NodeProto], initializers: dict[str, np.ndarray], out_shape: list) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+                              initializer=[numpy_helper.from_array(v, k) for k, v in initializers.items()])
+    return ops.attach_functions(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10))
+
+
+def _conv(name: str, x: str, y: str, c_in: int = 2, c_out: int = C) -> tuple[onnx.NodeProto, dict[str, np.ndarray]]:
+    weights = {f"{name}.w": RNG.normal(0, 0.5, (c_out, c_in, 3, 3)).astype(np.float32),
+               f"{name}.b": RNG.normal(0, 0.1, c_out).astype(np.float32)}
+    return helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [y], pads=[1, 1, 1, 1], name=name), weights
+
+
+def _head(x: str, flat_size: int) -> tuple[list[onnx.NodeProto], dict[str, np.ndarray]]:
+    """Flatten → Gemm(3): the last layer keeps int32 logits."""
+    w = RNG.normal(0, 0.3, (3, flat_size)).astype(np.float32)
+    return ([helper.make_node("Flatten", [x], ["flat"], name="flatten"),
+             helper.make_node("Gemm", ["flat", "head.w", "head.b"], ["y"], transB=1, name="head")],
+            {"head.w": w, "head.b": RNG.normal(0, 0.1, 3).astype(np.float32)})
+
+
+def residual() -> onnx.ModelProto:
+    """conv1 → relu → conv2 (+ conv1's output, residual Add) → relu → head."""
+    c1, w1 = _conv("conv1", "x", "c1")
+    c2, w2 = _conv("conv2", "r1", "c2", C, C)
+    head, wh = _head("r2", C * 36)
+    return _model([c1, helper.make_node("Relu", ["c1"], ["r1"]), c2,
+                   helper.make_node("Add", ["c2", "r1"], ["sum"], name="residual"),
+                   helper.make_node("Relu", ["sum"], ["r2"]), *head], {**w1, **w2, **wh}, ["N", 3])
+
+
+def inception() -> onnx.ModelProto:
+    """Three branches joined by Concat: a 3×3 conv, a 3×3 average pool (its 1/9 carried into the
+    1×1 projection after it), and the stem itself (another scale)."""
+    c1, w1 = _conv("stem", "x", "s")
+    c2, w2 = _conv("branch", "r", "b1", C, C)
+    projection = {"proj.w": RNG.normal(0, 0.5, (C, C, 1, 1)).astype(np.float32)}
+    head, wh = _head("joined", 3 * C * 36)
+    return _model([c1, helper.make_node("Relu", ["s"], ["r"]), c2,
+                   helper.make_node("AveragePool", ["r"], ["pooled"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                                    count_include_pad=1, name="pool"),
+                   helper.make_node("Conv", ["pooled", "proj.w"], ["b2"], name="proj"),
+                   helper.make_node("Concat", ["b1", "b2", "r"], ["joined"], axis=1, name="concat"), *head],
+                  {**w1, **w2, **wh, **projection}, ["N", 3])
+
+
+def global_pool_clip() -> onnx.ModelProto:
+    """conv → ReLU6 (Clip 0..6) → global average pool (36 values: a non-power-of-two 1/k) → head."""
+    c1, w1 = _conv("conv", "x", "c")
+    head, wh = _head("pooled", C)
+    return _model([c1, helper.make_node("Clip", ["c", "zero", "six"], ["r6"], name="relu6"),
+                   helper.make_node("GlobalAveragePool", ["r6"], ["pooled"], name="gap"), *head],
+                  {**w1, **wh, "zero": np.float32(0.0), "six": np.float32(6.0)}, ["N", 3])
+
+
+def preactivation() -> onnx.ModelProto:
+    """conv → per-channel affine (an unfolded BatchNorm: Mul then Add) → ReLU → conv → head."""
+    c1, w1 = _conv("conv1", "x", "c1")
+    c2, w2 = _conv("conv2", "r", "c2", C, C)
+    head, wh = _head("c2", C * 36)
+    affine = {"bn.scale": RNG.uniform(0.5, 1.5, (C, 1, 1)).astype(np.float32),
+              "bn.shift": RNG.normal(0, 0.2, (C, 1, 1)).astype(np.float32)}
+    return _model([c1, helper.make_node("Mul", ["c1", "bn.scale"], ["scaled"], name="bn.mul"),
+                   helper.make_node("Add", ["scaled", "bn.shift"], ["shifted"], name="bn.add"),
+                   helper.make_node("Relu", ["shifted"], ["r"]), c2, *head], {**w1, **w2, **wh, **affine}, ["N", 3])
+
+
+MODELS = {"residual": residual, "inception": inception, "global_pool_clip": global_pool_clip,
+          "preactivation": preactivation}
+
+
+@pytest.fixture(scope="module")
+def data() -> np.ndarray:
+    return RNG.uniform(0, 1, (48, 2, 6, 6)).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_integer_form_is_exact_and_close_to_float(name: str, data: np.ndarray) -> None:
+    model = MODELS[name]()
+    quantized, report = quantize(model, {"x": data})
+    assert report.excluded == {}, report.excluded
+    assert not [n.op_type for n in quantized.graph.node if n.op_type in ("Cast",) and
+                any(a.name == "to" and a.i == TensorProto.FLOAT for a in n.attribute)], "a float island is left"
+    x = data[:16]
+    got = _run(quantized, {"x": x})
+    expected = ReferenceEvaluator(quantized, new_ops=ops.reference_ops()).run(None, {"x": x})[0]
+    assert got.dtype == np.int32 and np.array_equal(got, expected)
+    fake, _ = quantize(model, {"x": data}, format="fakequant")
+    ratio = output_scales(quantized)["y"] / output_scales(fake)["y"]  # fake = int × a power of two
+    assert ratio == 2.0 ** round(math.log2(ratio))
+    np.testing.assert_array_equal(_run(fake, {"x": x}).astype(np.float64), got.astype(np.float64) * ratio)
+    real = got * output_scales(quantized)["y"]
+    reference = _run(model, {"x": x})
+    sqnr = 10 * np.log10(np.sum(reference**2) / np.sum((real - reference) ** 2))
+    assert sqnr > 15, sqnr
+
+
+def test_residual_add_aligns_operands_by_shifts(data: np.ndarray) -> None:
+    """The Add's integer operands, on the finest scale, sum to the integer the graph holds."""
+    quantized, report = quantize(residual(), {"x": data})
+    record = next(r for r in report.layers if r["name"] == "residual")
+    assert record["role"] == "add" and len(record["details"]["shifts"]) == 2 and 0 in record["details"]["shifts"]
+    names = {n.output[0] for n in quantized.graph.node}
+    add = next(n for n in quantized.graph.node if n.op_type == "Add" and n.output[0].startswith("sum."))
+    probe = onnx.ModelProto()
+    probe.CopyFrom(quantized)
+    for tensor in [*add.input, add.output[0]]:
+        if tensor in names:
+            probe.graph.output.append(helper.make_tensor_value_info(tensor, TensorProto.INT32, None))
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    values = dict(zip([o.name for o in probe.graph.output], session.run(None, {"x": data[:8]})))
+    assert np.array_equal(values[add.input[0]] + values[add.input[1]], values[add.output[0]])
+
+
+def test_global_pool_carries_one_over_k_into_the_next_layer(data: np.ndarray) -> None:
+    """A 36-value window: the pooled int8 scale is not a power of two; the head's weights absorb it
+    and the logits' scale is a power of two again."""
+    quantized, report = quantize(global_pool_clip(), {"x": data})
+    scale = output_scales(quantized)["y"]
+    assert math.log2(scale).is_integer()
+    requantize = next(r for r in report.layers if r["role"] == "requantize" and r["name"] == "flat")
+    assert not float(requantize["details"]["exponent"]).is_integer()  # 1/36 stays in the scale
+    pool = next(r for r in report.layers if r["name"] == "gap")
+    assert pool["details"]["window"] == 36
+    clip = next(n for n in quantized.graph.node if n.op_type == "Clip")
+    bounds = {i.name: numpy_helper.to_array(i) for i in quantized.graph.initializer if i.name in clip.input[1:]}
+    assert {b.dtype for b in bounds.values()} == {np.dtype(np.int8)}  # ReLU6 on the requantized int8
+    assert bounds[clip.input[1]] == 0 and 0 < bounds[clip.input[2]] < 127
+
+
+def test_clip_bounds_map_inward_onto_the_grid() -> None:
+    """Clip(x, 0.3, 0.8) on an int8 input of scale 1/64: integer bounds ceil(19.2) = 20, floor(51.2) = 51."""
+    model = ops.attach_functions(helper.make_model(helper.make_graph(
+        [helper.make_node("Clip", ["x", "lo", "hi"], ["c"]), helper.make_node("Relu", ["c"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        initializer=[numpy_helper.from_array(np.float32(0.3), "lo"), numpy_helper.from_array(np.float32(0.8), "hi")]),
+        opset_imports=[helper.make_opsetid("", 21)], ir_version=10))
+    x = np.array([[-1.0, 0.5, 1.9]], np.float32)  # absmax 1.9 → input exponent floor(log2(127/1.9)) = 6
+    quantized, report = quantize(model, {"x": x})
+    assert report.excluded == {}
+    got = _run(quantized, {"x": np.array([[0.0, 0.5, 1.0]], np.float32)})
+    assert got.tolist() == [[20, 32, 51]]
+    assert output_scales(quantized)["y"] == 2.0**-6
+
+
+def test_report_gives_every_quantized_tensor_its_error_worst_first(data: np.ndarray) -> None:
+    from hnnx.quantization.api import COMPARISON_SAMPLES
+
+    model = residual()
+    quantized, report = quantize(model, {"x": data})
+    errors = report.tensor_errors
+    assert [e["sqnr_db"] for e in errors] == sorted(e["sqnr_db"] for e in errors)
+    assert {"c1", "r1", "sum", "r2", "y"} <= {e["tensor"] for e in errors}
+    # Recompute one entry independently: probe both models on the comparison samples.
+    entry = next(e for e in errors if e["tensor"] == "sum")
+    samples = data[:COMPARISON_SAMPLES]
+
+    def probe(m: onnx.ModelProto, name: str, elem: int) -> np.ndarray:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(m)
+        copy.graph.output.append(helper.make_tensor_value_info(name, elem, None))
+        session = ort.InferenceSession(copy.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run([name], {"x": samples})[0]
+
+    float_sum = probe(model, "sum", TensorProto.FLOAT).astype(np.float64)
+    int_sum = probe(quantized, entry["quantized_tensor"], TensorProto.INT32).astype(np.float64)
+    expected = 10 * np.log10(np.sum(float_sum**2) / np.sum((int_sum * entry["unit"] - float_sum) ** 2))
+    assert abs(entry["sqnr_db"] - expected) < 1e-6
+    assert entry["elements"] == float_sum.size
+    assert "| quantized tensor (worst first) |" in report.markdown()
+    assert all(e["saturated"] <= e["elements"] for e in errors)
