@@ -312,21 +312,26 @@ def _float_cnn(middle: list[onnx.NodeProto], group: int = 1) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", ops.ONNX_OPSET)], ir_version=ops.IR_VERSION)
 
 
-@pytest.mark.parametrize("middle, group, node, reason", [
+@pytest.mark.parametrize("middle, group, op_type, reason", [
     ([helper.make_node("AveragePool", ["a"], ["b"], name="pool", kernel_shape=[3, 3], pads=[1, 1, 1, 1])], 1,
-     "pool", "AveragePool has no form"),
-    ([helper.make_node("Sigmoid", ["a"], ["b"], name="squash")], 1, "squash", "Sigmoid has no form"),
+     "AveragePool", "AveragePool has no form"),
+    ([helper.make_node("Sigmoid", ["a"], ["b"], name="squash")], 1, "Sigmoid", "Sigmoid has no form"),
     ([helper.make_node("Relu", ["a"], ["r"], name="relu"),
-      helper.make_node("Concat", ["r", "r"], ["b"], name="join", axis=1)], 1, "join", "Concat has no form"),
-    ([helper.make_node("Relu", ["a"], ["b"], name="relu")], 2, "conv", "group convolution (group=2)"),
+      helper.make_node("Concat", ["r", "r"], ["b"], name="join", axis=1)], 1, "Concat", "Concat has no form"),
+    ([helper.make_node("Relu", ["a"], ["r"], name="relu"),
+      helper.make_node("Add", ["r", "a"], ["b"], name="residual")], 1, "Add", "Add of two computed tensors"),
+    ([helper.make_node("Relu", ["a"], ["b"], name="relu")], 2, "ConvInteger", "group convolution (group=2)"),
 ])
-def test_refuses_ops_outside_the_dialect(middle: list[onnx.NodeProto], group: int, node: str, reason: str) -> None:
+def test_refuses_ops_outside_the_dialect(middle: list[onnx.NodeProto], group: int, op_type: str,
+                                         reason: str) -> None:
     x = np.random.default_rng(5).random((32, 2, 6, 6)).astype(np.float32)
     source, _ = hnnx.quantize(_float_cnn(middle, group), {"x": x})
-    matching = [n for n in source.graph.node if n.name == node or n.name.startswith(f"{node}.")]
     with pytest.raises(hnnx.NodeError) as exc:
         export_bimap(source)
-    _one_line_naming(exc, matching[0].name, reason)
+    # The node named is the source graph's node of that op (float or integer, as the quantizer left it).
+    culprits = [n.name for n in source.graph.node if n.op_type == op_type and n.name == exc.value.node]
+    assert culprits, f"{exc.value} does not name a {op_type} node"
+    _one_line_naming(exc, culprits[0], reason)
 
 
 def test_refuses_a_zero_shift_that_onnx_simplifier_would_drop(quantized: Quantized) -> None:

@@ -31,7 +31,7 @@ import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx
@@ -202,22 +202,27 @@ class _BimapExporter:
         for vi in self.source.graph.input:
             if vi.name not in self.initializers and vi.type.tensor_type.elem_type == TensorProto.INT8:
                 self._graph_input_value(vi.name, vi.name)
-        handlers = {"QuantizeLinear": self._quantize_linear, "ConvInteger": self._conv, "MatMulInteger": self._gemm,
-                    "Relu": self._relu, "MaxPool": self._maxpool, "Cast": self._cast,
-                    **dict.fromkeys(_SHAPE_OPS, self._reshape)}
-        hnnx_handlers = {"A2S": self._a2s, "LIF": self._lif, "S2A": self._s2a, "Requantize": self._requantize}
         for node in self.source.graph.node:
             if id(node) in self.skipped:
                 continue
-            standard = node.domain in ("", "ai.onnx")
-            handler = (handlers if standard else hnnx_handlers if node.domain == ops.DOMAIN else {}).get(node.op_type)
-            if node.op_type == "Add" and standard:
-                raise NodeError(_label(node), f"Add of two computed tensors: {_REASONS['Add']}")
-            if handler is None or (node.op_type == "Cast" and not _integer_cast(node)):
+            handler = self._handler(node)
+            if handler is None:
                 self._unsupported(node)
             handler(node)
         self._finish_outputs()
         return self._model(), self.report
+
+    def _handler(self, node: onnx.NodeProto) -> Callable[[onnx.NodeProto], None] | None:
+        """The translation of ``node``, None when the dialect has no form for it (a layer's bias Add
+        is translated with the layer and skipped)."""
+        if node.domain == ops.DOMAIN:
+            return {"A2S": self._a2s, "LIF": self._lif, "S2A": self._s2a, "Requantize": self._requantize}.get(
+                node.op_type)
+        if node.domain not in ("", "ai.onnx") or (node.op_type == "Cast" and not _integer_cast(node)):
+            return None
+        return {"QuantizeLinear": self._quantize_linear, "ConvInteger": self._conv, "MatMulInteger": self._gemm,
+                "Relu": self._relu, "MaxPool": self._maxpool, "Cast": self._cast,
+                **dict.fromkeys(_SHAPE_OPS, self._reshape)}.get(node.op_type)
 
     def _unsupported(self, node: onnx.NodeProto) -> None:
         """Refuse ``node``, which has no form in the dialect. A Cast or Mul that dequantizes the
@@ -226,7 +231,8 @@ class _BimapExporter:
         while queue:
             current = queue.pop(0)
             if current.op_type not in ("Cast", "Mul"):
-                culprit = current
+                if self._handler(current) is None:
+                    culprit = current
                 break
             for name in current.output:
                 queue += [n for n in self.consumers[name] if id(n) not in seen]
@@ -236,9 +242,10 @@ class _BimapExporter:
                                              "BiMap's dialect is integer-only (see the quantization report's "
                                              "exclusions)")
         op = culprit.op_type if culprit.domain in ("", "ai.onnx") else f"{culprit.domain}.{culprit.op_type}"
-        reason = _REASONS.get(culprit.op_type, "it reads Conv, Gemm, Relu, MaxPool, the channel-last flatten, "
-                                               "shift requantization and LIF neurons")
-        raise NodeError(_label(culprit), f"{op} has no form in BiMap's ONNX dialect: {reason}")
+        what = "Add of two computed tensors" if op == "Add" else f"{op} has no form in BiMap's ONNX dialect"
+        reason = _REASONS.get(op, "it reads Conv, Gemm, Relu, MaxPool, the channel-last flatten, shift "
+                                  "requantization and LIF neurons")
+        raise NodeError(_label(culprit), f"{what}: {reason}")
 
     # ------------------------------------------------------------------ inputs and hybrid units
     def _graph_input_value(self, source_tensor: str, input_name: str,
