@@ -321,6 +321,25 @@ def test_xy_routes_go_along_x_first_and_placement_is_deterministic(integer_model
         assert route["hops"] == abs(ends[0][0] - ends[1][0]) + abs(ends[0][1] - ends[1][1])
 
 
+def test_placement_lowers_traffic_times_distance_below_the_serpentine_start(integer_models) -> None:
+    from hnnx.chip.mapper import _global, _slots
+
+    spec = tiny_spec(64, 32, None)
+    program = chip.lower(integer_models["snn_conv"], spec, chips=12)
+    placed = {c["id"]: _global(spec, (c["chip"], c["x"], c["y"])) for c in program.cores}
+    serpentine = {i: _global(spec, slot) for i, slot in enumerate(_slots(spec, 12)[: len(program.cores)])}
+
+    def cost(where: dict[int, tuple[int, int]]) -> float:
+        total = 0.0
+        for route in program.routes:
+            a, b = ((-1, 0) if i is None else where[i] for i in (route["src"], route["dst"]))
+            total += route["packets"] * route["emissions"] * (abs(a[0] - b[0]) + abs(a[1] - b[1]))
+        return total
+
+    assert cost(placed) < 0.75 * cost(serpentine)
+    assert cost(placed) == sum(r["packets"] * r["emissions"] * r["hops"] for r in program.routes)
+
+
 def test_phases_follow_the_dataflow(integer_models) -> None:
     program = chip.lower(integer_models["snn_conv"], tiny_spec(64, 32, None), chips=12)
     phase_of = {}
