@@ -296,20 +296,71 @@ def test_refuses_neuron_features_bimap_lacks(attrs: dict[str, Any], reason: str,
     _one_line_naming(exc, "hidden_lif", reason)
 
 
-def _float_cnn(middle: list[onnx.NodeProto], group: int = 1) -> onnx.ModelProto:
-    """x [N, 2, 6, 6] → Conv 'conv' → ``middle`` (reads 'a', writes 'b') → Flatten → Gemm 'fc'."""
+def _float_cnn(middle: list[onnx.NodeProto], group: int = 1, features: int = 4 * 36,
+               output_relu: bool = False) -> onnx.ModelProto:
+    """x [N, 2, 6, 6] → Conv 'conv' (4 channels) → ``middle`` (reads 'a', writes 'b', ``features``
+    values per sample) → Flatten → Gemm 'fc' → y [N, 3] (through a Relu with ``output_relu``)."""
     rng = np.random.default_rng(3)
-    channels = 8 if any(n.op_type == "Concat" for n in middle) else 4
     initializers = [numpy_helper.from_array(rng.normal(0, 0.3, (4, 2 // group, 3, 3)).astype(np.float32), "cw"),
                     numpy_helper.from_array(rng.normal(0, 0.1, 4).astype(np.float32), "cb"),
-                    numpy_helper.from_array(rng.normal(0, 0.3, (3, channels * 36)).astype(np.float32), "fw")]
+                    numpy_helper.from_array(rng.normal(0, 0.3, (3, features)).astype(np.float32), "fw"),
+                    numpy_helper.from_array(rng.normal(0, 0.1, 3).astype(np.float32), "fb")]
     nodes = [helper.make_node("Conv", ["x", "cw", "cb"], ["a"], name="conv", pads=[1, 1, 1, 1], group=group),
              *middle,
              helper.make_node("Flatten", ["b"], ["flat"], name="flatten"),
-             helper.make_node("Gemm", ["flat", "fw"], ["y"], name="fc", transB=1)]
+             helper.make_node("Gemm", ["flat", "fw", "fb"], ["fc_out" if output_relu else "y"], name="fc", transB=1)]
+    if output_relu:
+        nodes.append(helper.make_node("Relu", ["fc_out"], ["y"], name="out_relu"))
     graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 6, 6])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], initializers)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", ops.ONNX_OPSET)], ir_version=ops.IR_VERSION)
+
+
+def _relu_on_accumulators(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same integer network with each ReLU moved onto the int32 accumulator it follows
+    (relu(clamp(floor(x/2^k))) = clamp(floor(relu(x)/2^k))); the last layer's requantization
+    before the output ReLU is dropped, so the output is the ReLU of the int32 accumulator."""
+    graph = model.graph
+    consumers = {name: [n for n in graph.node if name in n.input] for n in graph.node for name in n.output}
+    outputs = {o.name: o for o in graph.output}
+    for requantize in [n for n in graph.node if n.op_type == "Requantize"]:
+        (relu,) = consumers[requantize.output[0]]
+        assert relu.op_type == "Relu"
+        if relu.output[0] in outputs:
+            relu.input[0] = requantize.input[0]
+            graph.node.remove(requantize)
+            outputs[relu.output[0]].type.tensor_type.elem_type = TensorProto.INT32
+        else:
+            acc, int8, out = requantize.input[0], requantize.output[0], relu.output[0]
+            relu.input[0], relu.output[0] = acc, f"{acc}.relu"
+            requantize.input[0], requantize.output[0] = f"{acc}.relu", out
+            graph.node.remove(relu)
+            graph.node.insert(list(graph.node).index(requantize), relu)
+            assert int8 not in {name for n in graph.node for name in n.input}
+    return model
+
+
+def test_pooling_and_relus_on_accumulators_compute_exactly() -> None:
+    """Conv → ReLU → MaxPool → Flatten → Gemm → ReLU, with each ReLU on the int32 accumulator: the
+    export writes it after the requantization or the closing Clip(INT32) that BiMap needs right after
+    a layer; host loop and onnxruntime equal hnnx on the integer graph."""
+    middle = [helper.make_node("Relu", ["a"], ["r"], name="relu"),
+              helper.make_node("MaxPool", ["r"], ["b"], name="pool", kernel_shape=[2, 2], strides=[2, 2])]
+    x = np.random.default_rng(5).random((64, 2, 6, 6)).astype(np.float32)
+    quantized_model, _ = hnnx.quantize(_float_cnn(middle, features=4 * 9, output_relu=True), {"x": x[:32]})
+    source = _relu_on_accumulators(quantized_model)
+    model, report = export_bimap(source)
+    assert [n.op_type for n in model.graph.node] == ["Conv", "Clip", "Div", "Floor", "Clip", "Relu", "MaxPool",
+                                                     "Transpose", "Flatten", "Gemm", "Relu", "Clip"]
+    assert _attrs(_nodes(model, "MaxPool")[0]) == {"kernel_shape": [2, 2], "pads": [0, 0, 0, 0], "strides": [2, 2]}
+    result = hnnx.simulate(source, {"x": x[32:]}, probes=["x.q"])
+    expected = result.outputs["y"]
+    assert expected.dtype == np.int32 and np.unique(expected).size > 10 and (expected == 0).any()
+    got = np.concatenate([run_host_loop(model, report, {"x": result.probes["x.q"][i:i + 1]})["y"] for i in range(32)])
+    assert np.array_equal(got, expected)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits = [session.run(None, {"x": result.probes["x.q"][i:i + 1].astype(np.float32)})[0] for i in range(32)]
+    assert np.array_equal(np.concatenate(logits), expected)
 
 
 @pytest.mark.parametrize("middle, group, op_type, reason", [
@@ -325,7 +376,8 @@ def _float_cnn(middle: list[onnx.NodeProto], group: int = 1) -> onnx.ModelProto:
 def test_refuses_ops_outside_the_dialect(middle: list[onnx.NodeProto], group: int, op_type: str,
                                          reason: str) -> None:
     x = np.random.default_rng(5).random((32, 2, 6, 6)).astype(np.float32)
-    source, _ = hnnx.quantize(_float_cnn(middle, group), {"x": x})
+    features = (8 if op_type == "Concat" else 4) * 36
+    source, _ = hnnx.quantize(_float_cnn(middle, group, features), {"x": x})
     with pytest.raises(hnnx.NodeError) as exc:
         export_bimap(source)
     # The node named is the source graph's node of that op (float or integer, as the quantizer left it).
