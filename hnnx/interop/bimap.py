@@ -106,8 +106,8 @@ class BimapReport:
                  "| graph input | shape | host feeds |", "|---|---|---|"]
         lines += [f"| {i['name']} | {i['shape']} | {i['host']} |" for i in self.inputs]
         lines += [f"| {m['name']} | {m['shape']} | {m['host']} |" for m in self.membranes]
-        lines += ["", "| graph output | shape | host reads |", "|---|---|---|"]
-        lines += [f"| {o['name']} | {o['shape']} | {o['host']} |" for o in self.outputs]
+        lines += ["", "| graph output | shape | host reads | real value per unit |", "|---|---|---|---|"]
+        lines += [f"| {o['name']} | {o['shape']} | {o['host']} | {o['scale']:g} |" for o in self.outputs]
         lines += ["", "| layer | op | weight | then |", "|---|---|---|---|"]
         lines += [f"| {layer['name']} | {layer['op']} | {layer['weight_shape']} | {layer['then']} |"
                   for layer in self.layers]
