@@ -296,6 +296,15 @@ def test_refuses_neuron_features_bimap_lacks(attrs: dict[str, Any], reason: str,
     _one_line_naming(exc, "hidden_lif", reason)
 
 
+def test_refuses_neuron_state_ports(quantized: Quantized) -> None:
+    model = quantized("snn_mlp")
+    (lif,) = [n for n in model.graph.node if n.name == "hidden_lif"]
+    lif.output.append("hidden_lif.v_final")
+    with pytest.raises(hnnx.NodeError) as exc:
+        export_bimap(model)
+    _one_line_naming(exc, "hidden_lif", "connected ports v:")
+
+
 def _float_cnn(middle: list[onnx.NodeProto], group: int = 1, features: int = 4 * 36,
                output_relu: bool = False) -> onnx.ModelProto:
     """x [N, 2, 6, 6] → Conv 'conv' (4 channels) → ``middle`` (reads 'a', writes 'b', ``features``

@@ -700,9 +700,11 @@ def _check_lif(view: ops.NodeView, node: onnx.NodeProto) -> None:
     if a["v_lower"] is not None:  # an integer-mode v_lower is within 2^24, so it does bound the membrane
         raise NodeError(view.name, f"v_lower {a['v_lower']:g}: BiMap's LIF bounds the membrane only by the "
                                    f"{CHIP_STATE_BITS}-bit range")
-    if any(node.input[1:]) or any(node.output[1:]):
-        raise NodeError(view.name, "initial-state inputs or state outputs: BiMap's neurons start every window at "
-                                   "v_init and keep their state inside the chip")
+    extra = [port.name for port, name in zip(ops.LIF.inputs[1:], node.input[1:]) if name]
+    extra += [port.name for port, name in zip(ops.LIF.outputs[1:], node.output[1:]) if name]
+    if extra:
+        raise NodeError(view.name, f"connected ports {', '.join(extra)}: BiMap's LIF takes only its current and gives "
+                                   f"only its spikes (every window starts at v_init; the state stays in the chip)")
 
 
 def _window_length(model: onnx.ModelProto) -> int:
