@@ -99,3 +99,39 @@ def _fold_into_matmul(graph: gs.Graph, matmul: gs.Node, gamma: np.ndarray, offse
     matmul.outputs = [product]
     graph.nodes.append(add)
     return add
+
+
+@graph_pass
+def decompose_batchnorm(graph: gs.Graph) -> bool:
+    """Turn each inference-mode ``BatchNormalization`` left after :func:`fold_batchnorm` (one that
+    follows no foldable layer, as in pre-activation nets: BN → ReLU → Conv) into its
+    per-channel affine ``Add(Mul(x, scale), shift)``.
+
+    With ``γ' = gamma / sqrt(var + ε)``: ``scale = γ'`` and ``shift = beta − mean·γ'``, both
+    constants of shape ``[C, 1, …, 1]`` (channel axis 1 of an input of known rank ≥ 2). For
+    BN node ``bn`` the nodes are ``bn.mul`` and ``bn.add``, the constants ``bn.scale`` and
+    ``bn.shift``, the product ``bn.scaled``; the Add writes the BN's output tensor. A BN with
+    non-constant parameters, training outputs or an input of unknown rank is left as it is.
+    """
+    changed = False
+    standard = (None, "", "ai.onnx")
+    for bn in [node for node in graph.nodes if node.op == "BatchNormalization" and node.domain in standard]:
+        x, params = bn.inputs[0], bn.inputs[1:5]
+        if len(bn.outputs) != 1 or bn.attrs.get("training_mode", 0) or x.shape is None or len(x.shape) < 2:
+            continue
+        if len(params) != 4 or not all(isinstance(p, gs.Constant) for p in params):
+            continue
+        gamma, beta, mean, var = (p.values.astype(np.float64) for p in params)
+        factor = gamma / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
+        shape = (-1,) + (1,) * (len(x.shape) - 2)
+        dtype = params[0].values.dtype
+        base = bn.name or bn.outputs[0].name
+        scale = gs.Constant(f"{base}.scale", factor.reshape(shape).astype(dtype))
+        shift = gs.Constant(f"{base}.shift", (beta - mean * factor).reshape(shape).astype(dtype))
+        scaled = gs.Variable(f"{base}.scaled", dtype=bn.outputs[0].dtype, shape=x.shape)
+        graph.nodes.append(gs.Node("Mul", name=f"{base}.mul", inputs=[x, scale], outputs=[scaled]))
+        graph.nodes.append(gs.Node("Add", name=f"{base}.add", inputs=[scaled, shift], outputs=list(bn.outputs)))
+        bn.inputs.clear()
+        bn.outputs.clear()
+        changed = True
+    return changed
