@@ -3,8 +3,10 @@
 A *source* is one of
 
 * a path: a ``.npz`` file keyed by graph input names, a ``.npy`` file (one-input models) or a
-  directory of such files (see :mod:`hnnx.runtime.data`). Files are memory-mapped where they
-  allow it and every used sample is validated before the first batch is produced;
+  directory of such files (see :mod:`hnnx.runtime.data`). Files are opened in name order only
+  as far as the samples used reach, read slice by slice (:class:`~hnnx.runtime.data.StoredArray`:
+  a batch in memory, never a whole file), and every used sample is validated, batch by batch,
+  before the first batch is produced;
 * a mapping of input name → array, a :class:`~hnnx.runtime.data.Dataset`, or one array or
   tensor (one-input models), also validated in full up front;
 * any other iterable, e.g. a generator or a ``torch.utils.data.DataLoader``, whose items are
@@ -26,7 +28,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from hnnx.errors import DataError
-from hnnx.runtime.data import Dataset, TensorSpec, input_parts, validate_array
+from hnnx.runtime.data import (Dataset, StoredArray, TensorSpec, check_shape, data_files, keyed_by_input,
+                               open_stored, validate_array)
 
 Feeds = dict[str, np.ndarray]
 """One batch: graph input name → array in the input's dtype."""
@@ -43,7 +46,8 @@ def batches(
     ``inputs``: the model's graph inputs (e.g. ``Simulator(model).inputs``); ``num_samples``:
     stop after this many samples (None: use the whole source). Iterable items of any size are
     re-cut to ``batch_size`` samples (the last batch may be smaller); no more items are drawn
-    than the cap needs.
+    than the cap needs. A model whose inputs fix the size of the sample axis (graphs exported
+    with a batch of 1) is fed batches of exactly that size, whatever ``batch_size`` says.
 
     Path and mapping sources are checked completely here, before this function returns;
     iterable items are checked as they are drawn. Either way a bad array (missing input,
@@ -56,12 +60,19 @@ def batches(
     if num_samples is not None and num_samples < 1:
         raise DataError(f"number of calibration samples must be ≥ 1, got {num_samples}")
     limit = num_samples if num_samples is not None else sys.maxsize
+    fixed = fixed_batch(inputs)
+    if fixed is not None:  # the model takes exactly this many samples per run
+        batch_size = fixed
     if isinstance(source, (str, os.PathLike, Mapping, Dataset)) or _is_array(source):
-        stored = _StoredSource.open(source, inputs, limit)
-        return BatchStream(stored.batches(batch_size, limit), min(stored.size, limit))
+        stored = _StoredSource.open(source, inputs, limit, batch_size)
+        total = min(stored.size, limit)
+        if fixed is not None and total % fixed:
+            raise DataError(_fixed_batch_message(inputs, fixed, total))
+        return BatchStream(stored.batches(batch_size, limit), total)
     if isinstance(source, Iterable):
         items = _validated_items(source, inputs)
-        return BatchStream(_rebatched(items, inputs, batch_size, limit, _describe(source)), num_samples)
+        feeds = _rebatched(items, inputs, batch_size, limit, _describe(source))
+        return BatchStream(feeds if fixed is None else _whole_batches(feeds, inputs, fixed), num_samples)
     raise DataError(f"calibration data must be a .npz/.npy path, a dict of arrays or an iterable of batches, "
                     f"not {type(source).__name__}")
 
@@ -84,52 +95,100 @@ def sample_count(feeds: Mapping[str, np.ndarray], inputs: Sequence[TensorSpec]) 
     return int(feeds[spec.name].shape[spec.batch_axis])
 
 
-# --------------------------------------------------------------------------- stored sources
-@dataclass
-class _StoredSource:
-    """A path or mapping: per input, its files' arrays (possibly memory maps) end to end."""
+def fixed_batch(inputs: Sequence[TensorSpec]) -> int | None:
+    """The number of samples per run that the inputs fix (the size their sample axis declares),
+    or None when it is free (symbolic or unknown). DataError if two inputs fix different sizes."""
+    sizes = {spec.name: spec.dims[spec.batch_axis] for spec in inputs
+             if spec.dims is not None and spec.batch_axis < len(spec.dims)
+             and isinstance(spec.dims[spec.batch_axis], int) and spec.dims[spec.batch_axis] > 0}
+    if len(set(sizes.values())) > 1:
+        raise DataError(f"the model's inputs fix different batch sizes: {sizes}")
+    return next(iter(sizes.values()), None)
 
-    label: str
-    inputs: Sequence[TensorSpec]
-    pieces: dict[str, list[np.ndarray]]
-    size: int
+
+def _fixed_batch_message(inputs: Sequence[TensorSpec], fixed: int, total: int) -> str:
+    name = next(spec.name for spec in inputs if spec.dims and spec.dims[spec.batch_axis] == fixed)
+    return (f"input {name!r} takes exactly {fixed} samples per run, but {total} samples do not fill whole "
+            f"batches; use a multiple of {fixed} samples (num_samples)")
+
+
+def _whole_batches(feeds: Iterator[Feeds], inputs: Sequence[TensorSpec], fixed: int) -> Iterator[Feeds]:
+    """``feeds``, refusing a last batch smaller than the model's fixed batch."""
+    total = 0
+    for batch in feeds:
+        size = sample_count(batch, inputs)
+        total += size
+        if size != fixed:
+            raise DataError(_fixed_batch_message(inputs, fixed, total))
+        yield batch
+
+
+# --------------------------------------------------------------------------- stored sources
+Piece = np.ndarray | StoredArray
+"""One file's array of one input: in memory, or read slice by slice."""
+
+
+class _StoredSource:
+    """A path or mapping: per input, its files' arrays end to end, files opened as far as used."""
+
+    def __init__(self, label: str, inputs: Sequence[TensorSpec], parts: Iterator[tuple[str, dict[str, Piece]]]
+                 ) -> None:
+        self.label = label
+        self.inputs = inputs
+        self.pieces: dict[str, list[Piece]] = {spec.name: [] for spec in inputs}
+        self.size = 0
+        self._parts = parts
+        self._first: dict[str, Piece] = {}
 
     @classmethod
-    def open(cls, source: Any, inputs: Sequence[TensorSpec], limit: int) -> "_StoredSource":
-        """Read the structure of ``source`` and validate its first ``limit`` samples."""
+    def open(cls, source: Any, inputs: Sequence[TensorSpec], limit: int, batch_size: int) -> "_StoredSource":
+        """Open ``source`` as far as its first ``limit`` samples reach and validate them, one batch
+        of ``batch_size`` samples at a time (so that memory holds one batch)."""
         if isinstance(source, Dataset):
             source = source.arrays
         elif _is_array(source):
             source = _array_as_mapping(source, inputs, "data")
-        elif isinstance(source, Mapping):
-            source = {key: _to_numpy(value) for key, value in source.items()}
-        label, parts = input_parts(source, inputs, mmap=True)
-        pieces = {spec.name: [np.asarray(part[spec.name]) for part in parts] for spec in inputs}
-        stored = cls(label, inputs, pieces, 0)
-        stored.size = stored._checked_size()
+        if isinstance(source, Mapping):
+            arrays = {key: np.asarray(_to_numpy(value)) for key, value in source.items()}
+            stored = cls("data", inputs, iter([("data", keyed_by_input(arrays, inputs, "data"))]))
+        else:
+            files = data_files(source)
+            parts = ((str(path), keyed_by_input(open_stored(path), inputs, str(path))) for path in files)
+            stored = cls(str(source), inputs, parts)
+        stored._open_until(limit)
         if stored.size == 0:
-            raise DataError(f"{label}: holds no samples")
-        stored._validate(min(stored.size, limit))
+            raise DataError(f"{stored.label}: holds no samples")
+        stored._validate(min(stored.size, limit), batch_size)
         return stored
 
-    def _checked_size(self) -> int:
-        """Total samples; DataError if files disagree on rank or inputs on the number of samples."""
+    def _open_until(self, samples: int) -> None:
+        """Open files until they hold ``samples`` samples or none is left."""
+        while self.size < samples:
+            part = next(self._parts, None)
+            if part is None:
+                return
+            self.size += self._checked_part(*part)
+
+    def _checked_part(self, where: str, arrays: dict[str, Piece]) -> int:
+        """Add one file's arrays; returns its samples. DataError if they do not join the files before
+        on the sample axis or its inputs disagree on the number of samples."""
         sizes = {}
         for spec in self.inputs:
-            arrays = self.pieces[spec.name]
-            for array in arrays:
-                if array.ndim <= spec.batch_axis:
-                    validate_array(array, spec, self.label)  # raises the standard rank message
-                if _other_dims(array, spec) != _other_dims(arrays[0], spec):
-                    raise DataError(f"{self.label}: arrays {spec.name!r} of its files do not join on the sample "
-                                    f"axis {spec.batch_axis} (shapes {[list(a.shape) for a in arrays]})")
-            sizes[spec.name] = sum(array.shape[spec.batch_axis] for array in arrays)
+            array = arrays[spec.name]
+            check_shape(array.shape, spec, where)
+            first = self._first.setdefault(spec.name, array)
+            if _other_dims(array, spec) != _other_dims(first, spec):
+                raise DataError(f"{self.label}: arrays {spec.name!r} of its files do not join on the sample "
+                                f"axis {spec.batch_axis} (shapes {list(first.shape)} and {list(array.shape)})")
+            sizes[spec.name] = array.shape[spec.batch_axis]
         if len(set(sizes.values())) > 1:
-            raise DataError(f"{self.label}: inputs disagree on the number of samples: {sizes}")
+            raise DataError(f"{where}: inputs disagree on the number of samples: {sizes}")
+        for spec in self.inputs:
+            self.pieces[spec.name].append(arrays[spec.name])
         return next(iter(sizes.values()), 0)
 
-    def _validate(self, samples: int, chunk: int = 1024) -> None:
-        """Check the first ``samples`` samples chunk by chunk, so memory stays at one chunk."""
+    def _validate(self, samples: int, chunk: int) -> None:
+        """Check the first ``samples`` samples ``chunk`` at a time, so memory stays at one chunk."""
         for start in range(0, samples, chunk):
             self.take(start, min(start + chunk, samples))
 
@@ -139,38 +198,42 @@ class _StoredSource:
         for spec in self.inputs:
             slices = list(_slices(self.pieces[spec.name], spec.batch_axis, start, stop))
             joined = slices[0] if len(slices) == 1 else np.concatenate(slices, axis=spec.batch_axis)
-            try:
-                feeds[spec.name] = validate_array(joined, spec, self.label)
-            except DataError as exc:
-                if (start, stop) == (0, self.size):
-                    raise
-                # Indices in the message count from the start of this slice: say which one it is.
-                raise DataError(f"{exc}, in samples {start}:{stop}") from None
+            feeds[spec.name] = validate_array(joined, spec, self.label, first_sample=start)
         return feeds
 
     def batches(self, batch_size: int, limit: int) -> Iterator[Feeds]:
         """Consecutive batches of ``batch_size`` samples, the first ``limit`` samples in all."""
         stop = min(self.size, limit)
-        for start in range(0, stop, batch_size):
-            yield self.take(start, min(start + batch_size, stop))
+        try:
+            for start in range(0, stop, batch_size):
+                yield self.take(start, min(start + batch_size, stop))
+        finally:
+            for pieces in self.pieces.values():
+                for piece in pieces:
+                    if isinstance(piece, StoredArray):
+                        piece.close()
 
 
-def _slices(arrays: Sequence[np.ndarray], axis: int, start: int, stop: int) -> Iterator[np.ndarray]:
-    """The parts of ``arrays`` (joined end to end on ``axis``) that cover ``start:stop``."""
+def _slices(arrays: Sequence[Piece], axis: int, start: int, stop: int) -> Iterator[np.ndarray]:
+    """The parts of ``arrays`` (joined end to end on ``axis``) that cover ``start:stop``; stored
+    arrays are read here, only those parts."""
     offset = 0
     for array in arrays:
         length = array.shape[axis]
         low, high = max(start - offset, 0), min(stop - offset, length)
         if low < high:
-            index = [slice(None)] * array.ndim
-            index[axis] = slice(low, high)
-            yield array[tuple(index)]
+            if isinstance(array, StoredArray):
+                yield array.read(axis, low, high)
+            else:
+                index = [slice(None)] * array.ndim
+                index[axis] = slice(low, high)
+                yield array[tuple(index)]
         offset += length
         if offset >= stop:
             return
 
 
-def _other_dims(array: np.ndarray, spec: TensorSpec) -> tuple[int, ...]:
+def _other_dims(array: Piece, spec: TensorSpec) -> tuple[int, ...]:
     return tuple(d for axis, d in enumerate(array.shape) if axis != spec.batch_axis)
 
 

@@ -13,7 +13,7 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import BinaryIO, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -127,19 +127,149 @@ def _map_member(path: Path, raw, info: zipfile.ZipInfo) -> np.ndarray | None:
     """A read-only memory map of one stored ``.npy`` member, or None if it cannot be mapped."""
     if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:  # compressed or encrypted
         return None
-    raw.seek(info.header_offset + 26)
-    name_length, extra_length = np.frombuffer(raw.read(4), "<u2")
-    raw.seek(info.header_offset + _ZIP_LOCAL_HEADER + int(name_length) + int(extra_length))
-    version = np.lib.format.read_magic(raw)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(raw)
-    elif version == (2, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(raw)
-    else:
+    header = _npy_header(raw, _stored_member_start(raw, info))
+    if header is None:
         return None
+    shape, fortran, dtype = header
     if dtype.hasobject or math.prod(shape) == 0:  # object arrays are refused by the loader; empty: nothing to map
         return None
     return np.memmap(path, dtype=dtype, mode="r", offset=raw.tell(), shape=shape, order="F" if fortran else "C")
+
+
+def _stored_member_start(raw: BinaryIO, info: zipfile.ZipInfo) -> int:
+    """Offset in the archive file of a stored (uncompressed) member's first byte."""
+    raw.seek(info.header_offset + 26)
+    name_length, extra_length = np.frombuffer(raw.read(4), "<u2")
+    return info.header_offset + _ZIP_LOCAL_HEADER + int(name_length) + int(extra_length)
+
+
+def _npy_header(stream: BinaryIO, start: int) -> tuple[tuple[int, ...], bool, np.dtype] | None:
+    """``(shape, fortran order, dtype)`` of the ``.npy`` data at ``start`` of ``stream``, which is
+    left at the first data byte; None for a format version numpy's readers do not take."""
+    stream.seek(start)
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(stream)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(stream)
+    return None
+
+
+# --------------------------------------------------------------------------- lazily read files
+class StoredArray:
+    """An array of a data file whose values are read only when a slice is asked for.
+
+    ``shape``/``dtype`` come from the file's ``.npy`` header; :meth:`read` returns a new
+    in-memory array of samples ``start:stop`` along one axis. ``.npy`` files and stored
+    ``.npz`` members are read at the slice's offset (nothing else enters memory: no memory map
+    stays mapped, so the resident set holds the slice only); compressed members are
+    decompressed as a stream kept open between consecutive slices (sequential reads decompress
+    the member once). Arrays of other layouts (Fortran order, a slice along a later axis) are
+    read through a temporary map.
+    """
+
+    def __init__(self, path: Path, member: str | None, shape: tuple[int, ...], dtype: np.dtype, fortran: bool,
+                 offset: int) -> None:
+        self.path, self.member = path, member
+        self.shape, self.dtype, self.fortran = tuple(shape), np.dtype(dtype), fortran
+        self.offset = offset  # of the first data byte: in the file, or in the decompressed member
+        self._stream: BinaryIO | None = None
+        self._archive: zipfile.ZipFile | None = None
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def read(self, axis: int, start: int, stop: int) -> np.ndarray:
+        """Elements ``start:stop`` along ``axis`` (all of every other axis), as a new array."""
+        if axis == 0 and not self.fortran:
+            row = math.prod(self.shape[1:]) * self.dtype.itemsize
+            shape = (stop - start, *self.shape[1:])
+            if self.member is None or self._compressed_member() is None:
+                return np.fromfile(self.path, self.dtype, count=math.prod(shape),
+                                   offset=self.offset + start * row).reshape(shape)
+            stream = self._open_stream()
+            stream.seek(self.offset + start * row)
+            data = stream.read(row * (stop - start))
+            if stop >= self.shape[0]:
+                self.close()  # read to the end: the next pass starts afresh
+            return np.frombuffer(data, self.dtype).reshape(shape).copy()
+        whole = self._whole()
+        index = [slice(None)] * self.ndim
+        index[axis] = slice(start, stop)
+        return np.array(whole[tuple(index)])
+
+    def close(self) -> None:
+        """Close the decompression stream, if one is open."""
+        for handle in (self._stream, self._archive):
+            if handle is not None:
+                handle.close()
+        self._stream = self._archive = None
+
+    def _compressed_member(self) -> zipfile.ZipInfo | None:
+        with zipfile.ZipFile(self.path) as archive:
+            info = archive.getinfo(self.member)
+        return info if info.compress_type != zipfile.ZIP_STORED else None
+
+    def _open_stream(self) -> BinaryIO:
+        if self._stream is None:
+            self._archive = zipfile.ZipFile(self.path)
+            self._stream = self._archive.open(self.member)
+        return self._stream
+
+    def _whole(self) -> np.ndarray:
+        if self.member is not None and self._compressed_member() is not None:
+            with zipfile.ZipFile(self.path) as archive, archive.open(self.member) as member:
+                return np.lib.format.read_array(member, allow_pickle=False)
+        order = "F" if self.fortran else "C"
+        return np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape, order=order)
+
+
+def data_files(path: str | os.PathLike) -> list[Path]:
+    """The data files at ``path``: the file itself, or a directory's .npz/.npy files in name
+    order (listed, not opened). DataError if there is none."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".npz", ".npy") and p.is_file())
+        if not files:
+            raise DataError(f"{path}: directory holds no .npz or .npy file")
+        return files
+    if not path.is_file():
+        raise DataError(f"{path}: no such data file")
+    return [path]
+
+
+def open_stored(path: Path) -> dict[str, StoredArray]:
+    """The arrays of one ``.npy``/``.npz`` file as :class:`StoredArray` (headers read, no values);
+    a ``.npy`` file gives the key ``""``. DataError naming the file if it is not readable."""
+    try:
+        with open(path, "rb") as raw:
+            if raw.read(6) == b"\x93NUMPY":
+                return {"": _stored_array(path, None, raw, 0)}
+            arrays = {}
+            with zipfile.ZipFile(raw) as archive:
+                for info in archive.infolist():
+                    if not info.filename.endswith(".npy"):
+                        continue
+                    key = info.filename[:-4]
+                    if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:
+                        arrays[key] = _stored_array(path, info.filename, raw, _stored_member_start(raw, info))
+                    else:
+                        with archive.open(info) as member:
+                            arrays[key] = _stored_array(path, info.filename, member, 0)
+            return arrays
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise DataError(f"{path}: not a readable .npz/.npy file ({type(exc).__name__}: {exc})") from None
+
+
+def _stored_array(path: Path, member: str | None, stream: BinaryIO, start: int) -> StoredArray:
+    header = _npy_header(stream, start)
+    if header is None:
+        raise ValueError("unsupported .npy format version")
+    shape, fortran, dtype = header
+    if dtype.hasobject:
+        raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+    return StoredArray(path, member, shape, dtype, fortran, stream.tell())
 
 
 def _joined(parts: list[dict[str, np.ndarray]], key: str, axis: int, source: str) -> np.ndarray:
@@ -167,26 +297,48 @@ def input_parts(
     """
     source = str(data) if not isinstance(data, Mapping) else "data"
     parts = [dict(data)] if isinstance(data, Mapping) else read_arrays(data, mmap)
-    if "" in parts[0]:  # bare .npy files
+    return source, [keyed_by_input(part, inputs, source) for part in parts]
+
+
+def keyed_by_input(part: dict[str, np.ndarray | StoredArray], inputs: Sequence[TensorSpec], source: str
+                   ) -> dict[str, np.ndarray | StoredArray]:
+    """The arrays of one file keyed by input name: a bare ``.npy`` array (key ``""``) becomes the
+    one input's. DataError naming ``source`` if an input has no array."""
+    if "" in part:  # a bare .npy file
         if len(inputs) != 1:
             raise DataError(f"{source}: a .npy file feeds one input, but the model has {len(inputs)} "
                             f"({', '.join(s.name for s in inputs)}); use a .npz keyed by input name")
-        parts = [{inputs[0].name: part.pop(""), **part} for part in parts]
+        part = {inputs[0].name: part[""], **{k: v for k, v in part.items() if k}}
     for spec in inputs:
-        if spec.name not in parts[0]:
-            have = ", ".join(sorted(k for k in parts[0] if k != LABELS_KEY)) or "nothing"
+        if spec.name not in part:
+            have = ", ".join(sorted(k for k in part if k != LABELS_KEY)) or "nothing"
             raise DataError(f"{source}: no array for model input {spec.name!r} (the file has: {have})")
-    return source, parts
+    return part
 
 
-def validate_array(array: np.ndarray, spec: TensorSpec, source: str) -> np.ndarray:
+def validate_array(array: np.ndarray, spec: TensorSpec, source: str, first_sample: int = 0) -> np.ndarray:
     """``array`` checked against input ``spec`` and cast to its dtype (contiguous).
 
     DataError naming ``source`` and the array on a non-number dtype, a rank or fixed dim that
     differs from the model's (the sample axis may have any size), NaN/inf values, or values
-    an integer input cannot hold.
+    an integer input cannot hold. ``first_sample``: the index of ``array``'s first sample in the
+    data it was sliced from (messages give indices in the whole data).
     """
-    return _validated(array, spec, source)
+    return _validated(array, spec, source, first_sample)
+
+
+def check_shape(shape: Sequence[int], spec: TensorSpec, source: str) -> None:
+    """DataError naming ``source`` if an array of ``shape`` cannot feed input ``spec``: another rank,
+    another size of a fixed dim (the sample axis may have any size), or no sample axis."""
+    where = f"{source}: array {spec.name!r}"
+    if spec.dims is not None:
+        if len(shape) != len(spec.dims):
+            raise DataError(f"{where} has shape {list(shape)}, the model expects {spec.describe()}")
+        for axis, (have, want) in enumerate(zip(shape, spec.dims)):
+            if axis != spec.batch_axis and isinstance(want, int) and want > 0 and have != want:
+                raise DataError(f"{where} has shape {list(shape)}, the model expects {spec.describe()}")
+    if len(shape) <= spec.batch_axis:
+        raise DataError(f"{where} has shape {list(shape)}: no batch axis {spec.batch_axis}")
 
 
 def load_dataset(
@@ -215,23 +367,18 @@ def load_dataset(
     return Dataset(arrays, label_array, size, source)
 
 
-def _validated(array: np.ndarray, spec: TensorSpec, source: str) -> np.ndarray:
+def _validated(array: np.ndarray, spec: TensorSpec, source: str, first_sample: int = 0) -> np.ndarray:
     where = f"{source}: array {spec.name!r}"
     array = np.asarray(array)
     if array.dtype.kind not in "biuf":
         raise DataError(f"{where} has dtype {array.dtype}, not a number type")
-    if spec.dims is not None:
-        if array.ndim != len(spec.dims):
-            raise DataError(f"{where} has shape {list(array.shape)}, the model expects {spec.describe()}")
-        for axis, (have, want) in enumerate(zip(array.shape, spec.dims)):
-            if axis != spec.batch_axis and isinstance(want, int) and want > 0 and have != want:
-                raise DataError(f"{where} has shape {list(array.shape)}, the model expects {spec.describe()}")
-    if array.ndim <= spec.batch_axis:
-        raise DataError(f"{where} has shape {list(array.shape)}: no batch axis {spec.batch_axis}")
+    check_shape(array.shape, spec, source)
     if array.dtype.kind == "f":
         bad = ~np.isfinite(array)
         if bad.any():
-            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            index = [int(i) for i in np.argwhere(bad)[0]]
+            index[spec.batch_axis] += first_sample  # a slice's index counts from the whole data's start
+            first = tuple(index)
             raise DataError(f"{where} holds {int(bad.sum())} NaN/inf values (first at index {first})")
     if spec.dtype.kind in "iu" and array.dtype.kind == "f":
         if not np.array_equal(array, np.round(array)):
