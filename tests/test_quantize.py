@@ -272,9 +272,12 @@ def test_qdq_matches_a_hand_quantized_conv() -> None:
                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4, 4])], {"w": w})
     x = RNG.normal(0, 1, (5, 2, 4, 4)).astype(np.float32)
     quantized, _ = quantize(model, {"x": x}, target="qdq")
-    x_scale = np.float32(np.abs(x).max() / 127)
+    # Activations: asymmetric uint8 over the calibrated range (holding 0); weights: symmetric int8.
+    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    x_scale = np.float32((hi - lo) / 255)
+    zero = np.clip(round(-lo / x_scale), 0, 255)
     w_scale = (np.abs(w).reshape(3, -1).max(axis=1) / 127).astype(np.float32)
-    x_q = np.clip(np.round(x / x_scale), -128, 127) * x_scale
+    x_q = (np.clip(np.round(x / x_scale) + zero, 0, 255) - zero) * x_scale
     w_q = np.clip(np.round(w / w_scale[:, None, None, None]), -128, 127) * w_scale[:, None, None, None]
     expected = _run(_model([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
                            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 4, 4])],

@@ -16,7 +16,7 @@ from hnnx import ops
 from hnnx.errors import HnnxError
 from hnnx.model import load
 from hnnx.passes import export_graph, import_graph, preprocess_graph
-from hnnx.quantization.common import QuantizationTarget, TargetOptions
+from hnnx.quantization.common import QuantizationTarget, Statistics, TargetOptions
 from hnnx.quantization.qdq import QdqTarget
 from hnnx.quantization.tianjicx import TianjicxTarget
 
@@ -155,7 +155,7 @@ def quantize(
     quantizer = TARGET_CLASSES[target](options)
     stats = calibrate(float_model, calibration, quantizer.calibration_tensors(graph), observer=observer,
                       batch_size=batch_size, num_samples=num_samples, progress=progress)
-    rewrite = quantizer.rewrite(graph, lambda name: float(np.max(stats.absmax(name))), dict(stats.membrane_ranges))
+    rewrite = quantizer.rewrite(graph, Statistics.of(stats))
     quantized = _quantized_model(graph, float_model, f"{target}/{format}", rewrite.output_scales)
 
     report = QuantizationReport(target, format, observer, stats.samples,

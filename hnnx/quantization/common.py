@@ -84,11 +84,34 @@ class QuantizationTarget(ABC):
         return list(dict.fromkeys(names))
 
     @abstractmethod
-    def rewrite(self, graph: gs.Graph, absmax: Callable[[str], float],
-                membrane_ranges: dict[str, tuple[float, float]]) -> Rewrite:
-        """Quantize the preprocessed float ``graph`` in place. ``absmax(name)``: the calibrated
-        clip threshold of float tensor ``name``; ``membrane_ranges``: each LIF layer's membrane
-        range (real units) by layer name."""
+    def rewrite(self, graph: gs.Graph, stats: "Statistics") -> Rewrite:
+        """Quantize the preprocessed float ``graph`` in place with the calibrated ``stats``."""
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """What a target's rewrite reads of the calibration, by float tensor name: ``absmax`` — the
+    clip threshold ``T > 0``; ``range`` — ``(lo, hi)`` seen, clipped to ``[−T, T]``;
+    ``membrane_ranges`` — each LIF layer's membrane range (real units) by layer name."""
+
+    absmax: Callable[[str], float]
+    range: Callable[[str], tuple[float, float]]
+    membrane_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, result: Any) -> "Statistics":
+        """The statistics of a :class:`hnnx.calibrate.CalibrationResult` (per-tensor: a per-channel
+        observer's widest channel)."""
+
+        def absmax(name: str) -> float:
+            return float(np.max(result.absmax(name)))
+
+        def clipped(name: str) -> tuple[float, float]:
+            threshold = absmax(name)
+            low, high = result.range(name)
+            return max(float(np.min(low)), -threshold), min(float(np.max(high)), threshold)
+
+        return cls(absmax, clipped, dict(result.membrane_ranges))
 
 
 def label(node: gs.Node) -> str:

@@ -1,13 +1,19 @@
 """The ``qdq`` target: standard ONNX INT8 QuantizeLinear/DequantizeLinear graphs.
 
-ANN layers (Conv, Gemm, MatMul with constant weights that do not feed a spiking neuron)
-get symmetric int8 weights — per output channel with ``per_channel``, else per tensor —
-an int32 bias with scale ``s_x·s_w``, and symmetric int8 activations with scale
-``absmax/127`` from calibration on their input and output tensors. This is the format
-every onnxruntime execution provider fuses into integer kernels (QLinearConv,
-QLinearMatMul, …). The spiking parts (LIF, A2S, S2A and their synaptic layers) are
-quantized as in the ``tianjicx`` target (:mod:`hnnx.quantization.tianjicx`, run first with
-``spiking_only``), or stay in float.
+Layers with constant weights (Conv, Gemm, MatMul that do not feed a spiking neuron) get
+symmetric int8 weights — per output channel with ``per_channel``, else per tensor — and an
+int32 bias with scale ``s_x·s_w``. Activations are asymmetric uint8, ``scale = (hi − lo)/255``
+with the zero point where 0 falls, from the calibrated range ``[lo, hi]`` (clipped to the
+observer's threshold; always holding 0). QDQ pairs go where onnxruntime's QDQ fusions look
+for them: around every layer and around residual ``Add``, ``Concat``, pooling and the data
+movement between them (``Flatten``, ``Reshape``, ``Transpose``, … which keep their input's
+parameters). A ``Relu`` (or ``Clip(0, m)``) after a layer is absorbed into the layer's output
+quantization — a zero point of 0 clamps exactly what the ReLU would — so onnxruntime runs
+``QLinearConv``/``QGemm`` chains in uint8 on the CPU. Graph outputs stay in float.
+
+The spiking parts (LIF, A2S, S2A and their synaptic layers) are quantized as in the
+``tianjicx`` target (:mod:`hnnx.quantization.tianjicx`, run first with ``spiking_only``), or
+stay in float.
 """
 
 from __future__ import annotations
@@ -19,19 +25,40 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from hnnx import ops
-from hnnx.quantization.common import (INT8, LAYER_OPS, LayerRecord, QuantizationTarget, Rewrite, feeding_lif,
-                                      label)
+from hnnx.quantization.common import (INT8, LAYER_OPS, LayerRecord, QuantizationTarget, Rewrite, Statistics,
+                                      feeding_lif, label)
 from hnnx.quantization.tianjicx import TianjicxQuantizer
 
-FUSED_ACTIVATIONS = ("Relu", "Clip")
+COMPUTING_OPS = (*LAYER_OPS, "Add", "Concat", "GlobalAveragePool", "AveragePool")
+"""Ops whose inputs and outputs are quantized with their own calibrated parameters."""
+DATA_MOVEMENT_OPS = ("MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze")
+"""Ops whose output keeps the quantization parameters of their input."""
+UINT8 = (0, 255)
+
+Range = Callable[[str], tuple[float, float]]
+"""Calibrated ``(lo, hi)`` of a float tensor, clipped to the observer's threshold."""
+
+
+@dataclass(frozen=True)
+class ActivationParams:
+    """Asymmetric uint8 quantization: ``real = (q − zero_point) · scale``."""
+
+    scale: float
+    zero_point: int
+
+    @classmethod
+    def of_range(cls, lo: float, hi: float) -> "ActivationParams":
+        lo, hi = min(lo, 0.0), max(hi, 0.0)  # 0 must be exact (zero padding, ReLU)
+        scale = max(hi - lo, 1e-12) / (UINT8[1] - UINT8[0])
+        return cls(float(np.float32(scale)), int(np.clip(round(UINT8[0] - lo / scale), *UINT8)))
 
 
 @dataclass
 class QdqQuantizer:
-    """Inserts QDQ pairs around the ANN layers of a preprocessed float graph."""
+    """Inserts QDQ pairs into a preprocessed float graph (see the module docstring)."""
 
     graph: gs.Graph
-    absmax: Callable[[str], float]
+    ranges: Range
     per_channel: bool = True
     excluded_names: frozenset[str] = frozenset()
     spiking_float: bool = True
@@ -39,46 +66,54 @@ class QdqQuantizer:
     excluded: dict[str, str] = field(default_factory=dict)
     output_scales: dict[str, float] = field(default_factory=dict)
     _qdq: dict[str, gs.Variable] = field(default_factory=dict)
+    _params: dict[str, ActivationParams] = field(default_factory=dict)
 
     def run(self) -> Rewrite:
         """Rewrite the graph in place; returns what was done."""
         self.graph.toposort()
         for node in list(self.graph.nodes):
             name = label(node)
-            if node.op not in LAYER_OPS or node.domain not in (None, "", "ai.onnx"):
+            if node.domain not in (None, "", "ai.onnx"):
                 if node.domain == ops.DOMAIN and self.spiking_float:
                     self.excluded[name] = f"hnnx.{node.op} stays in float (spiking parts: float)"
+                continue
+            if node.op not in COMPUTING_OPS and node.op not in DATA_MOVEMENT_OPS or not _computes_in_float(node):
                 continue
             if name in self.excluded_names:
                 self.excluded[name] = "excluded by the user"
                 continue
-            reason = self._quantize_layer(node)
-            if reason:
-                self.excluded[name] = reason
+            if node.op in LAYER_OPS:
+                reason = self._quantize_layer(node)
+                if reason:
+                    self.excluded[name] = reason
+                continue
+            if node.op in DATA_MOVEMENT_OPS and not self._is_quantized(node.inputs[0]):
+                continue  # moves a float tensor: nothing to gain
+            for index, tensor in enumerate(node.inputs[:1] if node.op in DATA_MOVEMENT_OPS else node.inputs):
+                if isinstance(tensor, gs.Variable) and tensor.dtype in (np.float32, None):
+                    node.inputs[index] = self._input(tensor)
+            shared = self._params.get(self._source_of(node.inputs[0])) if node.op in DATA_MOVEMENT_OPS else None
+            self._quantize_output(node, shared)
+            self.records.append(LayerRecord(name, node.op, "qdq", {}))
         self.graph.cleanup().toposort()
         return Rewrite(self.records, self.excluded, self.output_scales,
                        {name: (restored.name, 1.0) for name, restored in self._qdq.items()})
 
+    # ------------------------------------------------------------------ layers
     def _quantize_layer(self, node: gs.Node) -> str | None:
         weight = node.inputs[1]
-        if node.domain == "" and node.op in ("MatMulInteger", "ConvInteger"):
-            return ""
         if not isinstance(weight, gs.Constant):
             return "weight is not a constant"
         if feeding_lif(node.outputs[0]) is not None:
             return "synaptic layer of a spiking neuron (spiking parts: float)" if self.spiking_float else ""
         if node.op == "Gemm" and node.attrs.get("transA", 0):
             return "Gemm with transA"
-        x = node.inputs[0]
-        source = next((name for name, qdq in self._qdq.items() if qdq is x), None)
-        if source is None:  # not yet fake-quantized by the layer before
-            source = x.name
-            node.inputs[0] = self._fake_quantized(x, self._activation_scale(source))
-        x_scale = self._activation_scale(source)
         w = weight.values.astype(np.float64)
-        axis = {"Conv": 0, "Gemm": 0 if node.attrs.get("transB", 0) else 1, "MatMul": 1}[node.op]
         if node.op == "MatMul" and w.ndim != 2:
             return "MatMul weight is not a matrix"
+        node.inputs[0] = self._input(node.inputs[0])
+        x_scale = self._params[self._source_of(node.inputs[0])].scale
+        axis = {"Conv": 0, "Gemm": 0 if node.attrs.get("transB", 0) else 1, "MatMul": 1}[node.op]
         w_scale = _weight_scales(w, axis if self.per_channel else None)
         shape = [1] * w.ndim
         shape[axis] = -1
@@ -95,46 +130,77 @@ class QdqQuantizer:
             b_int = np.clip(np.round(bias / b_scale), -(2**31), 2**31 - 1).astype(np.int32)
             node.inputs[2] = self._dequantize(f"{base}.bias", b_int, b_scale.astype(np.float32),
                                               0 if b_scale.size > 1 else None)
-        self._quantize_output(node)
+        self._quantize_output(node, None)
         self.records.append(LayerRecord(base, node.op, "ann", {"input_scale": x_scale,
                                                                "weight_scale_max": float(w_scale.max())}))
         return None
 
-    def _quantize_output(self, node: gs.Node) -> None:
-        """QDQ after the layer (after a fused activation), so runtimes fuse the whole layer."""
+    # ------------------------------------------------------------------ activations
+    def _quantize_output(self, node: gs.Node, shared: ActivationParams | None) -> None:
+        """QDQ on the node's output; a sole ``Relu``/``Clip(0, m)`` consumer is absorbed into it."""
         tensor = node.outputs[0]
-        consumers = tensor.outputs
-        if len(consumers) == 1 and consumers[0].op in FUSED_ACTIVATIONS and tensor not in self.graph.outputs:
-            tensor = consumers[0].outputs[0]
-        if tensor in self.graph.outputs:
+        if tensor in self.graph.outputs or tensor.name in self._qdq:
             return
-        scale = self._activation_scale(tensor.name)
-        replacement = self._fake_quantized(tensor, scale)
-        for consumer in list(tensor.outputs):
-            if consumer.name == f"{tensor.name}.quantize":
-                continue  # the pair's own QuantizeLinear
-            for index, given in enumerate(consumer.inputs):
-                if given is tensor:
-                    consumer.inputs[index] = replacement
+        consumers = tensor.outputs
+        activation = consumers[0] if len(consumers) == 1 and shared is None else None
+        if activation is not None and self._absorbable(activation):
+            result = activation.outputs[0]
+            params = self._params_of(result.name)
+            restored = self._fake_quantized(tensor, params, result.name)
+            _rewire(result, restored)
+            activation.inputs.clear()
+            activation.outputs.clear()
+            return
+        params = shared or self._params_of(tensor.name)
+        restored = self._fake_quantized(tensor, params, tensor.name)
+        _rewire(tensor, restored, skip=f"{tensor.name}.quantize")
 
-    def _activation_scale(self, name: str) -> float:
-        # A tensor the spiking parts dequantized (``<name>.dq``) has its float tensor's range.
-        source = name[: -len(".dq")] if name.endswith(".dq") else name
-        return max(self.absmax(source), 1e-12) / 127.0
+    def _absorbable(self, node: gs.Node) -> bool:
+        """A ReLU, or a Clip from 0, whose output quantization (zero point 0) clamps the same."""
+        if node.op not in ("Relu", "Clip") or node.outputs[0] in self.graph.outputs:
+            return False
+        if node.op == "Relu":
+            return True
+        low = node.inputs[1] if len(node.inputs) > 1 else None
+        high = node.inputs[2] if len(node.inputs) > 2 else None
+        if not isinstance(low, gs.Constant) or float(low.values) != 0.0:
+            return False
+        return high is None or (isinstance(high, gs.Constant) and
+                                self._params_of(node.outputs[0].name).scale * 255 <= float(high.values) + 1e-6)
 
-    def _fake_quantized(self, tensor: gs.Tensor, scale: float) -> gs.Variable:
-        """``tensor`` through QuantizeLinear → DequantizeLinear (one pair per tensor)."""
-        if tensor.name in self._qdq:
-            return self._qdq[tensor.name]
-        scale_const = gs.Constant(f"{tensor.name}.qdq_scale", np.array(scale, np.float32))
-        zero = gs.Constant(f"{tensor.name}.qdq_zero", np.array(0, np.int8))
-        quantized = gs.Variable(f"{tensor.name}.qdq_q", dtype=np.int8)
-        restored = gs.Variable(f"{tensor.name}.qdq", dtype=np.float32)
-        self.graph.nodes.append(gs.Node("QuantizeLinear", name=f"{tensor.name}.quantize",
-                                        inputs=[tensor, scale_const, zero], outputs=[quantized]))
-        self.graph.nodes.append(gs.Node("DequantizeLinear", name=f"{tensor.name}.dequantize",
-                                        inputs=[quantized, scale_const, zero], outputs=[restored]))
-        self._qdq[tensor.name] = restored
+    def _input(self, tensor: gs.Tensor) -> gs.Tensor:
+        """``tensor`` fake-quantized with its calibrated parameters (one pair per tensor)."""
+        if self._is_quantized(tensor):
+            return tensor
+        return self._fake_quantized(tensor, self._params_of(tensor.name), tensor.name)
+
+    def _is_quantized(self, tensor: gs.Tensor) -> bool:
+        return any(restored is tensor for restored in self._qdq.values())
+
+    def _source_of(self, tensor: gs.Tensor) -> str:
+        return next((name for name, restored in self._qdq.items() if restored is tensor), tensor.name)
+
+    def _params_of(self, name: str) -> ActivationParams:
+        if name not in self._params:
+            # A tensor the spiking parts dequantized (``<name>.dq``) has its float tensor's range.
+            source = name[: -len(".dq")] if name.endswith(".dq") else name
+            self._params[name] = ActivationParams.of_range(*self.ranges(source))
+        return self._params[name]
+
+    def _fake_quantized(self, tensor: gs.Tensor, params: ActivationParams, name: str) -> gs.Variable:
+        """``tensor`` through QuantizeLinear → DequantizeLinear, registered as standing for ``name``."""
+        if name in self._qdq:
+            return self._qdq[name]
+        self._params[name] = params
+        scale = gs.Constant(f"{name}.qdq_scale", np.array(params.scale, np.float32))
+        zero = gs.Constant(f"{name}.qdq_zero", np.array(params.zero_point, np.uint8))
+        quantized = gs.Variable(f"{name}.qdq_q", dtype=np.uint8)
+        restored = gs.Variable(f"{name}.qdq", dtype=np.float32)
+        self.graph.nodes.append(gs.Node("QuantizeLinear", name=f"{name}.quantize",
+                                        inputs=[tensor, scale, zero], outputs=[quantized]))
+        self.graph.nodes.append(gs.Node("DequantizeLinear", name=f"{name}.dequantize",
+                                        inputs=[quantized, scale, zero], outputs=[restored]))
+        self._qdq[name] = restored
         return restored
 
     def _dequantize(self, name: str, values: np.ndarray, scale: np.ndarray, axis: int | None) -> gs.Variable:
@@ -157,16 +223,30 @@ class QdqTarget(QuantizationTarget):
     name = "qdq"
     formats = ("fakequant",)
 
-    def rewrite(self, graph: gs.Graph, absmax: Callable[[str], float],
-                membrane_ranges: dict[str, tuple[float, float]]) -> Rewrite:
+    def rewrite(self, graph: gs.Graph, stats: Statistics) -> Rewrite:
         options = self.options
         done = Rewrite()
         if options.spiking == "tianjicx":
-            done = TianjicxQuantizer(graph, absmax, options.bit_shift_unit, options.excluded_names,
-                                     spiking_only=True, membrane_ranges=dict(membrane_ranges)).run()
-        ann = QdqQuantizer(graph, absmax, per_channel=options.per_channel is not False,
+            done = TianjicxQuantizer(graph, stats.absmax, options.bit_shift_unit, options.excluded_names,
+                                     spiking_only=True, membrane_ranges=dict(stats.membrane_ranges)).run()
+        ann = QdqQuantizer(graph, stats.range, per_channel=options.per_channel is not False,
                            excluded_names=options.excluded_names, spiking_float=options.spiking == "float").run()
         return done.merge(ann)
+
+
+def _computes_in_float(node: gs.Node) -> bool:
+    """Whether the node works on float tensors (not on the integers of a spiking part)."""
+    return all(t.dtype in (np.float32, None) for t in [*node.inputs, *node.outputs] if isinstance(t, gs.Variable))
+
+
+def _rewire(tensor: gs.Tensor, replacement: gs.Tensor, skip: str = "") -> None:
+    """Every consumer of ``tensor`` (but node ``skip``) reads ``replacement`` instead."""
+    for consumer in list(tensor.outputs):
+        if consumer.name == skip:
+            continue
+        for index, given in enumerate(consumer.inputs):
+            if given is tensor:
+                consumer.inputs[index] = replacement
 
 
 def _weight_scales(w: np.ndarray, axis: int | None) -> np.ndarray:

@@ -39,7 +39,7 @@ import onnx_graphsurgeon as gs
 from hnnx import ops
 from hnnx.errors import NodeError
 from hnnx.quantization.common import (INT8, INT32, LAYER_OPS, SHAPE_OPS, LayerRecord, QuantizationTarget, Rewrite,
-                                      feeding_lif, hnnx_node, label, op_label, view_of)
+                                      Statistics, feeding_lif, hnnx_node, label, op_label, view_of)
 
 
 @dataclass
@@ -649,11 +649,11 @@ class TianjicxTarget(QuantizationTarget):
     name = "tianjicx"
     formats = ("int", "fakequant")
 
-    def rewrite(self, graph: gs.Graph, absmax: Callable[[str], float],
-                membrane_ranges: dict[str, tuple[float, float]]) -> Rewrite:
+    def rewrite(self, graph: gs.Graph, stats: Statistics) -> Rewrite:
         options = self.options
-        return TianjicxQuantizer(graph, absmax, options.bit_shift_unit, options.excluded_names,
-                                 fakequant=options.format == "fakequant", membrane_ranges=dict(membrane_ranges)).run()
+        return TianjicxQuantizer(graph, stats.absmax, options.bit_shift_unit, options.excluded_names,
+                                 fakequant=options.format == "fakequant",
+                                 membrane_ranges=dict(stats.membrane_ranges)).run()
 
 
 class _Unsupported(Exception):
