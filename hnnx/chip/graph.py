@@ -100,7 +100,6 @@ class Layer:
     stages: list[dict[str, Any]] = field(default_factory=list)
     conv: dict[str, int] | None = None
     spiking_input: bool = False
-    steps: int = 0  # time steps of the step group
 
     @property
     def input_size(self) -> int:
@@ -198,8 +197,6 @@ class _Builder:
         for name in outputs:
             if name not in self.values:
                 raise MappingError(f"output {name!r} is not produced by a mapped node")
-        for layer in self.layers:
-            layer.steps = self.steps
         return LayerGraph(self.layers, self.values, [vi.name for vi in inputs], outputs, self.steps)
 
     def on_QuantizeLinear(self, node: onnx.NodeProto) -> None:
