@@ -17,6 +17,7 @@ from hnnx.demo import DEMO_MODEL, run_demo
 
 EXPECTED_HNNX_OPS = {
     "ann_cnn": set(),
+    "ann_residual": set(),
     "snn_mlp": {"A2S", "LIF", "S2A"},
     "snn_conv": {"A2S", "LIF", "S2A"},
     "hybrid_a2s": {"A2S", "LIF", "S2A"},

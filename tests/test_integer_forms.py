@@ -205,3 +205,31 @@ def test_report_gives_every_quantized_tensor_its_error_worst_first(data: np.ndar
     assert entry["elements"] == float_sum.size
     assert "| quantized tensor (worst first) |" in report.markdown()
     assert all(e["saturated"] <= e["elements"] for e in errors)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_fake_quant_form_requantizes_to_the_same_integers(name: str, data: np.ndarray) -> None:
+    """The QAT round trip reads the new forms back: fake-quant → int equals the direct int graph."""
+    model = MODELS[name]()
+    direct, _ = quantize(model, {"x": data})
+    fake, _ = quantize(model, {"x": data}, format="fakequant")
+    again, _ = quantize(fake, {"x": data}, format="int")
+    x = data[:16]
+    np.testing.assert_array_equal(_run(again, {"x": x}), _run(direct, {"x": x}))
+    assert output_scales(again) == output_scales(direct)
+
+
+def test_residual_digits_model_loses_at_most_half_a_point() -> None:
+    import hnnx
+    from hnnx import models
+    from hnnx.datasets import load_digits
+
+    digits = load_digits()
+    pixels = digits.x_test.reshape(-1, 1, 8, 8)
+    quantized, report = quantize(models.path("ann_residual"), {"pixels": digits.x_train[:256].reshape(-1, 1, 8, 8)})
+    assert report.excluded == {}
+    ops_used = {n.op_type for n in quantized.graph.node}
+    assert {"ConvInteger", "Concat", "Requantize"} <= ops_used and "Conv" not in ops_used
+    float_accuracy = hnnx.simulate(models.path("ann_residual"), {"pixels": pixels}, labels=digits.y_test).accuracy
+    accuracy = hnnx.simulate(quantized, {"pixels": pixels}, labels=digits.y_test).accuracy
+    assert accuracy >= float_accuracy - 0.005

@@ -3,6 +3,7 @@
 | name | network |
 |---|---|
 | ``ann_cnn`` | Conv → BatchNorm → ReLU → Conv → BatchNorm → ReLU → Linear → ReLU → Linear (no spiking ops) |
+| ``ann_residual`` | Conv → residual block (Add) → two branches joined by Concat (one through AvgPool 3×3) → AvgPool → Linear |
 | ``snn_mlp`` | direct coding → Linear → LIF → Linear → LIF → firing rate |
 | ``snn_conv`` | direct coding → Conv → LIF → Conv → LIF → Linear → mean over time |
 | ``hybrid_a2s`` | ANN conv front → A2S rate coding → spiking MLP → firing rate |

@@ -70,6 +70,14 @@ class FakeQuantIntegerizer:
             self._layer(node)
         elif op == "Add" and self._known(node.inputs[0]) and isinstance(node.inputs[1], gs.Constant):
             self._bias(node)
+        elif op in ("Add", "Concat") and all(self._known(t) for t in node.inputs):
+            self._aligned_op(node)
+        elif op == "Conv" and self._known(node.inputs[0]) and _all_ones(node.inputs[1]):
+            self._window_sum(node)
+        elif op == "ReduceSum" and self._known(node.inputs[0]):
+            self._reduce_sum(node)
+        elif op == "Clip" and self._known(node.inputs[0]) and all(isinstance(t, gs.Constant) for t in node.inputs[1:]):
+            self._clip(node)
         elif op == "Mul" and self._known(node.inputs[0]) and isinstance(node.inputs[1], gs.Constant):
             self._mul(node)
         elif op == "Cast" and self._known(node.inputs[0]):
@@ -148,11 +156,67 @@ class FakeQuantIntegerizer:
                                              shift=shift))
             self.ints[down.outputs[0].name] = _Int(out, float(np.asarray(down.inputs[1].values).reshape(-1)[0]))
             self._done.update({id(consumers[0]), id(clip), id(down)})
-        elif len(consumers) >= 1 and all(c.op == "Cast" for c in consumers):
-            # value · fake · (1/fake) = the integer itself: the Cast after it reads the integer.
+        elif factor > 0 and math.log2(factor).is_integer():
+            # value · fake · 2^k: the same integer held times another power of two (the scaling
+            # before a Cast back to the integer, or the alignment of a sum's operand).
             self.ints[node.outputs[0].name] = _Int(value.tensor, value.fake * factor)
         else:
             self._float(node)
+
+    def _aligned_op(self, node: gs.Node) -> None:
+        """A sum or join of integers held times different powers of two: each brought to the finest
+        in int32 by a left shift (a Concat of equal holdings joins the integers as they are)."""
+        values = [self.ints[t.name] for t in node.inputs]
+        finest = min(v.fake for v in values)
+        name = node.outputs[0].name
+        if node.op == "Concat" and all(v.fake == finest and v.tensor.dtype == values[0].tensor.dtype for v in values):
+            parts = [v.tensor for v in values]
+        else:
+            parts = []
+            for index, value in enumerate(values):
+                wide = self._cast(value.tensor, np.int32, f"{name}.in{index}_i32")
+                shift = round(math.log2(value.fake / finest))
+                if shift:
+                    aligned = gs.Variable(f"{name}.in{index}_aligned", dtype=np.int32)
+                    self.graph.nodes.append(gs.Node("Mul", name=f"{name}.in{index}_align",
+                                                    inputs=[wide, gs.Constant(f"{name}.in{index}_shift",
+                                                                              np.array(1 << shift, np.int32))],
+                                                    outputs=[aligned]))
+                    wide = aligned
+                parts.append(wide)
+        out = gs.Variable(f"{name}.int", dtype=parts[0].dtype)
+        self.graph.nodes.append(gs.Node(node.op, name=f"{name}.integer", attrs=dict(node.attrs), inputs=parts,
+                                        outputs=[out]))
+        self.ints[name] = _Int(out, finest)
+
+    def _window_sum(self, node: gs.Node) -> None:
+        """An all-ones depthwise Conv (average pooling's window sum) → the same ConvInteger."""
+        value = self.ints[node.inputs[0].name]
+        out = gs.Variable(f"{node.outputs[0].name}.int", dtype=np.int32)
+        ones = gs.Constant(f"{node.outputs[0].name}.ones_i8", node.inputs[1].values.astype(np.int8))
+        self.graph.nodes.append(gs.Node("ConvInteger", name=f"{node.outputs[0].name}.integer", attrs=dict(node.attrs),
+                                        inputs=[self._cast(value.tensor, np.int8, f"{node.outputs[0].name}.x_i8"),
+                                                ones], outputs=[out]))
+        self.ints[node.outputs[0].name] = _Int(out, value.fake)
+
+    def _reduce_sum(self, node: gs.Node) -> None:
+        value = self.ints[node.inputs[0].name]
+        out = gs.Variable(f"{node.outputs[0].name}.int", dtype=np.int32)
+        self.graph.nodes.append(gs.Node("ReduceSum", name=f"{node.outputs[0].name}.integer", attrs=dict(node.attrs),
+                                        inputs=[self._cast(value.tensor, np.int32, f"{node.outputs[0].name}.x_i32"),
+                                                *node.inputs[1:]], outputs=[out]))
+        self.ints[node.outputs[0].name] = _Int(out, value.fake)
+
+    def _clip(self, node: gs.Node) -> None:
+        value = self.ints[node.inputs[0].name]
+        dtype = value.tensor.dtype
+        bounds = [gs.Constant(f"{node.outputs[0].name}.{side}_int",
+                              np.asarray(np.round(float(t.values) / value.fake), dtype))
+                  for side, t in zip(("lo", "hi"), node.inputs[1:])]
+        out = gs.Variable(f"{node.outputs[0].name}.int", dtype=dtype)
+        self.graph.nodes.append(gs.Node("Clip", name=f"{node.outputs[0].name}.integer",
+                                        inputs=[value.tensor, *bounds], outputs=[out]))
+        self.ints[node.outputs[0].name] = _Int(out, value.fake)
 
     def _cast_to_integer(self, node: gs.Node) -> None:
         value = self.ints[node.inputs[0].name]
@@ -207,3 +271,7 @@ class FakeQuantIntegerizer:
                                         attrs={"to": onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))},
                                         inputs=[tensor], outputs=[out]))
         return out
+
+
+def _all_ones(tensor: gs.Tensor) -> bool:
+    return isinstance(tensor, gs.Constant) and tensor.values.size > 0 and bool(np.all(tensor.values == 1))
