@@ -42,7 +42,7 @@ from hnnx.errors import HnnxError, ModelError, NodeError
 from hnnx.model import write_atomic
 from hnnx.ops.quant import INT8_RANGE
 from hnnx.quantization import output_scales
-from hnnx.quantization.api import quantized_as
+from hnnx.quantization import quantized_as
 
 DIALECT_OPSET = 9
 """BiMap reads Clip's ``min``/``max`` as attributes (opset ≤ 10)."""
