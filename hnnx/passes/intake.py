@@ -73,6 +73,11 @@ def upgrade_opset(minimum: int | None, notes: Notes | None = None) -> Pass:
         version = standard_opset(model)
         if minimum is None or version >= minimum:
             return False
+        unknown = next((node for node in model.graph.node if node.domain in ("", "ai.onnx")
+                        and not onnx.defs.has(node.op_type)), None)
+        if unknown is not None:  # the converter's own message does not name it
+            raise ModelError(f"model: node {unknown.name or unknown.output[0]!r} has op type {unknown.op_type!r}, "
+                             f"which is no ai.onnx op: cannot convert the model from opset {version} to {minimum}")
         try:
             converted = onnx.version_converter.convert_version(model, minimum)
         except Exception as exc:  # the converter raises RuntimeError/ValueError/… with C++ messages

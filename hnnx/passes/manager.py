@@ -172,11 +172,15 @@ def export_graph(graph: gs.Graph, source: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def export_like(graph: gs.Graph, source: onnx.ModelProto) -> onnx.ModelProto:
-    """Export ``graph`` with the IR version and opset imports of the model it came from."""
+    """Export ``graph`` with the IR version and opset imports of the model it came from (the
+    standard opset is the graph's own: an intake pass may have raised it)."""
     out = gs.export_onnx(graph, do_type_check=False)
     out.ir_version = source.ir_version
     del out.opset_import[:]
     out.opset_import.extend(source.opset_import)
+    for opset in out.opset_import:
+        if opset.domain in ("", "ai.onnx") and graph.opset is not None:
+            opset.version = max(opset.version, int(graph.opset))
     return out
 
 
