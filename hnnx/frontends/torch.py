@@ -28,7 +28,8 @@ from hnnx.errors import HnnxError
 from hnnx.ops.declare import OpDeclaration
 
 NAME_KEY = "hnnx.name"
-_DTYPES = {"tensor(int32)": torch.int32, "tensor(float)": torch.float32, "tensor(int8)": torch.int8}
+_DTYPES = {"tensor(int32)": torch.int32, "tensor(float)": torch.float32, "tensor(int8)": torch.int8,
+           "tensor(int64)": torch.int64}
 
 
 def call_op(decl: type[OpDeclaration], inputs: Sequence[torch.Tensor | None], attrs: dict[str, Any],

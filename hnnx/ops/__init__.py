@@ -16,7 +16,8 @@ declarations and derives from them what the rest of hnnx and ONNX tooling need:
 Per-step functions (numpy, float and integer; the equations every executor runs):
 ``LIF.initial_state``/``LIF.step`` (:class:`LIFState`), ``A2S.step``,
 ``S2A.initial_state``/``S2A.step``/``S2A.finish`` (:class:`S2AState`); stateless ops
-(``Fire``, ``Requantize``) are their ``reference``.
+(``Fire``, ``Requantize``) are their ``reference``. ``decl.state_spec(view)`` (:class:`StateSpec`)
+names the input/output port pairs that carry a node's state from one call to the next.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from onnx import helper
 
 from hnnx.errors import ModelError
 from hnnx.ops.declare import (DOMAIN, IR_VERSION, MIN_ONNX_OPSET, NO_TIME, ONNX_OPSET, OPSET_VERSION, SAME_TIME,
-                              TIME_MAJOR, NodeView, OpDeclaration)
+                              TIME_MAJOR, NodeView, OpDeclaration, StateSpec)
 from hnnx.ops.fire import Fire
 from hnnx.ops.hybrid import A2S, S2A, S2AState
 from hnnx.ops.lif import LIF, LIFState
@@ -37,7 +38,7 @@ from hnnx.ops.quant import Requantize
 
 __all__ = [
     "DOMAIN", "OPSET_VERSION", "ONNX_OPSET", "IR_VERSION", "REGISTRY", "OpDeclaration", "NodeView",
-    "TIME_MAJOR", "NO_TIME", "SAME_TIME", "LIFState", "S2AState", "view_of",
+    "TIME_MAJOR", "NO_TIME", "SAME_TIME", "LIFState", "S2AState", "StateSpec", "view_of",
     "LIF", "Fire", "A2S", "S2A", "Requantize", "make_node", "attach_functions", "register_schemas", "reference_ops",
     "run_reference", "declaration", "hnnx_nodes", "op_summary_markdown", "op_reference_markdown",
 ]

@@ -214,6 +214,10 @@ class NumpyOps(EagerOps):
     def stack(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         return np.stack(arrays)
 
+    def broadcast(self, x: Any, shape: tuple[int, ...]) -> np.ndarray:
+        """``x`` (an array or a scalar) broadcast to ``shape`` in the compute type, values unchanged."""
+        return np.broadcast_to(np.asarray(x, self.dtype), shape)
+
     def zeros(self, shape: tuple[int, ...]) -> np.ndarray:
         return np.zeros(shape, self.dtype)
 

@@ -110,6 +110,35 @@ class TypeConstraint:
     doc: str
 
 
+@dataclass(frozen=True)
+class StateSpec:
+    """One tensor a node carries from one call to the next (its state), as an input/output pair.
+
+    ``input``/``output``: the port indices that take its value before the first step of a call
+    and give it after the last; ``dtype``: its numpy type; ``fill``: its value before step 0 of
+    a sequence — an input given as this scalar is broadcast by the op, so a fresh state needs no
+    shape; ``leading``: fixed leading dims, followed by the per-step dims of input 0
+    (``[N, ...]``) when ``per_step``, else nothing (a scalar).
+    """
+
+    name: str
+    input: int
+    output: int
+    dtype: np.dtype
+    fill: float | int
+    leading: tuple[int, ...] = ()
+    per_step: bool = True
+    doc: str = ""
+
+    def shape(self, step_shape: Sequence[int]) -> tuple[int, ...]:
+        """The full shape for steps of shape ``step_shape`` (input 0 without its time axis)."""
+        return (*self.leading, *step_shape) if self.per_step else self.leading
+
+    def initial(self) -> np.ndarray:
+        """The state before step 0, as a scalar the op broadcasts."""
+        return np.array(self.fill, self.dtype)
+
+
 @dataclass
 class NodeView:
     """What a declaration needs to know of one node: its resolved attributes and
@@ -290,6 +319,13 @@ class OpDeclaration:
         return [cls.inputs[0].time if port.time == SAME_TIME else port.time for port in cls.outputs[: view.n_outputs]]
 
     @classmethod
+    def state_spec(cls, view: NodeView) -> tuple[StateSpec, ...]:
+        """What the node carries between calls (empty: the op is stateless). Connecting each
+        state's input and output port lets a graph run a sequence a few steps per call and
+        continue exactly where it stopped (:mod:`hnnx.passes.stepwise` asks this)."""
+        return ()
+
+    @classmethod
     def emits_spikes(cls, view: NodeView) -> bool:
         """Whether output 0 holds 0/1 spikes (an event-driven consumer touches only the ones)."""
         return False
@@ -408,7 +444,7 @@ class UnknownDim:
 
 
 _FIXED_ELEM_TYPES = {"tensor(int32)": onnx.TensorProto.INT32, "tensor(float)": onnx.TensorProto.FLOAT,
-                     "tensor(int8)": onnx.TensorProto.INT8}
+                     "tensor(int8)": onnx.TensorProto.INT8, "tensor(int64)": onnx.TensorProto.INT64}
 
 
 def _to_symbolic(dims: list[Dim] | None) -> list[int | UnknownDim] | None:

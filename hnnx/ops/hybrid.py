@@ -16,8 +16,8 @@ import onnx
 
 from hnnx.errors import NodeError
 from hnnx.ops.arrays import FLOAT, INT64, FunctionBody, NumpyOps, OnnxOps
-from hnnx.ops.declare import (NO_TIME, TIME_MAJOR, Attribute, NodeView, OpDeclaration, Port, TypeConstraint,
-                              port_key)
+from hnnx.ops.declare import (NO_TIME, TIME_MAJOR, Attribute, NodeView, OpDeclaration, Port, StateSpec,
+                              TypeConstraint, UnknownDim, port_key)
 
 GOLDEN = 0x9E3779B9
 """Added to the seed before hashing, so seed 0 is not the hash's fixed point."""
@@ -49,10 +49,12 @@ def random_bits(xp: Any, seed: Any, steps: Any, elements: Any) -> Any:
     return mix32(xp, xp.u32_xor(xp.unsqueeze(per_step, 1), xp.unsqueeze(per_element, 0)))
 
 
-def numpy_random_bits(seed: int, steps: int, elements: int) -> np.ndarray:
-    """:func:`random_bits` evaluated in numpy: ``[steps, elements]`` uint32."""
+def numpy_random_bits(seed: int, steps: int, elements: int, first: int = 0) -> np.ndarray:
+    """:func:`random_bits` evaluated in numpy for steps ``first … first + steps − 1``:
+    ``[steps, elements]`` uint32."""
     xp = NumpyOps(False, {})
-    return random_bits(xp, np.uint32(seed), np.arange(steps, dtype=np.uint32), np.arange(elements, dtype=np.uint32))
+    return random_bits(xp, np.uint32(seed), np.arange(first, first + steps, dtype=np.uint32),
+                       np.arange(elements, dtype=np.uint32))
 
 
 def numpy_uniform_field(seed: int, steps: int, elements: int) -> np.ndarray:
@@ -78,6 +80,11 @@ class A2S(OpDeclaration):
       on its batch;
     * ``learnable``: ``y[t] = weight[t]·x + bias[t]`` (inputs ``weight``/``bias`` of shape ``[T]``).
 
+    A call may code a part of the sequence: inputs ``offset`` (default 0) and ``count`` (default
+    ``steps − offset``) select steps ``offset … offset + count − 1`` (within ``[0, steps]``), so
+    ``y`` is ``[count, N, ...]`` and equals those rows of the whole sequence; output ``end`` =
+    ``offset + count`` is the next call's ``offset`` (the node's state).
+
     Then ``activation`` (``relu`` or none) and the precision ``converter``: ``identity``;
     ``sign`` (−1/0/1); ``round`` (half to even, clamped to signed ``bits``-bit integers).
     Training passes gradients straight through rate sampling, sign and round (inside the range).
@@ -93,8 +100,16 @@ class A2S(OpDeclaration):
         Port("x", "ANN activation, [N, ...]", time=NO_TIME),
         Port("weight", "learnable coding: per-step gain, [T]", optional=True, time=NO_TIME),
         Port("bias", "learnable coding: per-step offset, [T]", optional=True, time=NO_TIME),
+        Port("offset", "absolute index of the first step coded, int64 scalar (default 0)", type="tensor(int64)",
+             optional=True, time=NO_TIME),
+        Port("count", "number of steps coded, int64 scalar (default steps − offset)", type="tensor(int64)",
+             optional=True, time=NO_TIME),
     )
-    outputs = (Port("y", "coded sequence, [T, N, ...]", time=TIME_MAJOR),)
+    outputs = (
+        Port("y", "coded sequence, [T, N, ...] (T = count)", time=TIME_MAJOR),
+        Port("end", "offset + count: the next call's offset, int64 scalar", type="tensor(int64)", optional=True,
+             time=NO_TIME),
+    )
     type_constraints = (TypeConstraint("T", ("tensor(float)", "tensor(int8)", "tensor(int32)"),
                                        "float32 in float mode, int8 or int32 in integer mode"),)
     attributes = (
@@ -147,55 +162,57 @@ class A2S(OpDeclaration):
     @classmethod
     def output_shapes(cls, view: NodeView, shapes: list[list[Any] | None]) -> list[list[Any] | None]:
         x = shapes[0]
-        return [None if x is None else [view.attrs["steps"], *x]]
+        partial = view.has_input(3) or view.has_input(4)  # the number of steps is a value, not a shape
+        return [None if x is None else [UnknownDim() if partial else view.attrs["steps"], *x], []][: view.n_outputs]
 
     @classmethod
     def emits_spikes(cls, view: NodeView) -> bool:
         return view.attrs["coding"] == "rate"
 
     @classmethod
+    def state_spec(cls, view: NodeView) -> tuple[StateSpec, ...]:
+        """``offset``: the absolute index of the next step to code (input 3, output 1 ``end``; 0 at
+        the start), a scalar."""
+        return (StateSpec("offset", 3, 1, np.dtype(np.int64), 0, per_step=False,
+                          doc="absolute index of the next step"),)
+
+    @classmethod
     def step(cls, view: NodeView, x: np.ndarray, t: int, weight: np.ndarray | None = None,
              bias: np.ndarray | None = None) -> np.ndarray:
         """The coded value at absolute step ``t`` (numpy): ``x [N, ...]`` → ``y_t [N, ...]`` in x's type.
 
-        The same equations as the multi-step op (rate coding draws the generator's numbers of
-        step ``t``), so stepping ``t = 0 … T−1`` gives the reference's ``y`` exactly.
+        The multi-step op's equations for the one step ``t`` (rate coding draws the generator's
+        numbers of step ``t``), so stepping ``t = 0 … T−1`` gives the reference's ``y`` exactly.
         """
-        _check_array_type(view, x)
-        steps = view.attrs["steps"]
-        if not 0 <= t < steps:
-            raise NodeError(view.name, f"A2S step {t} is outside its {steps} steps")
-        xp = NumpyOps(view.attrs["mode"] == "integer", view.attrs)
-        batch, sample_shape = x.shape[0], tuple(x.shape[1:])
-        elements = math.prod(sample_shape)
-
-        def field(_: Any) -> np.ndarray:
-            return random_bits(xp, np.uint32(view.attrs["seed"]), np.array([t], np.uint32),
-                               np.arange(elements, dtype=np.uint32))
-
-        coded = _a2s_core(view, xp, x.reshape(batch, elements), None if weight is None else weight[t:t + 1],
-                          None if bias is None else bias[t:t + 1], field, lambda x1: x1)
-        return coded.reshape(batch, *sample_shape)
+        if not 0 <= t < view.attrs["steps"]:
+            raise NodeError(view.name, f"A2S step {t} is outside its {view.attrs['steps']} steps")
+        return cls.reference(view, x, weight, bias, np.int64(t), np.int64(1))[0][0]
 
     @classmethod
     def reference(cls, view: NodeView, x: np.ndarray, weight: np.ndarray | None = None,
-                  bias: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+                  bias: np.ndarray | None = None, offset: np.ndarray | None = None,
+                  count: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
         _check_array_type(view, x)
-        return (_a2s_eager(view, NumpyOps(view.attrs["mode"] == "integer", view.attrs), x, weight, bias,
-                           numpy_random_bits),)
+        first, steps = _a2s_span(view, offset, count)
+        y = _a2s_eager(view, NumpyOps(view.attrs["mode"] == "integer", view.attrs), x, weight, bias,
+                       numpy_random_bits, first, steps)
+        return (y, np.array(first + steps, np.int64))[: view.n_outputs]
 
     @classmethod
-    def torch_forward(cls, view: NodeView, x: Any, weight: Any = None, bias: Any = None) -> tuple[Any, ...]:
+    def torch_forward(cls, view: NodeView, x: Any, weight: Any = None, bias: Any = None, offset: Any = None,
+                      count: Any = None) -> tuple[Any, ...]:
         import torch
 
         from hnnx.ops.torch_ops import TorchOps
 
         _torch_float_only(view)
+        first, steps = _a2s_span(view, offset, count)
 
-        def field(seed: int, steps: int, elements: int) -> Any:
-            return torch.from_numpy(numpy_random_bits(seed, steps, elements).astype(np.int64)).to(x.device)
+        def field(seed: int, steps: int, elements: int, first: int) -> Any:
+            return torch.from_numpy(numpy_random_bits(seed, steps, elements, first).astype(np.int64)).to(x.device)
 
-        return (_a2s_eager(view, TorchOps(False, view.attrs, x.device), x, weight, bias, field),)
+        y = _a2s_eager(view, TorchOps(False, view.attrs, x.device), x, weight, bias, field, first, steps)
+        return (y, torch.tensor(first + steps, dtype=torch.int64, device=x.device))[: view.n_outputs]
 
     @classmethod
     def build_body(cls, view: NodeView, body: FunctionBody) -> None:
@@ -207,26 +224,32 @@ class A2S(OpDeclaration):
         elements = top.op("ReduceProd", sample_shape, keepdims=1)
         batch = top.op("Slice", shape, body.literal_1d([0]), body.literal_1d([1]))
         flat = top.op("Reshape", x, top.op("Concat", batch, elements, axis=0), allowzero=1)  # [N, M]
-        steps = top.op("Reshape", body.attr_value("steps", "value_int"), body.literal_1d([1]))
+        first = top.op("Reshape", body.input(3), body.literal_1d([1])) if view.has_input(3) else body.literal_1d([0])
+        if view.has_input(4):
+            steps = top.op("Reshape", body.input(4), body.literal_1d([1]))
+        else:
+            steps = top.op("Sub", top.op("Reshape", body.attr_value("steps", "value_int"), body.literal_1d([1])), first)
+        end = top.op("Add", first, steps)
         step_shape = top.op("Concat", steps, batch, elements, axis=0)
+        one = body.literal(1, INT64)
+
+        def counter(start: str, stop: str) -> str:
+            return top.op("Cast", top.op("Range", top.op("Squeeze", start), top.op("Squeeze", stop), one),
+                          to=onnx.TensorProto.UINT32)
 
         def field(_: Any) -> str:
             seed = top.op("Cast", body.attr_value("seed", "value_int"), to=onnx.TensorProto.UINT32)
-            zero, one = body.literal(0, INT64), body.literal(1, INT64)
-
-            def counter(stop: str) -> str:
-                return top.op("Cast", top.op("Range", zero, top.op("Squeeze", stop), one),
-                              to=onnx.TensorProto.UINT32)
-
-            return random_bits(xp, seed, counter(steps), counter(elements))
+            return random_bits(xp, seed, counter(first, end), counter(body.literal_1d([0]), elements))
 
         def expand(x1: str) -> str:
             return top.op("Expand", x1, step_shape)
 
-        weight = body.input(1) if view.has_input(1) else None
-        bias = body.input(2) if view.has_input(2) else None
-        coded = _a2s_core(view, xp, flat, weight, bias, field, expand)
+        def rows(port: int) -> str | None:  # learnable weight/bias entries of the steps coded
+            return top.op("Slice", body.input(port), first, end, body.literal_1d([0])) if view.has_input(port) else None
+
+        coded = _a2s_core(view, xp, flat, rows(1), rows(2), field, expand)
         body.set_output(0, top.op("Reshape", coded, top.op("Concat", steps, shape, axis=0), allowzero=1))
+        body.set_output(1, top.op("Squeeze", end))
 
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT}
@@ -261,19 +284,33 @@ def _torch_float_only(view: NodeView) -> None:
         raise NodeError(view.name, "integer mode runs in ONNX and numpy; torch trains float graphs")
 
 
+def _a2s_span(view: NodeView, offset: Any, count: Any) -> tuple[int, int]:
+    """``(first step, number of steps)`` a call codes, from its ``offset``/``count`` inputs."""
+    total = view.attrs["steps"]
+    first = 0 if offset is None else int(offset)
+    steps = total - first if count is None else int(count)
+    if first < 0 or steps < 0 or first + steps > total:
+        raise NodeError(view.name, f"A2S steps {first} … {first + steps - 1} (offset {first}, count {steps}) "
+                                   f"are outside its {total} steps")
+    return first, steps
+
+
 def _a2s_eager(view: NodeView, xp: Any, x: Any, weight: Any, bias: Any,
-               field: Callable[[int, int, int], Any]) -> Any:
-    """A2S in an eager namespace (numpy or torch): flatten samples, code, restore shape."""
-    steps = view.attrs["steps"]
+               field: Callable[[int, int, int, int], Any], first: int = 0, steps: int | None = None) -> Any:
+    """A2S in an eager namespace (numpy or torch) for steps ``first … first + steps − 1``:
+    flatten samples, code, restore shape."""
+    total = view.attrs["steps"]
+    steps = total - first if steps is None else steps
     for port, given in (("weight", weight), ("bias", bias)):
-        if given is not None and tuple(given.shape) != (steps,):
-            raise NodeError(view.name, f"A2S {port} must have shape [{steps}] (one per step), "
+        if given is not None and tuple(given.shape) != (total,):
+            raise NodeError(view.name, f"A2S {port} must have shape [{total}] (one per step), "
                                        f"got {list(given.shape)}")
     batch, sample_shape = x.shape[0], tuple(x.shape[1:])
     elements = math.prod(sample_shape)
     flat = x.reshape(batch, elements)
-    coded = _a2s_core(view, xp, flat, weight, bias,
-                      lambda _: field(view.attrs["seed"], steps, elements),
+    coded = _a2s_core(view, xp, flat, None if weight is None else weight[first:first + steps],
+                      None if bias is None else bias[first:first + steps],
+                      lambda _: field(view.attrs["seed"], steps, elements, first),
                       lambda x1: xp.expand_time(x1, steps))
     return coded.reshape(steps, batch, *sample_shape)
 
@@ -349,6 +386,20 @@ class S2A(OpDeclaration):
     ``mode = "integer"`` (int32 spikes in, ``rate`` and ``global`` decoding): the outputs are
     spike counts, the rates times ``K`` (or times T): integer graphs keep the scale ``1/K``
     outside the tensor.
+
+    Streaming form (any of the state ports ``buffer0``/``filled0``/``windows0``, ``buffer``/
+    ``filled``/``windows`` connected): a call continues a sequence, and T need not be a multiple
+    of ``window``. Windowed decodings put the ``T`` steps of ``x`` after the ``filled0`` steps held
+    in ``buffer0``, output every window this completes (``y`` is ``[windows completed · L, N, ...]``,
+    possibly empty; learnable window j of the sequence uses weight row
+    ``min(windows0 + j, rows − 1)``), and return the steps of the unfinished window in ``buffer``
+    (zero-padded to ``[window, N, ...]``), their number in ``filled`` and ``windows0 + windows
+    completed`` in ``windows``. ``global`` sums from 0 the running sum ``buffer0`` (``[1, N, ...]``)
+    and then the steps, one addition each, in order (as a sum over all steps at once does);
+    returns it in ``buffer`` and ``filled0 + T`` in ``filled``, and outputs the mean (integer:
+    the count) over every step fed so far. A sequence fed call by call gives exactly the outputs
+    of one call over the whole sequence. Before step 0: ``buffer0 = 0``, ``filled0 = windows0 =
+    0``; a state input may be given as a scalar (it is broadcast).
     """
 
     name = "S2A"
@@ -356,8 +407,22 @@ class S2A(OpDeclaration):
         Port("x", "spikes, [T, N, ...]", time=TIME_MAJOR),
         Port("weight", "learnable: kernels, [T / window, kernel] or [1, kernel]", optional=True, time=NO_TIME),
         Port("bias", "learnable: offsets, [T / window] or [1]", optional=True, time=NO_TIME),
+        Port("buffer0", "streaming: steps of the unfinished window, broadcastable to [window, N, ...] "
+             "(`global`: the running sum, [1, N, ...])", optional=True, time=NO_TIME),
+        Port("filled0", "streaming: steps held in `buffer0` (`global`: steps fed so far), int64 scalar",
+             type="tensor(int64)", optional=True, time=NO_TIME),
+        Port("windows0", "streaming: windows completed before this call, int64 scalar", type="tensor(int64)",
+             optional=True, time=NO_TIME),
     )
-    outputs = (Port("y", "[T / window · L, N, ...], or [N, ...] for `global`", time=TIME_MAJOR),)
+    outputs = (
+        Port("y", "[T / window · L, N, ...], or [N, ...] for `global`", time=TIME_MAJOR),
+        Port("buffer", "streaming: `buffer0` after this call, [window, N, ...] (`global`: [1, N, ...])",
+             optional=True, time=NO_TIME),
+        Port("filled", "streaming: `filled0` after this call, int64 scalar", type="tensor(int64)", optional=True,
+             time=NO_TIME),
+        Port("windows", "streaming: `windows0` after this call, int64 scalar", type="tensor(int64)",
+             optional=True, time=NO_TIME),
+    )
     type_constraints = (TypeConstraint("T", ("tensor(float)", "tensor(int32)"),
                                        "float32 in float mode, int32 in integer mode"),)
     attributes = (
@@ -425,15 +490,19 @@ class S2A(OpDeclaration):
     def output_shapes(cls, view: NodeView, shapes: list[list[Any] | None]) -> list[list[Any] | None]:
         x = shapes[0]
         if x is None:
-            return [None]
-        if view.attrs["decoding"] == "global":
-            return [list(x[1:])]
+            return [None] + [None, [], []][: view.n_outputs - 1]
         window, *_, per_window = cls.geometry(view.attrs)
-        return [[x[0] // window * per_window, *x[1:]]]
+        if view.attrs["decoding"] == "global":
+            y, window = list(x[1:]), 1
+        elif _streaming(view):
+            y = [UnknownDim(), *x[1:]]  # the windows a call completes depend on the state's values
+        else:
+            y = [x[0] // window * per_window, *x[1:]]
+        return [y, [window, *x[1:]], [], []][: view.n_outputs]
 
     @classmethod
     def output_time(cls, view: NodeView) -> list[str]:
-        return [NO_TIME if view.attrs["decoding"] == "global" else TIME_MAJOR]
+        return [NO_TIME if view.attrs["decoding"] == "global" else TIME_MAJOR] + [NO_TIME] * (view.n_outputs - 1)
 
     @classmethod
     def integer_divisor(cls, view: NodeView, steps: int | None) -> int:
@@ -449,13 +518,27 @@ class S2A(OpDeclaration):
 
     # ------------------------------------------------------------------ state and steps
     @classmethod
+    def state_spec(cls, view: NodeView) -> tuple[StateSpec, ...]:
+        """``buffer`` (input 3, output 1; ``[window, N, ...]``, ``global``: ``[1, N, ...]``), ``filled``
+        (4, 2) and, for learnable decoding, ``windows`` (5, 3): the streaming form's state (see the
+        docstring), 0 before step 0."""
+        integer = view.attrs["mode"] == "integer"
+        glob = view.attrs["decoding"] == "global"
+        rows = 1 if glob else cls.geometry(view.attrs)[0]
+        specs = [StateSpec("buffer", 3, 1, np.dtype(np.int32 if integer else np.float32), 0, leading=(rows,),
+                           doc="running sum" if glob else "steps of the unfinished window"),
+                 StateSpec("filled", 4, 2, np.dtype(np.int64), 0, per_step=False,
+                           doc="steps fed" if glob else "steps in the buffer")]
+        if view.attrs["decoding"] == "learnable":
+            specs.append(StateSpec("windows", 5, 3, np.dtype(np.int64), 0, per_step=False, doc="windows completed"))
+        return tuple(specs)
+
+    @classmethod
     def initial_state(cls, view: NodeView, shape: tuple[int, ...], dtype: Any = None) -> S2AState:
         """The state before step 0 for steps of shape ``shape`` (``[N, ...]``): an empty window
         (``global``: a zero running sum). ``dtype``: the spikes' type (default: the mode's)."""
-        dtype = np.dtype(dtype or (np.int32 if view.attrs["mode"] == "integer" else np.float32))
-        if view.attrs["decoding"] == "global":
-            return S2AState(np.zeros((1, *shape), dtype))
-        return S2AState(np.zeros((cls.geometry(view.attrs)[0], *shape), dtype))
+        buffer = cls.state_spec(view)[0]
+        return S2AState(np.full(buffer.shape(shape), buffer.fill, np.dtype(dtype or buffer.dtype)))
 
     @classmethod
     def step(cls, view: NodeView, state: S2AState, x: np.ndarray, weight: np.ndarray | None = None,
@@ -463,26 +546,14 @@ class S2A(OpDeclaration):
         """Feed one step ``x [N, ...]`` (numpy). Returns the outputs this step completes — the
         ``L`` outputs of a window when ``x`` is its last step, else none — and the next state.
 
-        A window's outputs are computed by the same equations as the multi-step op, so stepping
-        through T steps gives the reference's outputs exactly; ``global`` keeps a running sum
-        (exact for spikes) whose mean :meth:`finish` returns.
+        This is the streaming form over one step, so stepping through T steps gives the
+        reference's outputs exactly; ``global`` keeps a running sum whose mean :meth:`finish` returns.
         """
-        if view.attrs["decoding"] == "global":
-            total = state.buffer[0] + x if view.attrs["mode"] == "float" else np.add(state.buffer[0], x, dtype=x.dtype)
-            return [], S2AState(total[None], state.filled + 1, state.windows)
-        buffer = state.buffer.copy()
-        buffer[state.filled] = x
-        filled = state.filled + 1
-        window = cls.geometry(view.attrs)[0]
-        if filled < window:
-            return [], S2AState(buffer, filled, state.windows)
         xp = NumpyOps(view.attrs["mode"] == "integer", view.attrs)
-        row = None if weight is None else weight[min(state.windows, weight.shape[0] - 1)][None]
-        offset = None if bias is None else bias[min(state.windows, bias.shape[0] - 1)][None]
-        rest = buffer.shape[1:]
-        pooled = _s2a_core(view, xp, buffer.reshape(1, window, math.prod(rest)), row, offset)  # [1, L, M]
-        outputs = [column.reshape(rest) for column in pooled[0]]
-        return outputs, S2AState(np.zeros_like(buffer), 0, state.windows + 1)
+        y, buffer, filled, windows = _s2a_stream_eager(view, xp, x[None].astype(xp.dtype, copy=False), weight, bias,
+                                                       state.buffer, state.filled, state.windows)
+        emitted = [] if view.attrs["decoding"] == "global" else list(y)
+        return emitted, S2AState(buffer, filled, windows)
 
     @classmethod
     def finish(cls, view: NodeView, state: S2AState) -> list[np.ndarray]:
@@ -504,19 +575,33 @@ class S2A(OpDeclaration):
 
     @classmethod
     def reference(cls, view: NodeView, x: np.ndarray, weight: np.ndarray | None = None,
-                  bias: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+                  bias: np.ndarray | None = None, buffer0: np.ndarray | None = None,
+                  filled0: np.ndarray | None = None, windows0: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
         if view.attrs["mode"] == "integer" and x.dtype != np.int32:
             raise NodeError(view.name, f"S2A in integer mode needs int32 spikes, got {x.dtype}")
         if view.attrs["mode"] == "float":
             _check_array_type(view, x)
-        return (_s2a_eager(view, NumpyOps(view.attrs["mode"] == "integer", view.attrs), x, weight, bias),)
+        xp = NumpyOps(view.attrs["mode"] == "integer", view.attrs)
+        if not _streaming(view):
+            return (_s2a_eager(view, xp, x, weight, bias),)
+        y, buffer, filled, windows = _s2a_stream_eager(view, xp, x, weight, bias, buffer0, filled0, windows0)
+        return (y, np.ascontiguousarray(buffer), np.array(filled, np.int64),
+                np.array(windows, np.int64))[: view.n_outputs]
 
     @classmethod
-    def torch_forward(cls, view: NodeView, x: Any, weight: Any = None, bias: Any = None) -> tuple[Any, ...]:
+    def torch_forward(cls, view: NodeView, x: Any, weight: Any = None, bias: Any = None, buffer0: Any = None,
+                      filled0: Any = None, windows0: Any = None) -> tuple[Any, ...]:
+        import torch
+
         from hnnx.ops.torch_ops import TorchOps
 
         _torch_float_only(view)
-        return (_s2a_eager(view, TorchOps(False, view.attrs, x.device), x, weight, bias),)
+        xp = TorchOps(False, view.attrs, x.device)
+        if not _streaming(view):
+            return (_s2a_eager(view, xp, x, weight, bias),)
+        y, buffer, filled, windows = _s2a_stream_eager(view, xp, x, weight, bias, buffer0, filled0, windows0)
+        counters = [torch.tensor(value, dtype=torch.int64, device=x.device) for value in (filled, windows)]
+        return (y, buffer, *counters)[: view.n_outputs]
 
     @classmethod
     def build_body(cls, view: NodeView, body: FunctionBody) -> None:
@@ -525,6 +610,9 @@ class S2A(OpDeclaration):
         x = body.input(0)
         shape = top.op("Shape", x)
         rest = top.op("Slice", shape, body.literal_1d([1]), body.literal_1d([2**62]))
+        if _streaming(view):
+            _s2a_stream_body(view, body, xp, shape, rest)
+            return
         if view.attrs["decoding"] == "global":
             steps = top.op("Cast", top.op("Slice", shape, body.literal_1d([0]), body.literal_1d([1])), to=FLOAT)
             total = top.op("ReduceSum", x, body.literal_1d([0]), keepdims=0)
@@ -538,6 +626,108 @@ class S2A(OpDeclaration):
         bias = body.input(2) if view.has_input(2) else None
         pooled = _s2a_core(view, xp, windows, weight, bias)  # [num, L, M]
         body.set_output(0, top.op("Reshape", pooled, top.op("Concat", body.literal_1d([-1]), rest, axis=0)))
+
+
+def _streaming(view: NodeView) -> bool:
+    """Whether an S2A node is in its streaming form (a state port is connected)."""
+    return any(view.has_input(index) for index in (3, 4, 5)) or view.n_outputs > 1
+
+
+def _s2a_stream_eager(view: NodeView, xp: Any, x: Any, weight: Any, bias: Any, buffer0: Any, filled0: Any,
+                      windows0: Any) -> tuple[Any, Any, int, int]:
+    """The streaming form (see the S2A docstring) in an eager namespace: ``(y, buffer, filled, windows)``."""
+    steps, rest = x.shape[0], tuple(x.shape[1:])
+    filled = 0 if filled0 is None else int(filled0)
+    done = 0 if windows0 is None else int(windows0)
+    buffer = S2A.state_spec(view)[0]
+    held = xp.broadcast(buffer.fill if buffer0 is None else buffer0, buffer.shape(rest))
+    if view.attrs["decoding"] == "global":
+        total = xp.add(xp.literal(0), held[0])
+        for t in range(steps):  # from 0, one addition per step in order, as onnxruntime's ReduceSum over axis 0
+            total = xp.add(total, x[t])
+        count = filled + steps
+        if count == 0:
+            raise NodeError(view.name, "S2A global rate of an empty sequence (T = 0)")
+        rate = total if xp.integer else xp.div(total, xp.literal(float(count)))
+        y = xp.relu(rate) if view.attrs["activation"] == "relu" else rate
+        return y, xp.unsqueeze(total, 0), count, done
+    window, kernel, _, _, per_window = S2A.geometry(view.attrs)
+    if not 0 <= filled < window:
+        raise NodeError(view.name, f"S2A filled0 = {filled} must lie in [0, {window})")
+    for name, given, rank in (("weight", weight, 2), ("bias", bias, 1)):
+        if given is not None and (given.ndim != rank or given.shape[0] < 1 or rank == 2 and given.shape[1] != kernel):
+            raise NodeError(view.name, f"S2A {name} must have shape {'[rows, kernel]' if rank == 2 else '[rows]'} "
+                                       f"with kernel {kernel}, got {list(given.shape)}")
+    pending = [held[i] for i in range(filled)] + [x[t] for t in range(steps)]
+    complete = len(pending) // window
+    if complete:
+        windows = xp.stack(pending[: complete * window]).reshape(complete, window, math.prod(rest))
+
+        def rows(table: Any) -> Any:
+            return None if table is None else table[[min(done + j, table.shape[0] - 1) for j in range(complete)]]
+
+        y = _s2a_core(view, xp, windows, rows(weight), rows(bias)).reshape(complete * per_window, *rest)
+    else:
+        y = xp.zeros((0, *rest))
+    left = pending[complete * window:]
+    return y, xp.stack(left + [xp.zeros(rest)] * (window - len(left))), len(left), done + complete
+
+
+def _s2a_stream_body(view: NodeView, body: FunctionBody, xp: OnnxOps, shape: str, rest: str) -> None:
+    """The streaming form's ONNX body (the equations of :func:`_s2a_stream_eager`)."""
+    top = body.top
+    x = body.input(0)
+    buffer = S2A.state_spec(view)[0]
+    steps = top.op("Slice", shape, body.literal_1d([0]), body.literal_1d([1]))  # [1] int64
+
+    def counter(port: int) -> str:  # an int64 state input as [1]
+        return top.op("Reshape", body.input(port), body.literal_1d([1])) if view.has_input(port) else body.literal_1d([0])
+
+    fill = body.literal(buffer.fill, xp.elem)
+    held = top.op("Expand", body.input(3) if view.has_input(3) else fill,
+                  top.op("Concat", body.literal_1d([buffer.leading[0]]), rest, axis=0))
+    filled, done = counter(4), counter(5)
+    if view.attrs["decoding"] == "global":
+        # Concat then ReduceSum over axis 0: from 0, the held sum, then one addition per step in order.
+        total = top.op("ReduceSum", top.op("Concat", held, x, axis=0), body.literal_1d([0]), keepdims=1)
+        count = top.op("Add", filled, steps)
+        rate = top.op("Squeeze", total, body.literal_1d([0]))
+        if not xp.integer:
+            rate = xp.div(rate, top.op("Squeeze", top.op("Cast", count, to=FLOAT)))
+        body.set_output(0, xp.relu(rate) if view.attrs["activation"] == "relu" else rate)
+        for index, value in ((1, total), (2, count), (3, done)):
+            body.set_output(index, value if index == 1 else top.op("Squeeze", value))
+        return
+    window = buffer.leading[0]
+    per_window = S2A.geometry(view.attrs)[4]
+    pending = top.op("Concat", top.op("Slice", held, body.literal_1d([0]), filled, body.literal_1d([0])), x, axis=0)
+    length = top.op("Add", filled, steps)
+    width = body.literal_1d([window])
+    complete = top.op("Div", length, width)  # non-negative: truncation is the floor
+    used = top.op("Mul", complete, width)
+    elements = top.op("ReduceProd", rest, keepdims=1)
+    windows = top.op("Reshape", top.op("Slice", pending, body.literal_1d([0]), used, body.literal_1d([0])),
+                     top.op("Concat", complete, width, elements, axis=0))  # [complete, window, M]
+
+    def rows(port: int) -> str | None:  # learnable row of each completed window, the last row repeating
+        if not view.has_input(port):
+            return None
+        table = body.input(port)
+        last = top.op("Sub", top.op("Slice", top.op("Shape", table), body.literal_1d([0]), body.literal_1d([1])),
+                      body.literal_1d([1]))
+        index = top.op("Range", top.op("Squeeze", done), top.op("Squeeze", top.op("Add", done, complete)),
+                       body.literal(1, INT64))
+        return top.op("Gather", table, top.op("Min", index, last), axis=0)
+
+    pooled = _s2a_core(view, xp, windows, rows(1), rows(2))  # [complete, L, M]
+    body.set_output(0, top.op("Reshape", pooled, top.op("Concat", top.op("Mul", complete, body.literal_1d([per_window])),
+                                                         rest, axis=0)))
+    left = top.op("Slice", pending, used, length, body.literal_1d([0]))
+    padding = top.op("Expand", body.literal(0, xp.elem),
+                     top.op("Concat", top.op("Sub", width, top.op("Sub", length, used)), rest, axis=0))
+    body.set_output(1, top.op("Concat", left, padding, axis=0))
+    body.set_output(2, top.op("Squeeze", top.op("Sub", length, used)))
+    body.set_output(3, top.op("Squeeze", top.op("Add", done, complete)))
 
 
 def _s2a_eager(view: NodeView, xp: Any, x: Any, weight: Any, bias: Any) -> Any:

@@ -12,8 +12,8 @@ import onnx
 
 from hnnx.errors import NodeError
 from hnnx.ops.arrays import FLOAT, INT32, FunctionBody, NumpyOps, OnnxOps, onnx_time_scan
-from hnnx.ops.declare import (NO_TIME, TIME_MAJOR, Attribute, NodeView, OpDeclaration, Port, TypeConstraint,
-                              port_key)
+from hnnx.ops.declare import (NO_TIME, TIME_MAJOR, Attribute, NodeView, OpDeclaration, Port, StateSpec,
+                              TypeConstraint, port_key)
 
 EXACT_ATTRIBUTE_LIMIT = 2**24
 """Integer-mode constants travel in float32 attributes, exact up to this magnitude."""
@@ -188,6 +188,18 @@ class LIF(OpDeclaration):
         ports are connected). Output port ``k`` (k ≥ 1) and input port ``k`` hold state ``k − 1``."""
         flags = _flags(view)
         return ("v",) + (("theta",) if flags.adapt else ()) + (("refractory",) if flags.refr else ())
+
+    @classmethod
+    def state_spec(cls, view: NodeView) -> tuple[StateSpec, ...]:
+        """The states of :meth:`state_names`, each shaped like one step of the current (``[N, ...]``):
+        ``v`` (before step 0: ``v_init``), ``theta`` (0) and ``refractory`` (0, int32); state
+        ``k`` enters at input port ``k + 1`` and leaves at output port ``k + 1``."""
+        compute = np.dtype(np.int32 if view.attrs["mode"] == "integer" else np.float32)
+        specs = {"v": StateSpec("v", 1, 1, compute, view.attrs["v_init"], doc="membrane potential"),
+                 "theta": StateSpec("theta", 2, 2, compute, 0, doc="adaptive-threshold component"),
+                 "refractory": StateSpec("refractory", 3, 3, np.dtype(np.int32), 0,
+                                         doc="remaining refractory steps")}
+        return tuple(specs[name] for name in cls.state_names(view))
 
     @classmethod
     def initial_state(cls, view: NodeView, neuron_shape: tuple[int, ...], v0: np.ndarray | None = None,

@@ -181,5 +181,9 @@ class TorchOps(EagerOps):
     def stack(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         return torch.stack(list(tensors))
 
+    def broadcast(self, x: Any, shape: tuple[int, ...]) -> torch.Tensor:
+        """``x`` (a tensor or a scalar) broadcast to ``shape`` in the compute type, values unchanged."""
+        return torch.broadcast_to(torch.as_tensor(x, dtype=self.dtype, device=self._device), shape)
+
     def zeros(self, shape: tuple[int, ...]) -> torch.Tensor:
         return torch.zeros(shape, dtype=self.dtype, device=self._device)
