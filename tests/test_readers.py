@@ -138,3 +138,13 @@ def test_a_fixed_batch_that_the_samples_do_not_fill_is_refused() -> None:
     other = TensorSpec("y", np.dtype("float32"), (2, 4))
     with pytest.raises(DataError, match=r"the model's inputs fix different batch sizes: \{'x': 4, 'y': 2\}"):
         batches({"x": x, "y": x}, [spec, other], batch_size=64)
+
+
+def test_a_file_cut_short_after_opening_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "x.npy"
+    np.save(path, np.zeros((8, 4), np.float32))
+    stream = batches(path, [X_SPEC], batch_size=4)  # validated: the file was whole
+    with open(path, "r+b") as handle:
+        handle.truncate(path.stat().st_size - 16)
+    with pytest.raises(DataError, match=r"x.npy: cannot read samples 4:8 \(ValueError: "):
+        list(stream)

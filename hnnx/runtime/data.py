@@ -169,8 +169,8 @@ class StoredArray:
     """
 
     def __init__(self, path: Path, member: str | None, shape: tuple[int, ...], dtype: np.dtype, fortran: bool,
-                 offset: int) -> None:
-        self.path, self.member = path, member
+                 offset: int, compressed: bool = False) -> None:
+        self.path, self.member, self.compressed = path, member, compressed
         self.shape, self.dtype, self.fortran = tuple(shape), np.dtype(dtype), fortran
         self.offset = offset  # of the first data byte: in the file, or in the decompressed member
         self._stream: BinaryIO | None = None
@@ -181,11 +181,20 @@ class StoredArray:
         return len(self.shape)
 
     def read(self, axis: int, start: int, stop: int) -> np.ndarray:
-        """Elements ``start:stop`` along ``axis`` (all of every other axis), as a new array."""
+        """Elements ``start:stop`` along ``axis`` (all of every other axis), as a new array.
+        DataError naming the file if it cannot be read (e.g. cut short since it was opened)."""
+        try:
+            return self._read(axis, start, stop)
+        except (ValueError, OSError, EOFError, RuntimeError, zipfile.BadZipFile) as exc:
+            self.close()
+            where = f"{self.path}" + (f", array {self.member[:-4]!r}" if self.member else "")
+            raise DataError(f"{where}: cannot read samples {start}:{stop} ({type(exc).__name__}: {exc})") from None
+
+    def _read(self, axis: int, start: int, stop: int) -> np.ndarray:
         if axis == 0 and not self.fortran:
             row = math.prod(self.shape[1:]) * self.dtype.itemsize
             shape = (stop - start, *self.shape[1:])
-            if self.member is None or self._compressed_member() is None:
+            if not self.compressed:
                 return np.fromfile(self.path, self.dtype, count=math.prod(shape),
                                    offset=self.offset + start * row).reshape(shape)
             stream = self._open_stream()
@@ -206,11 +215,6 @@ class StoredArray:
                 handle.close()
         self._stream = self._archive = None
 
-    def _compressed_member(self) -> zipfile.ZipInfo | None:
-        with zipfile.ZipFile(self.path) as archive:
-            info = archive.getinfo(self.member)
-        return info if info.compress_type != zipfile.ZIP_STORED else None
-
     def _open_stream(self) -> BinaryIO:
         if self._stream is None:
             self._archive = zipfile.ZipFile(self.path)
@@ -218,7 +222,7 @@ class StoredArray:
         return self._stream
 
     def _whole(self) -> np.ndarray:
-        if self.member is not None and self._compressed_member() is not None:
+        if self.compressed:
             with zipfile.ZipFile(self.path) as archive, archive.open(self.member) as member:
                 return np.lib.format.read_array(member, allow_pickle=False)
         order = "F" if self.fortran else "C"
@@ -245,7 +249,7 @@ def open_stored(path: Path) -> dict[str, StoredArray]:
     try:
         with open(path, "rb") as raw:
             if raw.read(6) == b"\x93NUMPY":
-                return {"": _stored_array(path, None, raw, 0)}
+                return {"": _stored_array(path, None, raw, 0, False)}
             arrays = {}
             with zipfile.ZipFile(raw) as archive:
                 for info in archive.infolist():
@@ -253,23 +257,23 @@ def open_stored(path: Path) -> dict[str, StoredArray]:
                         continue
                     key = info.filename[:-4]
                     if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:
-                        arrays[key] = _stored_array(path, info.filename, raw, _stored_member_start(raw, info))
+                        arrays[key] = _stored_array(path, info.filename, raw, _stored_member_start(raw, info), False)
                     else:
                         with archive.open(info) as member:
-                            arrays[key] = _stored_array(path, info.filename, member, 0)
+                            arrays[key] = _stored_array(path, info.filename, member, 0, True)
             return arrays
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+    except (ValueError, OSError, EOFError, RuntimeError, zipfile.BadZipFile, KeyError) as exc:
         raise DataError(f"{path}: not a readable .npz/.npy file ({type(exc).__name__}: {exc})") from None
 
 
-def _stored_array(path: Path, member: str | None, stream: BinaryIO, start: int) -> StoredArray:
+def _stored_array(path: Path, member: str | None, stream: BinaryIO, start: int, compressed: bool) -> StoredArray:
     header = _npy_header(stream, start)
     if header is None:
         raise ValueError("unsupported .npy format version")
     shape, fortran, dtype = header
     if dtype.hasobject:
         raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
-    return StoredArray(path, member, shape, dtype, fortran, stream.tell())
+    return StoredArray(path, member, shape, dtype, fortran, stream.tell(), compressed)
 
 
 def _joined(parts: list[dict[str, np.ndarray]], key: str, axis: int, source: str) -> np.ndarray:
