@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -29,6 +30,11 @@ OUTPUT_SCALE_KEY = "hnnx.output_scale."
 COMPARISON_SAMPLES = 128
 """Calibration samples the report's float-vs-quantized comparison runs on."""
 QUANTIZED_KEY = "hnnx.quantized"
+QDQ_MIN_OPSET = 13
+"""QuantizeLinear/DequantizeLinear take a per-channel ``axis`` from ai.onnx opset 13 on."""
+MIN_OPSETS = {"tianjicx": ops.MIN_ONNX_OPSET, "qdq": QDQ_MIN_OPSET}
+"""The standard opset each target's graphs need; older models are converted up to it (hnnx
+nodes' function bodies need :data:`hnnx.ops.MIN_ONNX_OPSET`)."""
 
 
 @dataclass
@@ -52,10 +58,12 @@ class QuantizationReport:
     saturated: dict[str, int] = field(default_factory=dict)
     synops_per_sample: float = 0.0
     tensor_errors: list[dict[str, Any]] = field(default_factory=list)
+    preprocessing: list[dict[str, Any]] = field(default_factory=list)
     note: str = ""
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=False, default=float)
+        """The report as JSON (an exact tensor's SQNR, infinite, is written as null)."""
+        return json.dumps(_finite(asdict(self)), indent=2, sort_keys=False, default=float)
 
     def markdown(self) -> str:
         """A readable summary (Markdown tables)."""
@@ -71,7 +79,7 @@ class QuantizationReport:
             lines.append(f"| {layer['name']} | {layer['op']} | {layer['role']} | {details} |")
         if self.sqnr_db:
             lines += ["", "| output | scale | SQNR (dB) |", "|---|---|---|"]
-            lines += [f"| {name} | {self.output_scales.get(name, float('nan')):.6g} | {db:.2f} |"
+            lines += [f"| {name} | {self.output_scales.get(name, float('nan')):.6g} | {_db(db)} |"
                       for name, db in self.sqnr_db.items()]
         if self.firing_rates:
             lines += ["", "| spiking layer | float rate | quantized rate | drift |", "|---|---|---|---|"]
@@ -85,8 +93,13 @@ class QuantizationReport:
             lines += ["", f"SynOps per sample (spike-driven synaptic operations): {self.synops_per_sample:,.0f}"]
         if self.tensor_errors:
             lines += ["", "| quantized tensor (worst first) | SQNR (dB) | saturated values |", "|---|---|---|"]
-            lines += [f"| {e['tensor']} | {e['sqnr_db']:.2f} | {e['saturated']:,} of {e['elements']:,} |"
+            lines += [f"| {e['tensor']} | {_db(e['sqnr_db'])} | {e['saturated']:,} of {e['elements']:,} |"
                       for e in self.tensor_errors]
+        changed = [step for step in self.preprocessing if step["changed"] or step["detail"]]
+        if changed:
+            lines += ["", "| pre-processing pass | changed | what |", "|---|---|---|"]
+            lines += [f"| {step['pass']} | {'yes' if step['changed'] else 'no'} | {step['detail']} |"
+                      for step in changed]
         if self.excluded:
             lines += ["", "| excluded node | reason |", "|---|---|"]
             lines += [f"| {name} | {reason} |" for name, reason in self.excluded.items()]
@@ -149,7 +162,9 @@ def quantize(
     if done is not None:
         raise HnnxError(f"the model is already quantized ({done}); re-quantizing it as {target}/{format} "
                         f"needs the float model")
-    graph = preprocess_graph(model)
+    changes: dict[str, bool] = {}
+    notes: dict[str, str] = {}
+    graph = preprocess_graph(model, min_opset=MIN_OPSETS[target], changes=changes, notes=notes)
     float_model = export_graph(graph, model)
     options = TargetOptions(format, frozenset(_excluded_names(graph, exclude)), bit_shift_unit, per_channel, spiking)
     quantizer = TARGET_CLASSES[target](options)
@@ -163,6 +178,8 @@ def quantize(
                                 excluded=dict(rewrite.excluded), output_scales=dict(rewrite.output_scales),
                                 size_bytes={"float": _parameter_bytes(float_model),
                                             "quantized": _parameter_bytes(quantized)})
+    report.preprocessing = [{"pass": name, "changed": flag, "detail": notes.get(name, "")}
+                            for name, flag in changes.items()]
     _compare(stats.simulator, quantized, rewrite.tensors, calibration, report, stats.firing_rates, batch_size)
     return quantized, report
 
@@ -285,8 +302,25 @@ def _compare(reference: Any, quantized: onnx.ModelProto, tensors: Mapping[str, t
 
 
 def _sqnr(signal: float, noise: float) -> float:
-    """Signal-to-quantization-noise ratio in dB (capped where the noise is 0)."""
-    return float(10 * np.log10(max(signal, 1e-30) / max(noise, 1e-30)))
+    """Signal-to-quantization-noise ratio in dB; infinite where the quantized tensor is exact."""
+    if noise == 0.0:
+        return math.inf
+    return float(10 * np.log10(max(signal, 1e-30) / noise))
+
+
+def _db(value: float) -> str:
+    return f"{value:.2f}" if math.isfinite(value) else "exact"
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (JSON has no infinity)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _tensor_names(model: onnx.ModelProto) -> set[str]:
