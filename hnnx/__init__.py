@@ -11,11 +11,12 @@
 from hnnx.errors import DataError, HnnxError, ModelError, NodeError
 from hnnx.model import load, save
 from hnnx.quantization import QuantizationReport, quantize
-from hnnx.runtime import SimulationResult, Simulator, simulate
+from hnnx.runtime import SimulationResult, Simulator, Stream, simulate
 from hnnx.chip import lower
 
 __version__ = "0.1.0"
 
-__all__ = ["load", "save", "simulate", "quantize", "lower", "Simulator", "SimulationResult", "QuantizationReport",
+__all__ = ["load", "save", "simulate", "quantize", "lower", "Simulator", "SimulationResult", "Stream",
+           "QuantizationReport",
            "HnnxError", "ModelError",
            "NodeError", "DataError", "__version__"]

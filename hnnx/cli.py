@@ -103,6 +103,26 @@ def inspect(model: Path) -> None:
                 click.echo(f"    {key} = {value}")
 
 
+class ByteSize(click.ParamType):
+    """A number of bytes: ``1000000``, ``512M``, ``4G``, ``1.5GiB`` (K, M, G, T: powers of 1024)."""
+
+    name = "size"
+    _UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+        scale = self._UNITS.get(text[-1:], 1)
+        try:
+            size = float(text[:-1] if text[-1:] in self._UNITS else text) * scale
+        except ValueError:
+            self.fail(f"{value!r} is not a size (e.g. 4G, 512M, 1000000)", param, ctx)
+        if not size >= 1:
+            self.fail(f"{value!r}: the size must be at least 1 byte", param, ctx)
+        return int(size)
+
+
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--input", "-i", "data", required=True, type=click.Path(path_type=Path),
@@ -116,10 +136,17 @@ def inspect(model: Path) -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
               help="Write outputs and probes to this .npz file.")
+@click.option("--chunk", "chunk_steps", type=click.IntRange(min=0), default=None, metavar="K",
+              help="Run the time steps K at a time with every layer's state carried (results bit-identical; "
+                   "0: all at once). Default: chunks only when the whole sequence would not fit --memory-limit.")
+@click.option("--memory-limit", type=ByteSize(), default=None, metavar="SIZE",
+              help="Memory budget that chooses the chunk length, e.g. 4G or 512M (default: half the available "
+                   "memory).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 @_reports_errors
 def simulate(model: Path, data: Path, labels: Path | None, batch_size: int, probes: tuple[str, ...],
-             threads: int | None, output: Path | None, progress: bool) -> None:
+             threads: int | None, output: Path | None, chunk_steps: int | None, memory_limit: int | None,
+             progress: bool) -> None:
     """Run MODEL (an .onnx file, or a chip program directory written by `hnnx lower`) on a
     dataset: accuracy, firing rates, probes."""
     import hnnx
@@ -130,7 +157,8 @@ def simulate(model: Path, data: Path, labels: Path | None, batch_size: int, prob
         result = hnnx.chip.simulate(model, data, labels=labels, probes=probes)
     else:
         result = hnnx.simulate(model, data, labels=labels, batch_size=batch_size, probes=probes,
-                               threads=threads, progress=progress and sys.stderr.isatty())
+                               threads=threads, progress=progress and sys.stderr.isatty(), chunk_steps=chunk_steps,
+                               memory_limit=memory_limit)
     click.echo(result.summary())
     if output is not None:
         result.save(output)

@@ -218,30 +218,65 @@ def _quiet_exporter() -> Iterator[None]:
 
 def export(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: str | os.PathLike | None = None, *,
            input_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None,
-           time_major_inputs: Sequence[int] = (), dynamic: bool = True) -> onnx.ModelProto:
+           time_major_inputs: Sequence[int] | None = None, dynamic: bool = True) -> onnx.ModelProto:
     """Export ``model`` to ONNX with one hnnx node per op module, functions attached.
 
     ``example_inputs``: positional tensors for ``forward`` (use at least 2 samples and 2 steps
-    so those dims stay symbolic); ``time_major_inputs``: indices of inputs laid out
-    ``[T, N, ...]`` (their dims 0/1 are exported as ``T``/``N``; other inputs get ``N`` on
-    dim 0) when ``dynamic``. hnnx nodes are named by their module path. Writes ``path``
-    atomically when given; returns the model. The model is left in eval mode.
+    so those dims stay symbolic). Inputs laid out ``[T, N, ...]`` get the dim names ``T``/``N``,
+    other inputs ``N`` on dim 0 (when ``dynamic``). Which inputs are time-major is found from the
+    model — those that feed a time-major port of an hnnx module (LIF, IF, S2A, ...) or a
+    ``TimeFold`` without an A2S in front; ``time_major_inputs`` (indices) states it instead, and
+    HnnxError names an input it gets wrong. hnnx nodes are named by their module path. Writes
+    ``path`` atomically when given; returns the model. The model is left in eval mode.
     """
-    from torch.export import Dim
-
     from hnnx.model import check, save
 
     for module_path, module in model.named_modules():
         if isinstance(module, HnnxModule):
             module.node_name = module_path or type(module).__name__
+    model.eval()
+    given = None if time_major_inputs is None else sorted(set(time_major_inputs))
+    direct = _inputs_fed_to_time_layers(model, example_inputs)
+    layout = given if given is not None else sorted(i for i, kind in direct.items() if kind[0] == ops.TIME_MAJOR)
+    proto = _export_once(model, example_inputs, input_names, output_names, layout, dynamic)
+    found = _time_layout_of_inputs(proto, len(example_inputs))
+    found.update({i: kind for i, kind in direct.items() if i not in found})
+    time_major = sorted(i for i, (kind, _) in found.items() if kind == ops.TIME_MAJOR)
+    names = [vi.name for vi in proto.graph.input][: len(example_inputs)]
+    for index in layout:
+        if found.get(index, (None,))[0] == ops.NO_TIME:
+            raise HnnxError(f"input {index} ({names[index]!r}) feeds {found[index][1]}, which takes [N, ...] values, "
+                            f"not a time-major layer: drop it from time_major_inputs")
+    missing = [i for i in time_major if i not in layout]
+    if missing:
+        index = missing[0]
+        if given is not None or not dynamic:
+            how = (f"add it to time_major_inputs (time_major_inputs={sorted(set(layout) | set(missing))})"
+                   if dynamic else "export with dynamic=True so that its dims are named T and N")
+            raise HnnxError(f"input {index} ({names[index]!r}) feeds the time-major layer {found[index][1]}: its dim 0 "
+                            f"is time, not samples; {how}")
+        layout = sorted(set(layout) | set(missing))
+        proto = _export_once(model, example_inputs, input_names, output_names, layout, dynamic)
+    if path is not None:
+        save(proto, path)
+    else:
+        check(proto, "exported model")
+    return proto
+
+
+def _export_once(model: nn.Module, example_inputs: Sequence[torch.Tensor], input_names: Sequence[str] | None,
+                 output_names: Sequence[str] | None, time_major: Sequence[int], dynamic: bool) -> onnx.ModelProto:
+    """One run of the dynamo exporter, the hnnx nodes named and their functions attached."""
+    from torch.export import Dim
+
     dynamic_shapes = None
     if dynamic:
         time, batch = Dim("T"), Dim("N")
-        dynamic_shapes = tuple({0: time, 1: batch} if index in time_major_inputs else {0: batch}
+        dynamic_shapes = tuple({0: time, 1: batch} if index in time_major else {0: batch}
                                for index in range(len(example_inputs)))
     try:
         with _quiet_exporter():
-            program = torch.onnx.export(model.eval(), tuple(example_inputs), dynamo=True,
+            program = torch.onnx.export(model, tuple(example_inputs), dynamo=True,
                                         opset_version=ops.ONNX_OPSET,
                                         input_names=list(input_names) if input_names else None,
                                         output_names=list(output_names) if output_names else None,
@@ -255,9 +290,48 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: str |
             node.name = meta[NAME_KEY]
         del node.metadata_props[:]  # the exporter's stack traces
     _name_hnnx_outputs(proto.graph)
-    ops.attach_functions(proto)
-    if path is not None:
-        save(proto, path)
-    else:
-        check(proto, "exported model")
-    return proto
+    return ops.attach_functions(proto)
+
+
+def _inputs_fed_to_time_layers(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> dict[int, tuple[str, str]]:
+    """Example inputs that a ``TimeFold`` or an hnnx module receives as they are, with the time
+    layout of the port (``TIME_MAJOR``/``NO_TIME``) and the module: one eager forward with hooks."""
+    found: dict[int, tuple[str, str]] = {}
+    by_id = {id(x): index for index, x in enumerate(example_inputs)}
+
+    def hook(module: nn.Module, args: tuple[Any, ...], name: str) -> None:
+        for position, arg in enumerate(args):
+            index = by_id.get(id(arg))
+            if index is None or index in found:
+                continue
+            if isinstance(module, TimeFold):
+                found[index] = (ops.TIME_MAJOR, f"TimeFold {name!r}")
+            elif isinstance(module, HnnxModule) and position < len(module.op.inputs):
+                kind = module.op.inputs[position].time
+                if kind != ops.SAME_TIME:
+                    found[index] = (kind, f"{module.op.name} {name!r}")
+
+    handles = [module.register_forward_pre_hook(lambda m, a, name=name: hook(m, a, name))
+               for name, module in model.named_modules() if isinstance(module, (TimeFold, HnnxModule))]
+    try:
+        with torch.no_grad():
+            model(*example_inputs)
+    except Exception as exc:
+        raise HnnxError(f"the model's forward fails on the example inputs: {type(exc).__name__}: {exc}") from exc
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found
+
+
+def _time_layout_of_inputs(proto: onnx.ModelProto, count: int) -> dict[int, tuple[str, str]]:
+    """For each of the first ``count`` graph inputs read as time-major: the time layout of the hnnx
+    port it reaches and the node (:func:`hnnx.passes.stepwise.time_role_of_input`)."""
+    from hnnx.passes.stepwise import time_role_of_input
+
+    found = {}
+    for index, info in enumerate(proto.graph.input[:count]):
+        role = time_role_of_input(proto, info.name)
+        if role is not None:
+            found[index] = role
+    return found

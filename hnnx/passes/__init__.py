@@ -11,6 +11,7 @@ Each pass declares what it works on (graph or model) and returns whether it chan
 | ``fold_batchnorm`` | graph | fold BatchNormalization into Conv/Gemm/MatMul |
 | ``decompose_batchnorm`` | graph | the BatchNormalizations left become a per-channel ``Mul`` + ``Add`` |
 | ``fold_time`` | graph | run per-frame ops on ``[T, N, ...]`` as ``[T·N, ...]`` |
+| ``stepwise`` | model | the stateful form: K steps per call, every node's state a graph input/output |
 
 ``preprocess(model)`` runs them all, in that order, after the intake passes
 (:mod:`hnnx.passes.intake`: hnnx opset check, initializers listed as inputs, opset upgrade,
@@ -30,6 +31,7 @@ from hnnx.passes.intake import (Notes, check_hnnx_opset, drop_initializer_inputs
                                 upgrade_opset)
 from hnnx.passes.manager import (FixedPoint, Pass, apply_passes, export_graph, fixed_point, graph_pass,
                                  import_graph, model_pass, run_passes)
+from hnnx.passes.stepwise import stepwise, stepwise_parts
 from hnnx.passes.time import fold_time
 
 PREPROCESS: tuple[Pass, ...] = (infer_shapes, remove_identities, fold_constants, fold_batchnorm, decompose_batchnorm,
@@ -74,4 +76,5 @@ def preprocess_graph(model: onnx.ModelProto, *, min_opset: int | None = None, ch
 __all__ = ["FixedPoint", "Notes", "Pass", "PREPROCESS", "apply_passes", "check_hnnx_opset", "decompose_batchnorm",
            "drop_initializer_inputs", "export_graph", "fixed_point", "fold_batchnorm", "fold_constants", "fold_time",
            "graph_pass", "import_graph", "infer_shapes", "intake_passes", "make_batch_symbolic", "model_pass",
-           "preprocess", "preprocess_graph", "remove_identities", "run_passes", "standard_opset", "upgrade_opset"]
+           "preprocess", "preprocess_graph", "remove_identities", "run_passes", "standard_opset", "stepwise", "stepwise_parts",
+           "upgrade_opset"]

@@ -14,7 +14,7 @@ import onnx
 from tqdm.auto import tqdm
 
 from hnnx.errors import DataError, HnnxError
-from hnnx.runtime.data import TensorSpec, is_time_major, load_dataset
+from hnnx.runtime.data import TensorSpec, is_time_major, load_dataset, spec_of
 from hnnx.runtime.session import Simulator
 
 
@@ -34,11 +34,18 @@ class SimulationResult:
     firing_rates: dict[str, float] = field(default_factory=dict)
     samples: int = 0
     seconds: float = 0.0
+    chunk_steps: int | None = None
+    """Steps per call when the sequence ran in chunks with the state carried; None: all at once."""
+    whole_sequence: dict[str, str] = field(default_factory=dict)
+    """Stateful nodes a chunked run still ran on the whole sequence, with the reason."""
 
     def summary(self) -> str:
         """A short human-readable report."""
         lines = [f"samples: {self.samples}   time: {self.seconds:.3f} s "
-                 f"({self.samples / max(self.seconds, 1e-9):,.0f} samples/s)"]
+                 f"({self.samples / max(self.seconds, 1e-9):,.0f} samples/s)"
+                 + (f"   in chunks of {self.chunk_steps} steps" if self.chunk_steps else "")]
+        for node, reason in self.whole_sequence.items():
+            lines.append(f"note: {node} ran on the whole sequence: {reason}")
         if self.accuracy is not None:
             lines.append(f"accuracy: {100 * self.accuracy:.2f} %")
         if self.firing_rates:
@@ -77,6 +84,8 @@ def simulate(
     threads: int | None = None,
     progress: bool = False,
     native: bool | None = None,
+    chunk_steps: int | None = None,
+    memory_limit: int | None = None,
 ) -> SimulationResult:
     """Run ``model`` over every sample of ``data`` in batches of ``batch_size``.
 
@@ -84,13 +93,37 @@ def simulate(
     ``labels``: class indices ``[N]`` (default: the ``labels`` array of ``data``);
     ``probes``: names of intermediate tensors to record; ``progress``: show a progress bar;
     ``native``: use the native LIF kernel (None: when available; see :class:`Simulator`).
+    ``chunk_steps``: run each batch's sequence K steps at a time with every layer's state
+    carried (:mod:`hnnx.runtime.stream`; outputs, probes, firing rates and accuracy are
+    bit-identical to the whole run); 0: the whole sequence at once; None: chunks only when the
+    whole sequence would not fit ``memory_limit`` bytes (default: half the available memory).
     """
     from hnnx.model import load
 
     if batch_size < 1:
         raise DataError(f"batch size must be ≥ 1, got {batch_size}")
+    if chunk_steps is not None and chunk_steps < 0:
+        raise DataError(f"chunk steps must be ≥ 1 (0: the whole sequence at once), got {chunk_steps}")
     if not isinstance(model, onnx.ModelProto):
         model = load(model)
+    parts = None
+    if chunk_steps is None:
+        chunk_steps, parts = _auto_chunk(model, data, batch_size, memory_limit)
+    if chunk_steps:
+        from hnnx.runtime.stream import run_chunked
+
+        from hnnx.runtime.session import _infer_types_and_batch_axes
+
+        run = run_chunked(model, data, labels=labels, batch_size=batch_size, probes=probes, threads=threads,
+                          progress=progress, native=native, chunk_steps=chunk_steps, memory_limit=memory_limit,
+                          parts=parts)
+        outputs = [spec_of(vi) for vi in model.graph.output]
+        probe_specs = [TensorSpec(name, np.dtype("float32"), None) for name in dict.fromkeys(probes)]
+        _, batch_axes = _infer_types_and_batch_axes(model, run.inputs)  # the whole run's sample axes
+        result = _result(run.tensors, run.spike_sums, run.batch_sizes, run.labels, run.samples, run.seconds,
+                         outputs, probe_specs, batch_axes, run.chunk_steps)
+        result.whole_sequence = run.whole_sequence if run.chunk_steps else {}
+        return result
     simulator = Simulator(model, probes=probes, threads=threads, native=native)
     dataset = load_dataset(data, simulator.inputs, labels)
     collected: dict[str, list[np.ndarray]] = {}
@@ -110,21 +143,58 @@ def simulate(
                 spike_sums[name][1] += count
             bar.update(stop - start)
     seconds = time.perf_counter() - started
+    return _result(collected, spike_sums, batch_sizes, dataset.labels, dataset.size, seconds, simulator.outputs,
+                   simulator.probes, simulator.batch_axes, None)
+
+
+def _result(collected: dict[str, list[np.ndarray]], spike_sums: Mapping[str, Sequence[float]],
+            batch_sizes: list[int], labels: np.ndarray | None, samples: int, seconds: float,
+            outputs: Sequence[TensorSpec], probes: Sequence[TensorSpec], batch_axes: Mapping[str, int],
+            chunk_steps: int | None) -> SimulationResult:
+    """Join the batches' tensors and count accuracy and firing rates."""
     joined = {}
-    for name, parts in collected.items():
-        preferred = simulator.batch_axes.get(name, specs[name].batch_axis)
-        joined[name] = _join(name, parts, preferred, batch_sizes)
-    output_names = [spec.name for spec in simulator.outputs]
+    for spec in [*outputs, *probes]:
+        preferred = batch_axes.get(spec.name, spec.batch_axis)
+        joined[spec.name] = _join(spec.name, collected[spec.name], preferred, batch_sizes)
     result = SimulationResult(
-        outputs={name: joined[name] for name in output_names},
-        probes={spec.name: joined[spec.name] for spec in simulator.probes},
+        outputs={spec.name: joined[spec.name] for spec in outputs},
+        probes={spec.name: joined[spec.name] for spec in probes},
         firing_rates={name: (total / count if count else 0.0) for name, (total, count) in spike_sums.items()},
-        samples=dataset.size,
+        samples=samples,
         seconds=seconds,
+        chunk_steps=chunk_steps,
     )
-    if dataset.labels is not None:
-        result.accuracy = accuracy(joined[output_names[0]], dataset.labels, simulator.outputs[0])
+    if labels is not None:
+        result.accuracy = accuracy(joined[outputs[0].name], labels, outputs[0])
     return result
+
+
+def _auto_chunk(model: onnx.ModelProto, data: str | os.PathLike | Mapping[str, np.ndarray], batch_size: int,
+                memory_limit: int | None) -> tuple[int | None, object]:
+    """Steps per call when the whole sequence of a batch would not fit the memory budget, with
+    the model's stepwise parts; ``(None, None)`` to run the whole sequence at once (also when the
+    model has no stateful node or the data cannot be read here — the whole run reports why)."""
+    from hnnx import ops
+    from hnnx.runtime.data import input_parts
+    from hnnx.runtime.stream import choose_chunk, symbols_of
+    from hnnx.passes.stepwise import stepwise_parts
+
+    if not any(ops.declaration(n.op_type).state_spec(ops.declaration(n.op_type).view(n))
+               for n in ops.hnnx_nodes(model.graph) if n.op_type in ops.REGISTRY):
+        return None, None
+    try:
+        parts = stepwise_parts(model)
+        specs = [spec_of(vi) for vi in model.graph.input if vi.name not in {i.name for i in model.graph.initializer}]
+        _, arrays = input_parts(data, specs, mmap=True)
+        steps = parts.steps
+        for name in parts.time_inputs:
+            steps = int(np.shape(arrays[0][name])[0])
+        batch = min(batch_size, sum(int(np.shape(part[specs[0].name])[specs[0].batch_axis]) for part in arrays))
+        shapes = {spec.name: np.shape(arrays[0][spec.name]) for spec in specs}
+        chunk = choose_chunk(parts, steps, symbols_of(parts, shapes, specs, batch), memory_limit) if steps else None
+    except HnnxError:
+        return None, None
+    return chunk, parts
 
 
 def accuracy(output: np.ndarray, labels: np.ndarray, spec: TensorSpec | None = None) -> float:
