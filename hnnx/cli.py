@@ -284,6 +284,129 @@ def _print_and_write_report(result: Any, output: Path, report: Path | None) -> N
 
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
+@click.option("--data", "data", required=True, type=click.Path(path_type=Path),
+              help="Training data: .npz keyed by input names with 'labels', .npy, or a directory of them.")
+@click.option("--labels", type=click.Path(path_type=Path), default=None,
+              help="Labels .npy (default: the 'labels' array of the data).")
+@click.option("--loss", type=click.Choice(["ce", "distill"]), default="ce", show_default=True,
+              help="ce: cross-entropy on the labels; distill: KL divergence to the --teacher's outputs.")
+@click.option("--teacher", type=click.Path(path_type=Path), default=None,
+              help="The float model whose outputs --loss distill matches.")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
+              help="Softening of the distillation targets.")
+@click.option("--epochs", type=click.IntRange(min=0), default=3, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+              help="Adam's step relative to each layer's weight magnitude (cosine decay).")
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--val", "validation", type=click.Path(path_type=Path), default=None,
+              help="Validation data with labels (default: --val-fraction of --data, held out).")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
+              show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
+              help="The fine-tuned .onnx file (the same graph with the best epoch's weights).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@_reports_errors
+def finetune(model: Path, data: Path, labels: Path | None, loss: str, teacher: Path | None, temperature: float,
+             epochs: int, lr: float, batch_size: int, validation: Path | None, val_fraction: float, seed: int,
+             output: Path, progress: bool) -> None:
+    """Fine-tune MODEL (a float or tianjicx fake-quant graph) in torch; write the best epoch's weights."""
+    import hnnx
+    from hnnx.qat import finetune as run_finetune
+    from hnnx.quantization import is_fakequant
+
+    if output.suffix != ".onnx":
+        raise HnnxError(f"{output}: the output file must end in .onnx")
+    result = run_finetune(model, data, labels=labels, loss=loss, teacher=teacher, temperature=temperature,
+                          epochs=epochs, lr=lr, batch_size=batch_size, validation=validation,
+                          validation_fraction=val_fraction, seed=seed, progress=progress and sys.stderr.isatty(),
+                          log=click.echo)
+    click.echo(result.summary())
+    hnnx.save(result.model, output)
+    click.echo(f"wrote {output}")
+    if is_fakequant(result.model):
+        click.echo(f"next: hnnx quantize {output} --format int --calib {data} -o {output.with_suffix('')}_int.onnx")
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--to", "target", type=click.Choice(["snn"]), default="snn", show_default=True,
+              help="snn: ReLU layers become integrate-and-fire neurons (rate coding).")
+@click.option("--calib", "calibration", required=True, type=click.Path(path_type=Path),
+              help="Calibration data for the layer ranges: .npz keyed by input names, .npy, or a directory.")
+@click.option("--steps", "-T", type=click.IntRange(min=1), required=True, help="Time steps of the SNN.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="The converted .onnx file.")
+@click.option("--hybridize", is_flag=True, help="Keep the layers before --cut as ANN (needs --cut).")
+@click.option("--cut", default=None, metavar="NODE", help="With --hybridize: the first layer of the SNN part.")
+@click.option("--coding", type=click.Choice(["direct", "rate"]), default="direct", show_default=True,
+              help="Input coder at the cut: the value every step, or Bernoulli spikes.")
+@click.option("--observer", type=click.Choice(["max", "percentile"]), default="percentile", show_default=True,
+              help="Each ReLU's range: its maximum, or a percentile of |a| (--percentile).")
+@click.option("--percentile", type=click.FloatRange(0, 100, min_open=True), default=99.99, show_default=True)
+@click.option("--alpha", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+              help="Membrane leak: 1 = IF neurons, < 1 = LIF.")
+@click.option("--v-init", type=float, default=0.5, show_default=True, help="Initial membrane, in thresholds.")
+@click.option("--num-samples", type=click.IntRange(min=1), default=None, help="Calibration samples to use (all).")
+@click.option("--eval", "evaluation", type=click.Path(path_type=Path), default=None,
+              help="Labelled data: print the ANN's and the SNN's accuracy against T.")
+@click.option("--curve", default=None, metavar="T1,T2,...",
+              help="The T values of --eval (default: powers of two up to --steps, and --steps).")
+@click.option("--plot", type=click.Path(path_type=Path), default=None,
+              help="With --eval: write the accuracy-vs-T curve as a PNG (needs matplotlib).")
+@click.option("--report", type=click.Path(path_type=Path), default=None,
+              help="Write the report as JSON (and Markdown next to it, .md).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@_reports_errors
+def convert(model: Path, target: str, calibration: Path, steps: int, output: Path, hybridize: bool, cut: str | None,
+            coding: str, observer: str, percentile: float, alpha: float, v_init: float, num_samples: int | None,
+            evaluation: Path | None, curve: str | None, plot: Path | None, report: Path | None,
+            progress: bool) -> None:
+    """Convert a float ReLU MODEL into an SNN (or, with --hybridize --cut, an ANN/SNN hybrid)."""
+    import hnnx
+    from hnnx.convert import Converter, NeuronChoice, plot_curve, print_curve
+
+    if output.suffix != ".onnx":
+        raise HnnxError(f"{output}: the output file must end in .onnx")
+    if report is not None and report.suffix != ".json":
+        raise HnnxError(f"{report}: the report file must end in .json")
+    if plot is not None and (plot.suffix != ".png" or evaluation is None):
+        raise HnnxError(f"{plot}: --plot writes a .png file of the --eval curve")
+    if hybridize != (cut is not None):
+        raise HnnxError("--hybridize and --cut NODE go together (the layer where the SNN part starts)")
+    points = _steps_list(curve, steps)
+    converter = Converter(model, calibration, cut=cut, coding=coding, observer=observer, percentile=percentile,
+                          neuron=NeuronChoice(alpha=alpha, v_init=v_init), num_samples=num_samples,
+                          progress=progress and sys.stderr.isatty())
+    converted = converter.build(steps)
+    result = converter.report(steps)
+    if evaluation is not None:
+        result.ann_accuracy, result.curve = converter.curve(evaluation, points)
+        click.echo(print_curve(result.ann_accuracy, result.curve), nl=False)
+    hnnx.save(converted, output)
+    _print_and_write_report(result, output, report)
+    if plot is not None:
+        try:
+            plot_curve(result.ann_accuracy, result.curve, plot)
+            click.echo(f"wrote {plot}")
+        except HnnxError as exc:
+            click.echo(f"hnnx: warning: {exc}", err=True)
+
+
+def _steps_list(text: str | None, steps: int) -> list[int]:
+    """The T values of an accuracy curve: ``"4,8,16"``, or powers of two up to ``steps`` and ``steps``."""
+    if text is None:
+        return sorted({2**k for k in range(steps.bit_length()) if 2**k <= steps} | {steps})
+    try:
+        values = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise HnnxError(f"--curve {text!r}: give comma-separated numbers of steps, e.g. 4,8,16,32") from None
+    if not values or values[0] < 1:
+        raise HnnxError(f"--curve {text!r}: every number of steps must be ≥ 1")
+    return values
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
 @click.option("--chip", "chip", default="tianjicx", show_default=True, metavar="tianjicx|tianjic|FILE.json",
               help="The target chip: a built-in spec or a spec file (schema: hnnx.chip.spec).")
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True,

@@ -13,7 +13,8 @@ A spec file is one JSON object (schema ``hnnx-chip-spec/1``)::
       "neuron":  {"state_bits": F, "refractory_max": F, "reset_modes": F,
                   "leak_alpha_denominator": F, "threshold_adaptation": F, "lower_saturation": F},
       "primitives": {"weight_bits": F, "shift_granularity": F, "max_shift": F, "group_conv": F,
-                     "max_pool": F, "a2s_codings": F, "s2a_decodings": F, "max_phases": F},
+                     "max_pool": F, "avg_pool": F, "add": F, "a2s_codings": F, "s2a_decodings": F,
+                     "max_phases": F},
       "noc":     {"routing": F, "packet_payload_bytes": F},
       "timing":  {"clock_hz": F, "cycles_per_neuron_update": F, "cycles_per_hop": F,
                   "cycles_per_packet": F},
@@ -38,9 +39,13 @@ Meaning of the fields:
 * ``neuron``: the soma's integer LIF — state width, longest refractory period, reset
   modes (``hard``, ``soft``, ``soft_constant``, ``none``), leak factor granularity
   (α = A / denominator), whether the threshold may adapt and the membrane saturate below.
-* ``primitives``: weight width, requantization shifts (multiples of ``shift_granularity``,
-  at most ``max_shift``), grouped convolution and max pooling support, hybrid-unit codings
-  and decodings, phases per time step.
+* ``primitives``: weight width, shifts (requantization right shifts and the left shifts
+  that align added operands: multiples of ``shift_granularity``, at most ``max_shift``),
+  grouped convolution, max pooling, average pooling (``avg_pool``: window sums, the
+  integer form of average pooling), element-wise addition of aligned int32 operands
+  (``add``: residual connections), hybrid-unit codings and decodings, phases per time
+  step. ``avg_pool`` and ``add`` may be left out (files written before they existed): they
+  then read as ``false``. Concatenation needs no primitive: it is routing.
 * ``noc``: routing algorithm (``"xy"``) and bytes of payload per packet.
 * ``timing``/``energy``: the cost model of the report.
 """
@@ -143,6 +148,8 @@ FIELDS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "max_shift": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 30, "an integer in [0, 30]"),
         "group_conv": (_bool, "true or false"),
         "max_pool": (_bool, "true or false"),
+        "avg_pool": (_bool, "true or false"),
+        "add": (_bool, "true or false"),
         "a2s_codings": (_subset_of("direct", "rate"), 'a list of "direct", "rate"'),
         "s2a_decodings": (_subset_of("rate", "global"), 'a list of "rate", "global"'),
         "max_phases": (_positive_int, "a positive integer"),
@@ -164,6 +171,13 @@ FIELDS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "static_watts": (_non_negative_number, "a number ≥ 0"),
     },
 }
+
+
+DEFAULTS: dict[tuple[str, str], Figure] = {
+    ("primitives", "avg_pool"): Figure(False, assumed="not stated in the spec file: taken as unsupported"),
+    ("primitives", "add"): Figure(False, assumed="not stated in the spec file: taken as unsupported"),
+}
+"""Figures a spec file may leave out, and what they then read as."""
 
 
 @dataclass(frozen=True)
@@ -218,6 +232,9 @@ def parse_spec(data: Any, source: str = "chip spec") -> ChipSpec:
         for name, (check, expected) in fields.items():
             where = f"{section}.{name}"
             raw = group.get(name)
+            if raw is None and (section, name) in DEFAULTS:
+                figures[section][name] = DEFAULTS[section, name]
+                continue
             if not isinstance(raw, dict) or "value" not in raw:
                 raise ChipSpecError(f"{source}: field {where!r} must be an object "
                                     f'{{"value": ..., "source": ...}} or {{"value": ..., "assumed": ...}}')
