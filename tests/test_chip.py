@@ -56,14 +56,20 @@ def _spike_trains(program: chip.Program) -> list[str]:
     return names
 
 
-def _assert_bit_exact(model: onnx.ModelProto, program: chip.Program, data: dict[str, np.ndarray]) -> list[str]:
-    trains = _spike_trains(program)
-    expected = hnnx.simulate(model, data, probes=trains, batch_size=128)
-    got = chip.simulate(program, data, probes=trains, batch_size=128)
+def assert_chip_equals_graph(model: onnx.ModelProto, program: chip.Program, data: dict[str, np.ndarray],
+                             probes: list[str]) -> None:
+    """The chip simulator's outputs and ``probes`` equal onnxruntime's run of ``model``, bit for bit."""
+    expected = hnnx.simulate(model, data, probes=probes, batch_size=128)
+    got = chip.simulate(program, data, probes=probes, batch_size=128)
     for name, want in {**expected.outputs, **expected.probes}.items():
         have = got.outputs.get(name, got.probes.get(name))
         assert have.dtype == want.dtype and have.shape == want.shape, name
         assert np.array_equal(have, want), f"{name}: {np.count_nonzero(have != want)} values differ"
+
+
+def _assert_bit_exact(model: onnx.ModelProto, program: chip.Program, data: dict[str, np.ndarray]) -> list[str]:
+    trains = _spike_trains(program)
+    assert_chip_equals_graph(model, program, data, trains)
     return trains
 
 

@@ -6,7 +6,8 @@
    position-major order, so a tile's neurons share receptive fields), and, when one neuron's
    inputs do not fit a core, fan-in splits over contiguous input ranges whose int32 partial
    sums a *merge* core adds exactly (int32 wrap-around addition is associative) before the
-   bias and the neuron;
+   bias and the neuron. Add layers split over outputs (a tile holds every operand of its
+   outputs), pooling layers over windows;
 3. tiles are placed on the mesh (chips side by side) along a serpentine path in dataflow
    order, then improved by deterministic moves that lower the total traffic × hop distance
    (traffic from the calibration data's spike rates when given, else dense);
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -67,12 +69,13 @@ class Route:
     path: list[tuple[int, int]] = field(default_factory=list)
 
 
+_GENERATED_SUFFIX = re.compile(r"\.(acc|sum\d*)\.(ConvInteger|MatMulInteger|ReduceSum|Add)$")
+
+
 def display_name(layer: Layer) -> str:
-    """The layer's name without the quantizer's ``.acc.ConvInteger``-style suffix."""
-    for suffix in (".acc.ConvInteger", ".acc.MatMulInteger"):
-        if layer.name.endswith(suffix):
-            return layer.name[: -len(suffix)]
-    return layer.name
+    """The layer's name without the quantizer's ``.acc.ConvInteger``-style suffix (``.sum.ReduceSum``,
+    ``.sum0.Add`` …)."""
+    return _GENERATED_SUFFIX.sub("", layer.name)
 
 
 # ---------------------------------------------------------------------------- checks
@@ -91,20 +94,33 @@ def check_primitives(graph: LayerGraph, spec: ChipSpec) -> None:
                                    f"{bits}-bit weights")
         if layer.kind == "maxpool" and not spec.value("primitives", "max_pool"):
             raise MappingError(f"{name}: max pooling is not supported on {chip}")
+        if layer.kind == "sumpool" and not spec.value("primitives", "avg_pool"):
+            raise MappingError(f"{name}: average pooling (a window sum) is not supported on {chip}")
+        if layer.kind == "add":
+            operands, shifts = layer.attrs["operands"], np.unique(layer.sources.shift)
+            if (operands > 1 or shifts.any()) and not spec.value("primitives", "add"):
+                what = f"a residual add of {operands} tensors" if operands > 1 else "aligning a tensor by left shifts"
+                raise MappingError(f"{name}: {what} is not supported on {chip}")
+            for shift in shifts[shifts > 0]:
+                check_shift(name, "left shift", int(shift), spec)
         if layer.kind == "a2s" and layer.attrs["coding"] not in spec.value("primitives", "a2s_codings"):
             raise MappingError(f"{name}: A2S coding {layer.attrs['coding']!r} is not supported on {chip}")
         if layer.kind == "s2a" and layer.attrs["decoding"] not in spec.value("primitives", "s2a_decodings"):
             raise MappingError(f"{name}: S2A decoding {layer.attrs['decoding']!r} is not supported on {chip}")
         for stage in layer.stages:
             if stage["op"] == "requantize":
-                shift, unit = stage["shift"], spec.value("primitives", "shift_granularity")
-                if shift % unit:
-                    raise MappingError(f"{stage['node']}: shift {shift} is not a multiple of {unit} on {chip}")
-                if shift > spec.value("primitives", "max_shift"):
-                    raise MappingError(f"{stage['node']}: shift {shift} > {spec.value('primitives', 'max_shift')} "
-                                       f"on {chip}")
+                check_shift(stage["node"], "shift", stage["shift"], spec)
             if stage["op"] == "lif":
                 check_soma(stage["node"], stage["attrs"], spec)
+
+
+def check_shift(where: str, what: str, shift: int, spec: ChipSpec) -> None:
+    """A shift against the chip's shifter: a multiple of ``shift_granularity``, at most ``max_shift``."""
+    unit, most = spec.value("primitives", "shift_granularity"), spec.value("primitives", "max_shift")
+    if shift % unit:
+        raise MappingError(f"{where}: {what} {shift} is not a multiple of {unit} on {spec.name}")
+    if shift > most:
+        raise MappingError(f"{where}: {what} {shift} > {most} on {spec.name}")
 
 
 def check_soma(node: str, attrs: dict[str, Any], spec: ChipSpec) -> None:
@@ -154,6 +170,13 @@ class _Capacity:
 
 def _has_lif(layer: Layer) -> bool:
     return any(stage["op"] == "lif" for stage in layer.stages)
+
+
+def _soma_bytes(layer: Layer, cap: _Capacity) -> float:
+    """Per output neuron: its bias and its neuron state, when its stages have them."""
+    ops_used = {stage["op"] for stage in layer.stages}
+    return (cap.sizes["bias_bytes"] if "bias" in ops_used else 0) + (cap.sizes["state_bytes"] if "lif" in ops_used
+                                                                       else 0)
 
 
 def _synapse_weight_count(layer: Layer, cap: _Capacity, axon_union: np.ndarray, out_channels: int) -> int:
@@ -282,12 +305,16 @@ def _synapse_tiles(layer: Layer, mask: np.ndarray, chunks: list[np.ndarray], gro
 
 
 def tile_elementwise(layer: Layer, graph: LayerGraph, cap: _Capacity) -> list[Tile]:
-    """Tiles of A2S (``encode``), S2A (``decode``) and max pooling (``pool``) layers."""
+    """Tiles of A2S (``encode``), S2A (``decode``), pooling (``pool``) and add (``add``) layers."""
     name = display_name(layer)
     s = cap.sizes
     in_bytes = cap.input_bytes(layer, graph)
-    if layer.kind == "maxpool":
-        return _pool_tiles(layer, cap, in_bytes)
+    if layer.kind in ("maxpool", "sumpool"):
+        # a max keeps its input type; a window sum keeps an int32 sum per output
+        out_bytes = s["axon_bytes"] if layer.kind == "maxpool" else s["partial_sum_bytes"]
+        return _pool_tiles(layer, cap, in_bytes, out_bytes + _soma_bytes(layer, cap))
+    if layer.kind == "add":
+        return _add_tiles(layer, cap, in_bytes)
     whole_sample = layer.kind == "a2s" and layer.attrs["coding"] == "rate"
     if layer.kind == "s2a":
         window = 1 if layer.attrs["decoding"] == "global" else ops.S2A.geometry(layer.attrs)[0]
@@ -324,14 +351,30 @@ def _largest_fitting(limit: int, fits: Any) -> int:
     return low
 
 
-def _pool_tiles(layer: Layer, cap: _Capacity, in_bytes: float) -> list[Tile]:
+def _add_tiles(layer: Layer, cap: _Capacity, in_bytes: float) -> list[Tile]:
+    """Fan-out tiles of an add layer: each holds every operand of its outputs (operand-major axons)."""
+    operands = layer.attrs["operands"]
+    per_neuron = operands * in_bytes + cap.sizes["partial_sum_bytes"] + _soma_bytes(layer, cap)
+    best = _largest_fitting(layer.size, lambda n: cap.fits(operands * n, n, n * per_neuron))
+    if best == 0:
+        raise MappingError(f"{display_name(layer)}: one output with its {operands} operands does not fit a core "
+                           f"(core limits: axons {cap.max_axons}, memory {cap.memory} bytes)")
+    tiles = []
+    for start in range(0, layer.size, best):
+        neurons = np.arange(start, min(start + best, layer.size))
+        axons = (np.arange(operands)[:, None] * layer.size + neurons[None, :]).reshape(-1)
+        tiles.append(Tile(layer.index, "add", neurons, axons, memory=int(math.ceil(neurons.size * per_neuron))))
+    return tiles
+
+
+def _pool_tiles(layer: Layer, cap: _Capacity, in_bytes: float, per_neuron: float) -> list[Tile]:
     mask = layer.mask
     tiles: list[Tile] = []
     current: list[int] = []
     union = np.zeros(mask.shape[0], bool)
 
     def memory(u: np.ndarray, n: int) -> float:
-        return u.sum() * in_bytes + n * cap.sizes["axon_bytes"]
+        return u.sum() * in_bytes + n * per_neuron
 
     for j in range(layer.size):
         trial = union | mask[:, j]
@@ -348,21 +391,6 @@ def _pool_tiles(layer: Layer, cap: _Capacity, in_bytes: float) -> list[Tile]:
         tiles.append(Tile(layer.index, "pool", np.array(current), np.flatnonzero(union),
                           memory=int(math.ceil(memory(union, len(current))))))
     return tiles
-
-
-def stage_dtype(layer: Layer, stage: int) -> np.dtype:
-    """The type of a layer's value after ``stage`` element-wise stages."""
-    if layer.kind == "input":
-        return np.dtype(layer.attrs.get("out_dtype", layer.attrs["dtype"]))
-    if layer.kind in ("a2s", "maxpool"):
-        return np.dtype(layer.input_dtype)
-    if layer.kind == "s2a":
-        return np.dtype(np.int32)
-    dtype = np.dtype(np.int32)
-    for entry in layer.stages[:stage]:
-        dtype = np.dtype(np.int8) if entry["op"] == "requantize" else dtype
-        dtype = np.dtype(np.int32) if entry["op"] in ("bias", "lif") else dtype
-    return dtype
 
 
 def _is_spike_stage(layer: Layer, stage: int) -> bool:
@@ -428,7 +456,7 @@ def _route_traffic(graph: LayerGraph, tiles: list[Tile], routes: list[Route], sp
         elif _is_spike_stage(source_layer, route.stage):
             route.packets = rates.get(source_layer.index, 1.0) * count  # one event packet per spike
         else:
-            width = np.dtype(stage_dtype(source_layer, route.stage)).itemsize
+            width = source_layer.stage_dtype(route.stage).itemsize
             route.packets = math.ceil(count * width / payload)
         route.emissions = _emissions(graph, source_layer, route.slot)
 
@@ -479,14 +507,17 @@ def place_tiles(tiles: list[Tile], routes: list[Route], spec: ChipSpec, chips: i
             neighbours[route.src][route.dst] = neighbours[route.src].get(route.dst, 0.0) + weight
             neighbours[route.dst][route.src] = neighbours[route.dst].get(route.src, 0.0) + weight
     host = np.array(HOST)
+    linked = [np.fromiter(links, np.int64, len(links)) for links in neighbours]
+    traffic = [np.fromiter(links.values(), np.float64, len(links)) for links in neighbours]
 
     def cost_at(tile: int, where: np.ndarray, exclude: int = -1) -> np.ndarray:
         """Traffic × distance of ``tile``'s links for each candidate place ``where`` [S, 2]."""
-        total = host_weight[tile] * np.abs(where - host).sum(axis=1)
-        for other, weight in neighbours[tile].items():
-            if other != exclude:
-                total = total + weight * np.abs(where - coords[at[other]]).sum(axis=1)
-        return total
+        others, weights = linked[tile], traffic[tile]
+        if exclude >= 0:
+            keep = others != exclude
+            others, weights = others[keep], weights[keep]
+        distance = np.abs(where[:, None, :] - coords[at[others]][None]).sum(axis=2)  # [S, links]
+        return host_weight[tile] * np.abs(where - host).sum(axis=1) + distance @ weights
 
     for _ in range(4):
         improved = False
@@ -558,7 +589,7 @@ def build_schedule(graph: LayerGraph, tiles: list[Tile], spec: ChipSpec) -> dict
         split = any(t.role == "merge" for t in by_layer[layer.index])
         for tile in by_layer[layer.index]:
             action = {"compute": "integrate", "partial": "integrate", "merge": "merge", "encode": "encode",
-                      "decode": "decode", "pool": "pool"}[tile.role]
+                      "decode": "decode", "pool": "pool", "add": "add"}[tile.role]
             add(group, start + (1 if tile.role == "merge" else 0), {"core": tile.index, "action": action})
         done[layer.index] = (group, start + (1 if split else 0))
         if layer.kind == "s2a" and layer.attrs["decoding"] == "global":
@@ -677,13 +708,15 @@ def _layer_json(layer: Layer, rates: Mapping[int, float]) -> dict[str, Any]:
             stages.append({"op": "lif", "node": stage["node"], "soma": p08_fields(stage["attrs"])})
         elif stage["op"] == "requantize":
             stages.append({"op": "requantize", "node": stage["node"], "shift": stage["shift"]})
+        elif stage["op"] == "clip":
+            stages.append({"op": "clip", "low": stage["low"], "high": stage["high"]})
         else:
             stages.append({"op": stage["op"]})
     attrs = {k: (v.name if isinstance(v, np.dtype) else v) for k, v in layer.attrs.items()}
     entry = {"name": display_name(layer), "kind": layer.kind, "group": layer.group, "size": layer.size,
              "input_size": layer.input_size, "input_dtype": np.dtype(layer.input_dtype).name, "stages": stages,
              "attrs": attrs, "spiking_input": layer.spiking_input, "spiking_output": layer.spiking_output,
-             "value_dtypes": [stage_dtype(layer, s).name for s in range(len(layer.stages) + 1)],
+             "value_dtypes": [layer.stage_dtype(s).name for s in range(len(layer.stages) + 1)],
              "synapses": int(layer.mask.sum()) if layer.mask is not None else 0,
              "sources": [] if layer.sources is None else sorted(int(i) for i in np.unique(layer.sources.layer))}
     if layer.index in rates:
@@ -706,12 +739,16 @@ def _program(graph: LayerGraph, tiles: list[Tile], routes: list[Route], schedule
             arrays[f"{key}.weights"] = np.ascontiguousarray(layer.weights[np.ix_(tile.axons, tile.neurons)])
         if tile.role == "pool":
             arrays[f"{key}.mask"] = np.ascontiguousarray(layer.mask[np.ix_(tile.axons, tile.neurons)])
-        if tile.role in ("compute", "merge"):
+        if tile.role == "add":  # the left shift of each operand value (its alignment)
+            arrays[f"{key}.shifts"] = layer.sources.shift[tile.axons].astype(np.int8)
+        if tile.role != "partial":
             for stage in layer.stages:
                 if stage["op"] == "bias":
                     arrays[f"{key}.bias"] = stage["bias"][tile.neurons].astype(np.int32)
-        synapses = int(layer.mask[np.ix_(tile.axons, tile.neurons)].sum()) if tile.role in (
-            "compute", "partial", "pool") else 0
+        if tile.role in ("compute", "partial", "pool"):
+            synapses = int(layer.mask[np.ix_(tile.axons, tile.neurons)].sum())
+        else:  # an add core's synapses are its operand values
+            synapses = int(tile.axons.size) if tile.role == "add" else 0
         cores.append({"id": tile.index, "chip": tile.place[0], "x": tile.place[1], "y": tile.place[2],
                       "layer": tile.layer, "role": tile.role, "neurons": int(tile.neurons.size), "axons": int(axons),
                       "parts": tile.parts, "part": tile.part, "merge": tile.merge, "memory_bytes": tile.memory,
@@ -726,10 +763,9 @@ def _program(graph: LayerGraph, tiles: list[Tile], routes: list[Route], schedule
                            "path": [list(p) for p in route.path]})
     readouts = {}
     for name, value in graph.values.items():
-        owner = value.elements.single_layer() if np.all(value.elements.slot == -1) else (
-            int(value.elements.layer[0]) if np.all(value.elements.layer == value.elements.layer[0]) else None)
-        if owner is None or not np.all(value.elements.stage == value.elements.stage[0]):
+        if not value.elements.readable():  # e.g. a Concat of several layers, an aligned operand
             continue
+        owner = int(value.elements.layer[0])
         arrays[f"readout.{name}.neuron"] = value.elements.neuron.astype(np.int32)
         arrays[f"readout.{name}.slot"] = value.elements.slot.astype(np.int32)
         readouts[name] = {"layer": owner, "stage": int(value.elements.stage[0]), "timing": value.timing,

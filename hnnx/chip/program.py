@@ -7,12 +7,14 @@
   element-wise ``stages`` with the soma fields as the chip names them — P08's ``Vth0``,
   ``Vleaky_alpha = round(256·α)``, ``reset_mode``, ``Ref_len`` …);
 * ``cores`` — one per tile: ``id``, ``chip``, mesh ``x``/``y``, ``layer``, ``role``
-  (``compute``, ``partial``, ``merge``, ``encode``, ``decode``, ``pool``), ``neurons``
-  (output neurons of the layer it computes), ``axons`` (inputs it holds), ``parts``
-  (partial sums a merge core adds), ``memory_bytes``; its arrays live in ``weights.npz``
-  under ``core<id>.<name>``: ``neurons`` and ``axons`` (the neuron map and the axon map:
-  which layer output and which layer input each holds), ``weights`` [axons, neurons] int8
-  (convolutions unrolled), ``bias``, ``mask`` (max pooling windows);
+  (``compute``, ``partial``, ``merge``, ``encode``, ``decode``, ``pool``, ``add``),
+  ``neurons`` (output neurons of the layer it computes), ``axons`` (inputs it holds),
+  ``parts`` (partial sums a merge core adds), ``memory_bytes``; its arrays live in
+  ``weights.npz`` under ``core<id>.<name>``: ``neurons`` and ``axons`` (the neuron map and the
+  axon map: which layer output and which layer input each holds), ``weights`` [axons,
+  neurons] int8 (convolutions unrolled), ``bias``, ``mask`` (pooling windows: the max or the
+  sum of each neuron's masked axons, by the layer's kind), ``shifts`` (an add core's left
+  shift of each axon value before the operands are summed: ``Σ_j axon[j·n + i]·2^shift``);
 * ``routes`` — the routing tables: from a core (or the ``host``) to a core (or the host):
   ``stage`` of the source's value, emission ``slot`` (−1: every emission), ``kind``
   (``value`` or ``psum``), ``count``, ``hops`` and the XY ``path``; arrays
@@ -40,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from hnnx.chip.graph import MAX_ALIGN_SHIFT
 from hnnx.chip.spec import parse_spec
 from hnnx.errors import HnnxError
 
@@ -47,7 +50,8 @@ FORMAT = "hnnx-chip-program"
 VERSION = 1
 PROGRAM_FILE = "program.json"
 WEIGHTS_FILE = "weights.npz"
-ROLES = ("compute", "partial", "merge", "encode", "decode", "pool")
+ROLES = ("compute", "partial", "merge", "encode", "decode", "pool", "add")
+
 
 
 class ProgramError(HnnxError):
@@ -208,7 +212,7 @@ def validate(program: Program, where: str = "program") -> None:
             weights = program.array(f"core{index}.weights")
             _need(weights.shape == (core["axons"], neurons.size) and weights.dtype == np.int8, where,
                   f"{at}: core{index}.weights must be int8 [{core['axons']}, {neurons.size}]")
-        if core["role"] in ("compute", "merge") and any(s["op"] == "bias" for s in layers[core["layer"]]["stages"]):
+        if core["role"] != "partial" and any(s["op"] == "bias" for s in layers[core["layer"]]["stages"]):
             bias = program.array(f"core{index}.bias")
             _need(bias.shape == (neurons.size,) and bias.dtype == np.int32, where,
                   f"{at}: core{index}.bias must be int32 [{neurons.size}]")
@@ -216,6 +220,12 @@ def validate(program: Program, where: str = "program") -> None:
             mask = program.array(f"core{index}.mask")
             _need(mask.shape == (core["axons"], neurons.size) and mask.dtype == bool, where,
                   f"{at}: core{index}.mask must be bool [{core['axons']}, {neurons.size}]")
+        if core["role"] == "add":
+            shifts = program.array(f"core{index}.shifts")
+            _need(core["axons"] % neurons.size == 0 and shifts.shape == (core["axons"],) and shifts.dtype == np.int8
+                  and (shifts.size == 0 or (shifts.min() >= 0 and shifts.max() <= MAX_ALIGN_SHIFT)), where,
+                  f"{at}: core{index}.shifts must be int8 in [0, {MAX_ALIGN_SHIFT}], one per axon (a whole number of "
+                  f"operands of {neurons.size} values)")
     for index, route in enumerate(meta["routes"]):
         at = f"field 'routes[{index}]'"
         src, dst = program.array(f"route{index}.src"), program.array(f"route{index}.dst")

@@ -5,7 +5,9 @@ schedule) and the layers' spike rates (measured on the calibration data when low
 it, else dense: every spiking neuron fires every step):
 
 * SynOps — synaptic operations driven by input spikes (rate × synapses);
-* MACs — multiply–accumulates on non-spike inputs (synapses), plus merge-core additions;
+* MACs — multiply–accumulates on non-spike inputs (synapses), plus the additions of merge
+  cores (partial sums), add cores (operand values) and window sums (window values); max
+  pooling's comparisons are not counted;
 * neuron updates — one per output neuron of a core per emission;
 * packets (spikes: one event packet each; values: bytes / payload) and packet hops (XY);
 * latency: a phase lasts its slowest core — MACs/SynOps over the MAC array, neuron
@@ -101,6 +103,8 @@ def chip_report(program: Program) -> ChipReport:
                 macs = float(core["synapses"])
         elif core["role"] == "merge":
             macs = float(core["parts"] * core["neurons"])
+        elif core["role"] == "add" or (core["role"] == "pool" and layer["kind"] == "sumpool"):
+            macs = float(core["synapses"])
         updates = 0 if core["role"] == "partial" else core["neurons"]
         core_work.append((synops, macs, updates))
         entry = per_layer.setdefault(core["layer"], {"cores": 0, "synops": 0.0, "macs": 0.0})

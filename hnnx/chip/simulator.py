@@ -4,12 +4,15 @@ Core by core, phase by phase, step by step: each core holds its axon buffer (the
 its routes delivered, cast to the layer's input type as the axon memory stores them),
 its weights, its neurons' state. A core's action — ``integrate`` (int32 synaptic sums of
 its tile, then the element-wise stages when it computes a whole neuron), ``merge`` (the
-exact int32 sum of the partial sums), ``encode`` (A2S), ``decode``/``finish`` (S2A),
-``pool`` — produces its values and sends them along its routing tables. Neurons and hybrid
-units run the op declarations' public step functions (:meth:`hnnx.ops.LIF.step`,
-:meth:`hnnx.ops.A2S.step`, :meth:`hnnx.ops.S2A.step`, :meth:`hnnx.ops.Requantize.reference`),
-so the chip computes exactly what the integer graph computes. Batched: every array carries
-the samples on axis 0.
+exact int32 sum of the partial sums), ``add`` (each operand value shifted left by its
+``shifts`` entry and the operands summed, in int32 with wrap-around as ONNX's int32 ``Mul``
+and ``Add``), ``pool`` (the max, or the int32 sum, of each neuron's masked axons), then the
+element-wise stages (bias, requantization, ReLU, clip, LIF); ``encode`` (A2S),
+``decode``/``finish`` (S2A) — produces its values and sends them along its routing tables.
+Neurons, hybrid units and requantization run the op declarations' public functions
+(:meth:`hnnx.ops.LIF.step`, :meth:`hnnx.ops.A2S.step`, :meth:`hnnx.ops.S2A.step`,
+:meth:`hnnx.ops.Requantize.reference`), so the chip computes exactly what the integer graph
+computes. Batched: every array carries the samples on axis 0.
 """
 
 from __future__ import annotations
@@ -33,6 +36,75 @@ class VerificationError(HnnxError):
     """The chip simulator and the integer graph disagree (the message names the tensor)."""
 
 
+class _BlockProduct:
+    """``axons @ weights`` in int32, as a few dense products over the rows each block of
+    columns uses: consecutive columns whose nonzero rows nearly coincide (the channels of a
+    convolution at one output position) share a block, so an unrolled convolution costs its
+    kernel's multiply–accumulates, not the whole crossbar's. Exact: every block multiplies
+    its columns' every nonzero weight."""
+
+    SLACK = 1.25  # a block's rows may exceed its widest column's nonzero rows by this factor
+
+    def __init__(self, weights: np.ndarray) -> None:
+        weights = weights.astype(np.int32)
+        nonzero = weights != 0
+        self.columns = weights.shape[1]
+        self.blocks: list[tuple[np.ndarray | None, slice, np.ndarray]] = []
+        start, union, widest = 0, np.zeros(weights.shape[0], bool), 0
+        for j in range(self.columns + 1):
+            column = nonzero[:, j] if j < self.columns else None
+            if column is not None:
+                size = int(column.sum())
+                trial = union | column
+                if j == start or trial.sum() <= self.SLACK * max(widest, size):
+                    union, widest = trial, max(widest, size)
+                    continue
+            rows = np.flatnonzero(union)
+            whole = rows.size == weights.shape[0]  # no gather needed
+            self.blocks.append((None if whole else rows, slice(start, j), np.ascontiguousarray(weights[rows, start:j])))
+            if column is not None:
+                start, union, widest = j, column.copy(), size
+
+    def __call__(self, axons: np.ndarray) -> np.ndarray:
+        axons = axons.astype(np.int32, copy=False)
+        if len(self.blocks) == 1 and self.blocks[0][0] is None:
+            return np.matmul(axons, self.blocks[0][2])
+        out = np.empty((axons.shape[0], self.columns), np.int32)
+        for rows, columns, block in self.blocks:
+            out[:, columns] = np.matmul(axons if rows is None else axons[:, rows], block)
+        return out
+
+
+class _Windows:
+    """The max, or the int32 sum, of each neuron's window (``mask`` [axons, neurons]): the
+    window's axons gathered into ``[batch, neurons, widest window]``, short windows padded
+    with a value that changes nothing (0 for a sum, the type's minimum for a max)."""
+
+    GATHERED = 1 << 22  # values gathered at once (bounds the memory of a batch)
+
+    def __init__(self, mask: np.ndarray) -> None:
+        neurons, axons = np.nonzero(mask.T)  # window by window, axons in order
+        counts = np.bincount(neurons, minlength=mask.shape[1])
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        self.index = np.full((mask.shape[1], max(int(counts.max(initial=0)), 1)), mask.shape[0])  # pad: extra axon
+        self.index[neurons, np.arange(neurons.size) - first[neurons]] = axons
+
+    def reduce(self, axons: np.ndarray, kind: str) -> np.ndarray:
+        """``kind`` ``"max"`` (in the axons' type) or ``"sum"`` (int32) of each window: [batch, neurons]."""
+        values = axons.astype(np.int32, copy=False) if kind == "sum" else axons
+        pad = 0 if kind == "sum" else np.iinfo(values.dtype).min
+        padded = np.concatenate([values, np.full((values.shape[0], 1), pad, values.dtype)], axis=1)
+        out = np.empty((values.shape[0], self.index.shape[0]), values.dtype)
+        rows = max(1, self.GATHERED // self.index.size)
+        for start in range(0, values.shape[0], rows):
+            gathered = padded[start:start + rows][:, self.index]
+            if kind == "sum":
+                gathered.sum(axis=2, dtype=np.int32, out=out[start:start + rows])
+            else:
+                gathered.max(axis=2, out=out[start:start + rows])
+        return out
+
+
 @dataclass
 class _Core:
     """A core's configuration and its run-time buffers for one batch."""
@@ -40,9 +112,10 @@ class _Core:
     meta: dict[str, Any]
     layer: dict[str, Any]
     neurons: np.ndarray
-    weights: np.ndarray | None
+    product: _BlockProduct | None  # compute and partial cores: their weights
     bias: np.ndarray | None
-    mask: np.ndarray | None
+    pool: _Windows | None  # pool cores: their windows
+    multipliers: np.ndarray | None  # add cores: 2^shift per axon, int32
     routes: list[tuple[dict[str, Any], np.ndarray, np.ndarray]] = field(default_factory=list)
     axons: np.ndarray | None = None
     lif_state: Any = None
@@ -75,9 +148,13 @@ class ChipSimulator:
         self.cores: list[_Core] = []
         for meta in program.cores:
             key = f"core{meta['id']}"
+            weights, mask = program.arrays.get(f"{key}.weights"), program.arrays.get(f"{key}.mask")
+            shifts = program.arrays.get(f"{key}.shifts")
+            multipliers = None if shifts is None else np.left_shift(np.int32(1), shifts.astype(np.int32))
             self.cores.append(_Core(meta, self.layers[meta["layer"]], program.array(f"{key}.neurons"),
-                                    program.arrays.get(f"{key}.weights"), program.arrays.get(f"{key}.bias"),
-                                    program.arrays.get(f"{key}.mask")))
+                                    None if weights is None else _BlockProduct(weights),
+                                    program.arrays.get(f"{key}.bias"), None if mask is None else _Windows(mask),
+                                    multipliers))
         self.host_routes: dict[int, list[tuple[dict[str, Any], np.ndarray, np.ndarray]]] = {}
         for index, route in enumerate(program.routes):
             entry = (route, program.array(f"route{index}.src"), program.array(f"route{index}.dst"))
@@ -161,7 +238,7 @@ class ChipSimulator:
         action = entry["action"]
         layer = core.layer
         if action == "integrate":
-            acc = np.matmul(core.axons.astype(np.int32, copy=False), core.weights.astype(np.int32))
+            acc = core.product(core.axons)
             if core.meta["role"] == "partial":
                 self._send(core, [acc], emission)
                 return
@@ -186,10 +263,14 @@ class ChipSimulator:
             for output in outputs:
                 self._emit(core, [output], core.windows)
                 core.windows += 1
+        elif action == "add":
+            batch, count = core.axons.shape[0], core.neurons.size
+            terms = core.axons.astype(np.int32) * core.multipliers
+            total = terms.reshape(batch, -1, count).sum(axis=1, dtype=np.int32)
+            self._finish_neurons(core, total.astype(core.axons.dtype, copy=False), emission)
         elif action == "pool":
-            low = np.iinfo(core.axons.dtype).min
-            gathered = np.where(core.mask[None], core.axons[:, :, None], low)
-            self._emit(core, [gathered.max(axis=1)], emission)
+            self._finish_neurons(core, core.pool.reduce(core.axons, "sum" if layer["kind"] == "sumpool" else "max"),
+                                 emission)
         else:
             raise HnnxError(f"program: unknown action {action!r} on core {core.meta['id']}")
 
@@ -204,6 +285,8 @@ class ChipSimulator:
                 (value,) = ops.Requantize.reference(view, value)
             elif stage["op"] == "relu":
                 value = np.maximum(value, value.dtype.type(0))
+            elif stage["op"] == "clip":  # ONNX Clip: min(max(x, low), high) in the value's type
+                value = np.minimum(np.maximum(value, value.dtype.type(stage["low"])), value.dtype.type(stage["high"]))
             elif stage["op"] == "lif":
                 if core.lif_state is None:
                     core.lif_state = ops.LIF.initial_state(view, value.shape)

@@ -7,7 +7,8 @@ and :func:`hybridize` keeps the part before a chosen layer as ANN. The passes ar
 """
 
 from hnnx.convert.plan import ConversionPlan, LayerPlan, plan_conversion
-from hnnx.convert.snn import (CODINGS, OBSERVERS, ConversionReport, Converter, NeuronChoice, hybridize, to_snn)
+from hnnx.convert.snn import (CODINGS, OBSERVERS, ConversionReport, Converter, NeuronChoice, hybridize, plot_curve,
+                             print_curve, to_snn)
 
 __all__ = ["to_snn", "hybridize", "Converter", "ConversionReport", "NeuronChoice", "ConversionPlan", "LayerPlan",
-           "plan_conversion", "CODINGS", "OBSERVERS"]
+           "plan_conversion", "CODINGS", "OBSERVERS", "print_curve", "plot_curve"]

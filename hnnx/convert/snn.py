@@ -386,6 +386,46 @@ def hybridize(model: onnx.ModelProto | str | os.PathLike, calibration: Any, cut:
     return to_snn(model, calibration, steps=steps, cut=cut, **options)
 
 
+def print_curve(ann_accuracy: float, curve: Sequence[tuple[int, float]]) -> str:
+    """The accuracy-vs-T curve as text: one bar per T, the ANN's accuracy as the last row."""
+    width = 40
+    rows = [f"{'T':>6}  {'accuracy':>9}  {'vs ANN':>9}"]
+    for steps, value in curve:
+        bar = "#" * max(0, round(width * value))
+        rows.append(f"{steps:>6}  {100 * value:8.2f}%  {100 * (value - ann_accuracy):+8.2f}  {bar}")
+    rows.append(f"{'ANN':>6}  {100 * ann_accuracy:8.2f}%  {'':>9}  {'#' * round(width * ann_accuracy)}")
+    return "\n".join(rows) + "\n"
+
+
+def plot_curve(ann_accuracy: float, curve: Sequence[tuple[int, float]], path: str | os.PathLike) -> None:
+    """A PNG of the SNN's accuracy against T (log axis), the ANN's as a line. Needs matplotlib;
+    without it raises HnnxError with the install hint."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        from hnnx.chip.report import PLOT_HINT
+
+        raise HnnxError(f"the accuracy plot needs matplotlib: {PLOT_HINT}") from None
+    import io
+
+    from hnnx.model import write_atomic
+
+    figure, axes = plt.subplots(figsize=(5, 3.5))
+    axes.plot([t for t, _ in curve], [100 * a for _, a in curve], marker="o", label="SNN")
+    axes.axhline(100 * ann_accuracy, color="black", linestyle="--", label="ANN")
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("time steps T")
+    axes.set_ylabel("accuracy (%)")
+    axes.legend()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    write_atomic(path, buffer.getvalue())
+
+
 def _positive(value: float) -> float:
     """A layer's range; a ReLU that never fired on the calibration data gets 1 (its weights unchanged)."""
     return value if value > 0 and math.isfinite(value) else 1.0
