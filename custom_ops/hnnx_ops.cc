@@ -100,7 +100,8 @@ struct LifNode {
   Reset reset = Reset::kHard;
   bool adapt = false;
   bool refr = false;
-  bool has_input[4] = {true, false, false, false};
+  bool rec = false;  // recurrent: input 5 (recurrent_weight) connected
+  bool has_input[6] = {true, false, false, false, false, false};
   size_t n_outputs = 1;
   int32_t state_bits = 28;
   float v_init = 0.0f;
@@ -128,7 +129,7 @@ LifNode describe(const OrtKernelInfo* info) {
   LifNode node;
   node.name = kernel_info.GetNodeName();
   const size_t n_inputs = kernel_info.GetInputCount();
-  for (size_t i = 0; i < 4; ++i) node.has_input[i] = i < n_inputs && !kernel_info.GetInputName(i).empty();
+  for (size_t i = 0; i < 6; ++i) node.has_input[i] = i < n_inputs && !kernel_info.GetInputName(i).empty();
   node.n_outputs = kernel_info.GetOutputCount();
 
   const std::string mode = string_attr(info, "mode", "float");
@@ -157,7 +158,11 @@ LifNode describe(const OrtKernelInfo* info) {
   const bool theta_used = node.theta_alpha != 1.0f || node.theta_beta != 0.0f || node.theta_increment != 0.0f;
   node.adapt = theta_used || node.has_input[2] || node.n_outputs > 2;
   node.refr = node.refractory > 0 || node.has_input[3] || node.n_outputs > 3;
-  if (node.n_outputs > 4 || n_inputs > 4) node.fail("takes at most 4 inputs and 4 outputs");
+  node.rec = node.has_input[5];
+  if (node.n_outputs > 5 || n_inputs > 6) node.fail("takes at most 6 inputs and 5 outputs");
+  if ((node.has_input[4] || node.n_outputs > 4) && !node.rec) {
+    node.fail("port 4 (last_spikes0 / last_spikes) needs the recurrent_weight input (port 5)");
+  }
   return node;
 }
 
@@ -300,27 +305,25 @@ template <typename T>
 struct LifRun {
   const LifNode* node;
   const LifConstants<T>* c;
-  LifStepFn<T> steps_fn;
+  LifFunctions<T> functions;
   const T* current;
   T* spikes;
   size_t neurons, steps;
   T v_fill;
-  InitialState<T> v0, theta0;
+  InitialState<T> v0, theta0, last0;
   InitialState<int32_t> refractory0;
   T* v_out;
   T* theta_out;
   int32_t* refractory_out;
+  T* last_out;
+  const T* weight;      // recurrent nodes: [features, features]
+  size_t features = 0;  // recurrent nodes: neurons per sample
 
   size_t blocks() const { return (neurons + kBlock - 1) / kBlock; }
 
-  // Admit the initial states as the neuron holds them (lif.py `_admitted`), run every step,
-  // write the final states.
-  void run_block(size_t block) const {
-    alignas(64) T v[kBlock];
-    alignas(64) T theta_a[kBlock];
-    alignas(64) int32_t counter[kBlock];
-    const size_t first = block * kBlock;
-    const size_t n = std::min(kBlock, neurons - first);
+  // Admit the initial states of neurons [first, first + n) as the neuron holds them
+  // (lif.py `_admitted`).
+  void initial(size_t first, size_t n, T* v, T* theta_a, int32_t* counter) const {
     if (v0.present()) {
       v0.read(first, n, v);
     } else {
@@ -347,13 +350,47 @@ struct LifRun {
         std::fill(counter, counter + n, 0);
       }
     }
-    steps_fn(*c, current + first, spikes + first, neurons, steps, n, v, theta_a, counter);
+  }
+
+  void final(size_t first, size_t n, const T* v, const T* theta_a, const int32_t* counter) const {
     if (v_out) std::memcpy(v_out + first, v, n * sizeof(T));
     if (theta_out) std::memcpy(theta_out + first, theta_a, n * sizeof(T));
     if (refractory_out) std::memcpy(refractory_out + first, counter, n * sizeof(int32_t));
   }
 
+  // A block of neurons of a node without recurrence: every step, states in local arrays.
+  void run_block(size_t block) const {
+    alignas(64) T v[kBlock];
+    alignas(64) T theta_a[kBlock];
+    alignas(64) int32_t counter[kBlock];
+    const size_t first = block * kBlock;
+    const size_t n = std::min(kBlock, neurons - first);
+    initial(first, n, v, theta_a, counter);
+    functions.block(*c, current + first, spikes + first, neurons, steps, n, v, theta_a, counter);
+    final(first, n, v, theta_a, counter);
+  }
+
+  // One sample of a recurrent node (its neurons are coupled through the weight).
+  void run_sample(size_t sample) const {
+    const size_t f = features;
+    const size_t first = sample * f;
+    std::vector<T> v(f), theta_a(f), last(f);
+    std::vector<int32_t> counter(f);
+    std::vector<RecurrentSum<T>> sum(f);
+    initial(first, f, v.data(), theta_a.data(), counter.data());
+    if (last0.present()) {
+      last0.read(first, f, last.data());
+    } else {
+      std::fill(last.begin(), last.end(), T(0));
+    }
+    functions.recurrent(*c, current + first, spikes + first, neurons, steps, f, weight, v.data(), theta_a.data(),
+                        counter.data(), last.data(), sum.data());
+    final(first, f, v.data(), theta_a.data(), counter.data());
+    if (last_out) std::memcpy(last_out + first, last.data(), f * sizeof(T));
+  }
+
   static void run_block_entry(void* self, size_t block) { static_cast<const LifRun*>(self)->run_block(block); }
+  static void run_sample_entry(void* self, size_t sample) { static_cast<const LifRun*>(self)->run_sample(sample); }
 };
 
 // ----------------------------------------------------------------------------- kernel
@@ -372,7 +409,7 @@ class LifKernel {
     } else {
       v_fill_ = node_.v_init;
     }
-    steps_fn_ = select_lif_steps<T>(node_.reset, node_.adapt, node_.refr);
+    functions_ = select_lif_steps<T>(node_.reset, node_.adapt, node_.refr);
   }
 
   OrtStatusPtr ComputeV2(OrtKernelContext* raw_context) {
@@ -399,7 +436,7 @@ class LifKernel {
     LifRun<T> run{};
     run.node = &node_;
     run.c = &constants_;
-    run.steps_fn = steps_fn_;
+    run.functions = functions_;
     run.current = current.GetTensorData<T>();
     run.neurons = neurons;
     run.steps = static_cast<size_t>(shape[0]);
@@ -415,6 +452,28 @@ class LifKernel {
     if (const Ort::ConstValue r0 = input(3); r0) {
       run.refractory0 = InitialState<int32_t>(node_, "refractory0", r0, neuron_shape);
     }
+    if (const Ort::ConstValue last0 = input(4); last0) {
+      run.last0 = InitialState<T>(node_, "last_spikes0", last0, neuron_shape);
+    }
+    if (node_.rec) {
+      if (shape.size() < 2) node_.fail("a recurrent node needs a current [T, N, ...], got " + shape_text(shape));
+      run.features = 1;
+      for (size_t i = 2; i < shape.size(); ++i) run.features *= static_cast<size_t>(shape[i]);
+      const Ort::ConstValue weight = input(5);
+      const std::vector<int64_t> w_shape = weight.GetTensorTypeAndShapeInfo().GetShape();
+      const auto f = static_cast<int64_t>(run.features);
+      if (w_shape.size() != 2 || w_shape[0] != f || w_shape[1] != f || f == 0) {
+        node_.fail("recurrent_weight of shape " + shape_text(w_shape) + " does not match the current " +
+                   shape_text(shape) + ": it must be [F, F] with F = " + std::to_string(f) + " neurons per sample");
+      }
+      run.weight = weight.GetTensorData<T>();
+      if constexpr (std::is_same_v<T, float>) {
+        // Skipping silent presynaptic neurons equals the op's full sum only for finite weights.
+        for (size_t i = 0; i < run.features * run.features; ++i) {
+          if (!std::isfinite(run.weight[i])) node_.fail("recurrent_weight holds NaN or infinity");
+        }
+      }
+    }
 
     run.spikes = context.GetOutput(0, shape).GetTensorMutableData<T>();
     const size_t n_outputs = context.GetOutputCount();
@@ -424,7 +483,17 @@ class LifKernel {
     if (Ort::UnownedValue v = output(1); v) run.v_out = v.GetTensorMutableData<T>();
     if (Ort::UnownedValue theta = output(2); theta) run.theta_out = theta.GetTensorMutableData<T>();
     if (Ort::UnownedValue counter = output(3); counter) run.refractory_out = counter.GetTensorMutableData<int32_t>();
+    if (Ort::UnownedValue last = output(4); last) run.last_out = last.GetTensorMutableData<T>();
     if (neurons == 0) return;
+    if (node_.rec) {
+      const size_t samples = static_cast<size_t>(shape[1]);
+      if (samples == 1) {
+        run.run_sample(0);
+      } else {
+        context.ParallelFor(&LifRun<T>::run_sample_entry, samples, 0, &run);
+      }
+      return;
+    }
 
     const size_t blocks = run.blocks();
     if (blocks == 1) {
@@ -438,7 +507,7 @@ class LifKernel {
   LifNode node_;
   LifConstants<T> constants_;
   T v_fill_{};
-  LifStepFn<T> steps_fn_ = nullptr;
+  LifFunctions<T> functions_;
 };
 
 // ----------------------------------------------------------------------------- op
@@ -459,7 +528,8 @@ struct LifOp : Ort::CustomOpBase<LifOp<T>, LifKernel<T>, true> {
   const char* GetName() const { return "LIF"; }
   const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
 
-  size_t GetInputTypeCount() const { return 4; }
+  // current, v0, theta0, refractory0, last_spikes0, recurrent_weight
+  size_t GetInputTypeCount() const { return 6; }
   ONNXTensorElementDataType GetInputType(size_t index) const {
     return index == 3 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 : kElem;
   }
@@ -467,7 +537,8 @@ struct LifOp : Ort::CustomOpBase<LifOp<T>, LifKernel<T>, true> {
     return index == 0 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
   }
 
-  size_t GetOutputTypeCount() const { return 4; }
+  // spikes, v, theta, refractory, last_spikes
+  size_t GetOutputTypeCount() const { return 5; }
   ONNXTensorElementDataType GetOutputType(size_t index) const {
     return index == 3 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 : kElem;
   }

@@ -8,7 +8,10 @@
 // axis 0), spikes likewise. One call of `LifStepFn` runs all T steps for a block of
 // n ≤ kBlock neurons whose state (membrane v, adaptive threshold θa, refractory counter)
 // lives in small block-local arrays, so each input element is read once and each spike
-// written once; the per-neuron inner loop is branch-free and vectorizes.
+// written once; the per-neuron inner loop is branch-free and vectorizes. A recurrent node
+// (input `recurrent_weight`) couples the neurons of a sample, so it runs sample by sample
+// instead, all T steps per sample, the recurrent sum event-driven over the spikes of the step
+// before (`lif_recurrent_steps`); both loops call the same per-neuron step (`lif_neuron`).
 
 #pragma once
 
@@ -92,6 +95,55 @@ inline T scaled(T x, float factor, int32_t factor_q8) {
 
 }  // namespace detail
 
+// One step of one neuron (the LIF docstring's steps 1–7): the current x of the step, the
+// neuron's state (v, θa, refractory counter; θa / counter only used when ADAPT / REFR) updated
+// in place; returns the spike. Inlined into the loops below, where `c` is a local copy.
+template <typename T, Reset RESET, bool ADAPT, bool REFR>
+__attribute__((always_inline)) inline T lif_neuron(const LifConstants<T>& c, T x, T& v, T& theta_a,
+                                                    int32_t& counter) {
+  using detail::max_of;
+  using detail::saturate;
+  using detail::scaled;
+  const T u = saturate(x, c.lo, c.hi);
+  // 1. threshold
+  T theta = ADAPT ? saturate(T(c.threshold + theta_a), c.lo, c.hi) : c.threshold;
+  theta = max_of(theta, c.v_lower);
+  // 2. integrate, gated by the refractory counter
+  const T v0 = v;
+  T v1 = saturate(T(v0 + u), c.lo, c.hi);
+  if constexpr (REFR) v1 = counter == 0 ? v1 : v0;
+  // 3. fire
+  const bool fired = v1 > theta;
+  // 4. reset. Every candidate is computed for every neuron and then selected, as the op's
+  // Where does; a subtraction under a branch would keep the compiler from vectorizing (it
+  // may not speculate floating-point operations).
+  T v2;
+  if constexpr (RESET == Reset::kHard) {
+    v2 = fired ? c.v_reset : v1;
+  } else if constexpr (RESET == Reset::kSoft) {
+    const T reduced = v1 - theta;
+    v2 = saturate(fired ? reduced : v1, c.lo, c.hi);
+  } else if constexpr (RESET == Reset::kSoftConstant) {
+    const T reduced = v1 - c.reset_decrement;
+    v2 = saturate(fired ? reduced : v1, c.lo, c.hi);
+  } else {
+    v2 = v1;
+  }
+  // 5. leak, additive leak, lower saturation (neutral constants when unused)
+  T v3 = scaled(v2, c.alpha, c.alpha_q8);
+  v3 = saturate(T(v3 + c.beta), c.lo, c.hi);
+  v = max_of(v3, c.v_lower);
+  // 6. threshold adaptation (theta_beta is always added, as in the op definition)
+  if constexpr (ADAPT) {
+    const T decayed = T(scaled(theta_a, c.theta_alpha, c.theta_alpha_q8) + c.theta_beta);
+    const T increased = decayed + c.theta_increment;
+    theta_a = saturate(fired ? increased : decayed, c.lo, c.hi);
+  }
+  // 7. refractory counter
+  if constexpr (REFR) counter = fired ? c.refractory : std::max(counter - 1, 0);
+  return fired ? T(1) : T(0);
+}
+
 // Run `steps` time steps for neurons [0, n) of a block.
 //   x, spikes: the block's first neuron at step 0; step t is at offset t·stride.
 //   v, theta_a, counter: block-local state, updated in place (theta_a / counter only read
@@ -100,60 +152,64 @@ template <typename T, Reset RESET, bool ADAPT, bool REFR>
 void lif_block_steps(const LifConstants<T>& c, const T* __restrict x, T* __restrict spikes, std::size_t stride,
                      std::size_t steps, std::size_t n, T* __restrict v, T* __restrict theta_a,
                      int32_t* __restrict counter) {
-  using detail::max_of;
-  using detail::saturate;
-  using detail::scaled;
-  // Constants as locals: the compiler cannot prove that stores to the spike array leave a
-  // struct behind a reference unchanged, and would otherwise reload (and not vectorize).
-  const int32_t lo = c.lo, hi = c.hi;
-  const T threshold = c.threshold, v_reset = c.v_reset, reset_decrement = c.reset_decrement;
-  const T beta = c.beta, v_lower = c.v_lower, theta_beta = c.theta_beta, theta_increment = c.theta_increment;
-  const float alpha = c.alpha, theta_alpha = c.theta_alpha;
-  const int32_t alpha_q8 = c.alpha_q8, theta_alpha_q8 = c.theta_alpha_q8, refractory = c.refractory;
+  // The constants as a local copy: the compiler cannot prove that stores to the spike array
+  // leave a struct behind a reference unchanged, and would otherwise reload (and not vectorize).
+  const LifConstants<T> k = c;
   for (std::size_t t = 0; t < steps; ++t) {
     const T* __restrict xt = x + t * stride;
     T* __restrict st = spikes + t * stride;
 #pragma GCC ivdep
     for (std::size_t i = 0; i < n; ++i) {
-      const T u = saturate(xt[i], lo, hi);
-      // 1. threshold
-      T theta = ADAPT ? saturate(T(threshold + theta_a[i]), lo, hi) : threshold;
-      theta = max_of(theta, v_lower);
-      // 2. integrate, gated by the refractory counter
-      const T v0 = v[i];
-      T v1 = saturate(T(v0 + u), lo, hi);
-      if constexpr (REFR) v1 = counter[i] == 0 ? v1 : v0;
-      // 3. fire
-      const bool fired = v1 > theta;
-      st[i] = fired ? T(1) : T(0);
-      // 4. reset. Every candidate is computed for every neuron and then selected, as the
-      // op's Where does; a subtraction under a branch would keep the compiler from
-      // vectorizing (it may not speculate floating-point operations).
-      T v2;
-      if constexpr (RESET == Reset::kHard) {
-        v2 = fired ? v_reset : v1;
-      } else if constexpr (RESET == Reset::kSoft) {
-        const T reduced = v1 - theta;
-        v2 = saturate(fired ? reduced : v1, lo, hi);
-      } else if constexpr (RESET == Reset::kSoftConstant) {
-        const T reduced = v1 - reset_decrement;
-        v2 = saturate(fired ? reduced : v1, lo, hi);
-      } else {
-        v2 = v1;
-      }
-      // 5. leak, additive leak, lower saturation (neutral constants when unused)
-      T v3 = scaled(v2, alpha, alpha_q8);
-      v3 = saturate(T(v3 + beta), lo, hi);
-      v[i] = max_of(v3, v_lower);
-      // 6. threshold adaptation (theta_beta is always added, as in the op definition)
-      if constexpr (ADAPT) {
-        const T decayed = T(scaled(theta_a[i], theta_alpha, theta_alpha_q8) + theta_beta);
-        const T increased = decayed + theta_increment;
-        theta_a[i] = saturate(fired ? increased : decayed, lo, hi);
-      }
-      // 7. refractory counter
-      if constexpr (REFR) counter[i] = fired ? refractory : std::max(counter[i] - 1, 0);
+      st[i] = lif_neuron<T, RESET, ADAPT, REFR>(k, xt[i], v[i], theta_a[i], counter[i]);
     }
+  }
+}
+
+// The recurrent current's accumulator: float64 for float32 neurons (the op sums the float32
+// products in float64, in the order of the presynaptic index), int64 for integer neurons.
+template <typename T>
+using RecurrentSum = std::conditional_t<std::is_same_v<T, float>, double, int64_t>;
+
+// Run `steps` time steps of the f neurons of one sample of a recurrent node: step t adds
+// r[i] = Σ_j last[j]·w[j·f + i] to the current (hnnx/ops/lif.py `add_recurrence`).
+//   x, spikes: the sample's first neuron at step 0; step t is at offset t·stride.
+//   last: the spikes of the step before (updated in place); sum: scratch of f accumulators.
+// Presynaptic neurons that did not spike add ±0 terms, which leave a sum started at +0
+// unchanged; they are skipped, so the cost follows the spike count (event-driven).
+template <typename T, Reset RESET, bool ADAPT, bool REFR>
+void lif_recurrent_steps(const LifConstants<T>& c, const T* __restrict x, T* __restrict spikes,
+                         std::size_t stride, std::size_t steps, std::size_t f, const T* __restrict w,
+                         T* __restrict v, T* __restrict theta_a, int32_t* __restrict counter, T* __restrict last,
+                         RecurrentSum<T>* __restrict sum) {
+  using Sum = RecurrentSum<T>;
+  const LifConstants<T> k = c;
+  for (std::size_t t = 0; t < steps; ++t) {
+    std::fill(sum, sum + f, Sum(0));
+    for (std::size_t j = 0; j < f; ++j) {
+      const T s = last[j];
+      if (s == T(0)) continue;
+      const T* __restrict row = w + j * f;
+      for (std::size_t i = 0; i < f; ++i) {
+        if constexpr (detail::kInteger<T>) {
+          sum[i] += Sum(s) * Sum(row[i]);
+        } else {
+          sum[i] += Sum(s * row[i]);  // the float32 product, then summed in float64
+        }
+      }
+    }
+    const T* __restrict xt = x + t * stride;
+    T* __restrict st = spikes + t * stride;
+    for (std::size_t i = 0; i < f; ++i) {
+      T u;
+      if constexpr (detail::kInteger<T>) {
+        const auto r = static_cast<int32_t>(std::min<Sum>(std::max<Sum>(sum[i], k.lo), k.hi));
+        u = detail::saturate(T(detail::saturate(xt[i], k.lo, k.hi) + r), k.lo, k.hi);
+      } else {
+        u = xt[i] + static_cast<float>(sum[i]);
+      }
+      st[i] = lif_neuron<T, RESET, ADAPT, REFR>(k, u, v[i], theta_a[i], counter[i]);
+    }
+    std::copy(st, st + f, last);
   }
 }
 
@@ -161,19 +217,35 @@ template <typename T>
 using LifStepFn = void (*)(const LifConstants<T>&, const T*, T*, std::size_t, std::size_t, std::size_t, T*, T*,
                            int32_t*);
 
+template <typename T>
+using LifRecurrentFn = void (*)(const LifConstants<T>&, const T*, T*, std::size_t, std::size_t, std::size_t,
+                                const T*, T*, T*, int32_t*, T*, RecurrentSum<T>*);
+
+// The pair of instantiations for one node's structure.
+template <typename T>
+struct LifFunctions {
+  LifStepFn<T> block = nullptr;
+  LifRecurrentFn<T> recurrent = nullptr;
+};
+
 namespace detail {
 
+template <typename T, Reset RESET, bool ADAPT, bool REFR>
+LifFunctions<T> functions_of() {
+  return {&lif_block_steps<T, RESET, ADAPT, REFR>, &lif_recurrent_steps<T, RESET, ADAPT, REFR>};
+}
+
 template <typename T, Reset RESET>
-LifStepFn<T> select_flags(bool adapt, bool refr) {
-  if (adapt) return refr ? &lif_block_steps<T, RESET, true, true> : &lif_block_steps<T, RESET, true, false>;
-  return refr ? &lif_block_steps<T, RESET, false, true> : &lif_block_steps<T, RESET, false, false>;
+LifFunctions<T> select_flags(bool adapt, bool refr) {
+  if (adapt) return refr ? functions_of<T, RESET, true, true>() : functions_of<T, RESET, true, false>();
+  return refr ? functions_of<T, RESET, false, true>() : functions_of<T, RESET, false, false>();
 }
 
 }  // namespace detail
 
-// The instantiation for one node's structure.
+// The instantiations for one node's structure.
 template <typename T>
-LifStepFn<T> select_lif_steps(Reset reset, bool adapt, bool refr) {
+LifFunctions<T> select_lif_steps(Reset reset, bool adapt, bool refr) {
   switch (reset) {
     case Reset::kHard:
       return detail::select_flags<T, Reset::kHard>(adapt, refr);

@@ -14,7 +14,8 @@ declarations and derives from them what the rest of hnnx and ONNX tooling need:
   it goes through (ranks, time layout, spikes, integer forms, per-step functions).
 
 Per-step functions (numpy, float and integer; the equations every executor runs):
-``LIF.initial_state``/``LIF.step`` (:class:`LIFState`), ``A2S.step``,
+``LIF.initial_state``/``LIF.step`` (:class:`LIFState`), ``CubaLIF.initial_state``/``CubaLIF.step``,
+``LI.initial_state``/``LI.step`` (and ``Integrator``'s), ``A2S.step``,
 ``S2A.initial_state``/``S2A.step``/``S2A.finish`` (:class:`S2AState`); stateless ops
 (``Fire``, ``Requantize``) are their ``reference``. ``decl.state_spec(view)`` (:class:`StateSpec`)
 names the input/output port pairs that carry a node's state from one call to the next.
@@ -31,19 +32,22 @@ from onnx import helper
 from hnnx.errors import ModelError
 from hnnx.ops.declare import (DOMAIN, IR_VERSION, MIN_ONNX_OPSET, NO_TIME, ONNX_OPSET, OPSET_VERSION, SAME_TIME,
                               TIME_MAJOR, NodeView, OpDeclaration, StateSpec)
+from hnnx.ops.cuba import CubaLIF
 from hnnx.ops.fire import Fire
 from hnnx.ops.hybrid import A2S, S2A, S2AState
+from hnnx.ops.integrator import LI, Integrator
 from hnnx.ops.lif import LIF, LIFState
 from hnnx.ops.quant import Requantize
 
 __all__ = [
     "DOMAIN", "OPSET_VERSION", "ONNX_OPSET", "IR_VERSION", "REGISTRY", "OpDeclaration", "NodeView",
     "TIME_MAJOR", "NO_TIME", "SAME_TIME", "LIFState", "S2AState", "StateSpec", "view_of",
-    "LIF", "Fire", "A2S", "S2A", "Requantize", "make_node", "attach_functions", "register_schemas", "reference_ops",
+    "LIF", "CubaLIF", "LI", "Integrator", "Fire", "A2S", "S2A", "Requantize", "make_node", "attach_functions", "register_schemas", "reference_ops",
     "run_reference", "declaration", "hnnx_nodes", "op_summary_markdown", "op_reference_markdown",
 ]
 
-REGISTRY: dict[str, type[OpDeclaration]] = {decl.name: decl for decl in (LIF, Fire, A2S, S2A, Requantize)}
+REGISTRY: dict[str, type[OpDeclaration]] = {decl.name: decl for decl in (LIF, CubaLIF, LI, Integrator, Fire, A2S,
+                                                                           S2A, Requantize)}
 """Every hnnx op declaration by op type."""
 
 

@@ -25,6 +25,7 @@ FLOAT = TensorProto.FLOAT
 INT32 = TensorProto.INT32
 INT64 = TensorProto.INT64
 BOOL = TensorProto.BOOL
+DOUBLE = TensorProto.DOUBLE
 
 StepFunction = Callable[[Any, list[Any], list[Any]], "tuple[list[Any], list[Any]]"]
 """``step(xp, states, inputs_t) -> (new_states, outputs_t)`` — one time step of an op."""
@@ -124,6 +125,19 @@ class NumpyOps(EagerOps):
     def mul_q8_floor(self, x: np.ndarray, a: np.ndarray) -> np.ndarray:
         """``floor(x·a / 256)`` for int32 ``x`` and int64 ``a``, exact (int64 product)."""
         return ((x.astype(np.int64) * a) >> 8).astype(np.int32)
+
+    def recurrent_input(self, spikes: np.ndarray, weight: np.ndarray, rows: int, lo: int, hi: int) -> np.ndarray:
+        """The recurrent current of flat spikes ``[rows·F]`` through ``weight [F, F]``, flat:
+        ``r[n, i] = Σ_j s[n, j]·W[j, i]``. Float: the float32 products summed in float64 in the
+        order of j from +0, rounded once to float32; integer: summed in int64, saturated to
+        ``[lo, hi]``, int32. Neither depends on how an executor splits the work. Shaped like ``spikes``."""
+        shape, features = spikes.shape, weight.shape[0]
+        spikes = spikes.reshape(rows, features)
+        if self.integer:
+            total = spikes.astype(np.int64) @ weight.astype(np.int64)
+            return np.clip(total, lo, hi).astype(np.int32).reshape(shape)
+        terms = (spikes[:, :, None] * weight[None, :, :]).astype(np.float64)
+        return (np.cumsum(terms, axis=1)[:, -1, :] + 0.0).astype(np.float32).reshape(shape)
 
 
     # hybrid-unit operations (float)
@@ -431,6 +445,30 @@ class OnnxOps:
         c256 = self.body.literal(256, INT64)
         floor_div = self.scope.op("Div", self.scope.op("Sub", wide, self.scope.op("Mod", wide, c256)), c256)
         return self.scope.op("Cast", floor_div, to=INT32)
+
+    def recurrent_input(self, spikes: str, weight: str, rows: str, lo: int, hi: int) -> str:
+        """See :meth:`NumpyOps.recurrent_input`; ``rows`` is a 1-D int64 tensor ``[N]``. Float sums
+        run through ``CumSum`` (sequential along the axis) in double; a reshape to ``[N, F]``
+        fails unless the spikes hold ``N·F`` values."""
+        top = self.body.top
+        key = ("rec_shape", weight, rows)
+        consts = self.body._constants
+        if key not in consts:
+            features = top.op("Slice", top.op("Shape", weight), self.body.literal_1d([0]), self.body.literal_1d([1]))
+            consts[key] = top.op("Concat", rows, features, axis=0)
+        spikes = self.scope.op("Reshape", spikes, consts[key])
+        flat = self.body.literal_1d([-1])
+        if self.integer:
+            total = self.scope.op("MatMul", self.scope.op("Cast", spikes, to=INT64), self._top_cast(weight, INT64, "w"))
+            low, high = self.body.literal(lo, INT64), self.body.literal(hi, INT64)
+            total = self.scope.op("Min", self.scope.op("Max", total, low), high)
+            return self.scope.op("Reshape", self.scope.op("Cast", total, to=INT32), flat)
+        terms = self.scope.op("Mul", self.scope.op("Unsqueeze", spikes, self.body.literal_1d([2])), weight)
+        running = self.scope.op("CumSum", self.scope.op("Cast", terms, to=DOUBLE), self.body.literal(1, INT64))
+        last = self.scope.op("Slice", running, self.body.literal_1d([-1]), self.body.literal_1d([2**62]),
+                             self.body.literal_1d([1]))
+        total = self.scope.op("Add", last, self.body.literal(0.0, DOUBLE))
+        return self.scope.op("Reshape", self.scope.op("Cast", total, to=FLOAT), flat)
 
     # hybrid-unit operations (float)
     def div(self, a: str, b: str) -> str:

@@ -35,16 +35,18 @@ class LIFState:
     ``v``: membrane potential (float32, or int32 in integer mode); ``theta``: the adaptive
     threshold component θa (same type; None when the node has no threshold adaptation);
     ``refractory``: remaining refractory steps (int32; None when the node has no refractory
-    period). Which of them a node carries is :meth:`LIF.state_names`.
+    period); ``last_spikes``: the spikes of the step before (recurrent nodes only; None
+    otherwise). Which of them a node carries is :meth:`LIF.state_names`.
     """
 
     v: np.ndarray
     theta: np.ndarray | None = None
     refractory: np.ndarray | None = None
+    last_spikes: np.ndarray | None = None
 
     def arrays(self) -> list[np.ndarray]:
-        """The carried arrays in port order (v, then theta and refractory when carried)."""
-        return [a for a in (self.v, self.theta, self.refractory) if a is not None]
+        """The carried arrays in port order (v, then theta, refractory and last_spikes when carried)."""
+        return [a for a in (self.v, self.theta, self.refractory, self.last_spikes) if a is not None]
 
 
 class LIF(OpDeclaration):
@@ -72,6 +74,17 @@ class LIF(OpDeclaration):
     the state range, and a negative ``refractory0`` counts as 0. IF is LIF with
     ``alpha = 1, beta = 0``.
 
+    Recurrence (input ``recurrent_weight`` ``W [F, F]``, F = the neurons of one sample, i.e. the
+    product of the dims after N): step t integrates ``u[t] + r[t]`` instead of ``u[t]``, with
+    ``r[t, n, i] = Σ_j s[t−1, n, j]·W[j, i]`` — the layer's own spikes of the step before
+    (``last_spikes0``, default 0, before step 0) through ``W`` (rows: presynaptic neurons). Float
+    mode sums the products in float64 in the order of j and rounds once to float32 (so every
+    executor gives the same bits); integer mode sums in int64 and saturates ``r`` and
+    ``u + r`` to the state range. The weight is an input of the neuron, not a separate node,
+    because an ONNX graph has no cycles: the one-step delay and the spikes it carries are the
+    neuron's state (``last_spikes``), continued like ``v`` across calls. A recurrent bias is a
+    constant added to ``u``.
+
     ``mode = "integer"``: int32 tensors; the input current, every membrane stage and the
     adaptive threshold saturate to signed ``state_bits``-bit integers (28 as on TianjicX);
     all constants must be integers of magnitude ≤ 2^24; ``256·alpha`` and
@@ -91,6 +104,10 @@ class LIF(OpDeclaration):
              time=NO_TIME),
         Port("refractory0", "initial refractory counter (steps), broadcastable to [N, ...]",
              type="tensor(int32)", optional=True, time=NO_TIME),
+        Port("last_spikes0", "recurrent nodes: spikes of the step before step 0, broadcastable to [N, ...] "
+             "(default 0)", optional=True, time=NO_TIME),
+        Port("recurrent_weight", "recurrent weight W [F, F] (F = neurons per sample; rows presynaptic): "
+             "step t adds s[t−1] @ W to the current", optional=True, time=NO_TIME),
     )
     outputs = (
         Port("spikes", "0/1 spikes, [T, N, ...], in the type of `current`", time=TIME_MAJOR),
@@ -98,6 +115,7 @@ class LIF(OpDeclaration):
         Port("theta", "adaptive-threshold component after the last step, [N, ...]", optional=True, time=NO_TIME),
         Port("refractory", "refractory counter after the last step, [N, ...]",
              type="tensor(int32)", optional=True, time=NO_TIME),
+        Port("last_spikes", "recurrent nodes: spikes of the last step, [N, ...]", optional=True, time=NO_TIME),
     )
     type_constraints = (
         TypeConstraint("T", ("tensor(float)", "tensor(int32)"), "float32 in float mode, int32 in integer mode"),
@@ -127,40 +145,17 @@ class LIF(OpDeclaration):
     # ------------------------------------------------------------------ validation
     @classmethod
     def validate(cls, attrs: dict[str, Any], node: str) -> None:
-        for name in Q8_FACTORS:
-            if not 0.0 <= attrs[name] <= 1.0:
-                raise NodeError(node, f"LIF attribute {name!r} must lie in [0, 1], got {attrs[name]}")
         if attrs["refractory"] < 0:
             raise NodeError(node, f"LIF attribute 'refractory' must be ≥ 0, got {attrs['refractory']}")
-        if attrs["surrogate_width"] <= 0:
-            raise NodeError(node, f"LIF attribute 'surrogate_width' must be > 0, got {attrs['surrogate_width']}")
-        if attrs["mode"] != "integer":
-            return
-        bits = attrs["state_bits"]
-        if not 2 <= bits <= 31:
-            raise NodeError(node, f"LIF attribute 'state_bits' must lie in [2, 31], got {bits}")
-        lo, hi = state_range(bits)
-        for name in MEMBRANE_CONSTANTS:
-            value = attrs[name]
-            if value is None:
-                continue
-            if value != int(value) or abs(value) > EXACT_ATTRIBUTE_LIMIT:
-                raise NodeError(node, f"integer-mode LIF attribute {name!r} must be an integer of magnitude "
-                                      f"≤ 2^24, got {value}")
-            if not lo <= value <= hi:
-                raise NodeError(node, f"integer-mode LIF attribute {name!r} = {int(value)} does not fit "
-                                      f"{bits}-bit state")
-        for name in Q8_FACTORS:
-            if attrs[name] * 256 != int(attrs[name] * 256):
-                raise NodeError(node, f"integer-mode LIF attribute {name!r} must be a multiple of 1/256, "
-                                      f"got {attrs[name]}")
+        validate_neuron(cls.name, attrs, node, MEMBRANE_CONSTANTS, Q8_FACTORS)
+
+    @classmethod
+    def check_ports(cls, view: NodeView) -> None:
+        check_recurrent_ports(cls, view, state_port=4, weight_port=5)
 
     @classmethod
     def structure(cls, view: NodeView) -> str:
-        flags = _flags(view)
-        parts = [f"int{view.attrs['state_bits']}" if flags.integer else "float", view.attrs["reset_mode"]]
-        parts += [name for name in ("leak", "beta", "sat", "adapt", "theta_leak", "refr") if getattr(flags, name)]
-        return "-".join(parts) + "-" + port_key(view)
+        return neuron_structure(view, _flags(view), ("leak", "beta", "sat", "adapt", "theta_leak", "refr", "rec"))
 
     @classmethod
     def check_types(cls, view: NodeView, elem_types: list[int | None]) -> None:
@@ -174,7 +169,7 @@ class LIF(OpDeclaration):
     def output_shapes(cls, view: NodeView, shapes: list[list[Any] | None]) -> list[list[Any] | None]:
         current = shapes[0]
         neurons = None if current is None else list(current[1:])
-        return [current, neurons, neurons, neurons][: view.n_outputs]
+        return [current, neurons, neurons, neurons, neurons][: view.n_outputs]
 
     @classmethod
     def emits_spikes(cls, view: NodeView) -> bool:
@@ -184,10 +179,12 @@ class LIF(OpDeclaration):
     @classmethod
     def state_names(cls, view: NodeView) -> tuple[str, ...]:
         """The state a node carries between steps, in port order: ``v``, then ``theta`` when
-        its threshold adapts and ``refractory`` when it has a refractory period (or those
-        ports are connected). Output port ``k`` (k ≥ 1) and input port ``k`` hold state ``k − 1``."""
+        its threshold adapts, ``refractory`` when it has a refractory period (or those ports are
+        connected) and ``last_spikes`` when it is recurrent. Output port ``k`` (k ≥ 1) and input
+        port ``k`` hold the state named like the output port."""
         flags = _flags(view)
-        return ("v",) + (("theta",) if flags.adapt else ()) + (("refractory",) if flags.refr else ())
+        return (("v",) + (("theta",) if flags.adapt else ()) + (("refractory",) if flags.refr else ())
+                + (("last_spikes",) if flags.rec else ()))
 
     @classmethod
     def state_spec(cls, view: NodeView) -> tuple[StateSpec, ...]:
@@ -198,25 +195,30 @@ class LIF(OpDeclaration):
         specs = {"v": StateSpec("v", 1, 1, compute, view.attrs["v_init"], doc="membrane potential"),
                  "theta": StateSpec("theta", 2, 2, compute, 0, doc="adaptive-threshold component"),
                  "refractory": StateSpec("refractory", 3, 3, np.dtype(np.int32), 0,
-                                         doc="remaining refractory steps")}
+                                         doc="remaining refractory steps"),
+                 "last_spikes": StateSpec("last_spikes", 4, 4, compute, 0,
+                                          doc="spikes of the last step (the recurrent input of the next)")}
         return tuple(specs[name] for name in cls.state_names(view))
 
     @classmethod
     def initial_state(cls, view: NodeView, neuron_shape: tuple[int, ...], v0: np.ndarray | None = None,
-                      theta0: np.ndarray | None = None, refractory0: np.ndarray | None = None) -> LIFState:
+                      theta0: np.ndarray | None = None, refractory0: np.ndarray | None = None,
+                      last_spikes0: np.ndarray | None = None) -> LIFState:
         """The state before step 0 for neurons of shape ``neuron_shape`` (``[N, ...]``): the given
-        initial values broadcast to it (else ``v_init``, 0, 0), admitted as the neuron holds them
+        initial values broadcast to it (else ``v_init``, 0, 0, 0), admitted as the neuron holds them
         (integer membrane and threshold saturated to ``state_bits``, refractory ≥ 0)."""
         flags = _flags(view)
         xp = NumpyOps(flags.integer, view.attrs)
         shape = tuple(neuron_shape)
-        flat = _initial_states(xp, flags, shape, v0, theta0, refractory0)
+        flat = _initial_states(xp, flags, shape, v0, theta0, refractory0, last_spikes0)
         return _state_of(flags, [a.reshape(shape) for a in flat])
 
     @classmethod
-    def step(cls, view: NodeView, state: LIFState, current: np.ndarray) -> tuple[np.ndarray, LIFState]:
+    def step(cls, view: NodeView, state: LIFState, current: np.ndarray,
+             recurrent_weight: np.ndarray | None = None) -> tuple[np.ndarray, LIFState]:
         """One time step of the neurons (numpy): ``current [N, ...]`` (float32, or int32 in integer
         mode; the shape of the state) → ``(spikes [N, ...] in the current's type, next state)``.
+        A recurrent node also takes its ``recurrent_weight [F, F]``.
 
         These are the equations of the LIF docstring, the very function the numpy reference,
         the ONNX body and the torch forward run at each step — bit-exact in both modes.
@@ -226,7 +228,9 @@ class LIF(OpDeclaration):
         if current.dtype != xp.dtype:
             raise NodeError(view.name, f"LIF in {view.attrs['mode']} mode needs {np.dtype(xp.dtype).name} "
                                        f"current, got {current.dtype}")
-        new_states, (spikes,) = _step_for(flags)(xp, state.arrays(), [current])
+        rows = check_recurrence(view, flags.rec, (1, *current.shape), recurrent_weight)
+        step = _step_for(flags, weight=recurrent_weight, rows=rows)
+        new_states, (spikes,) = step(xp, state.arrays(), [current])
         return spikes, _state_of(flags, new_states)
 
     @classmethod
@@ -260,38 +264,46 @@ class LIF(OpDeclaration):
     # ------------------------------------------------------------------ numerics
     @classmethod
     def reference(cls, view: NodeView, current: np.ndarray, v0: np.ndarray | None = None,
-                  theta0: np.ndarray | None = None, refractory0: np.ndarray | None = None
+                  theta0: np.ndarray | None = None, refractory0: np.ndarray | None = None,
+                  last_spikes0: np.ndarray | None = None, recurrent_weight: np.ndarray | None = None
                   ) -> tuple[np.ndarray, ...]:
         integer = view.attrs["mode"] == "integer"
         dtype = np.int32 if integer else np.float32
         if current.dtype != dtype:
             raise NodeError(view.name, f"LIF in {view.attrs['mode']} mode needs {np.dtype(dtype).name} "
                                        f"current, got {current.dtype}")
-        return _run_eager(view, NumpyOps(integer, view.attrs), current, v0, theta0, refractory0)
+        return _run_eager(view, NumpyOps(integer, view.attrs), current, v0, theta0, refractory0, last_spikes0,
+                          recurrent_weight)
 
     @classmethod
     def membrane_trace(cls, view: NodeView, current: np.ndarray, v0: np.ndarray | None = None,
-                       theta0: np.ndarray | None = None, refractory0: np.ndarray | None = None) -> np.ndarray:
+                       theta0: np.ndarray | None = None, refractory0: np.ndarray | None = None,
+                       last_spikes0: np.ndarray | None = None, recurrent_weight: np.ndarray | None = None
+                       ) -> np.ndarray:
         """The membrane after integration (step 2, before firing) at every step, ``[T, N, ...]``
         (numpy reference; calibration records its range)."""
         integer = view.attrs["mode"] == "integer"
         xp = NumpyOps(integer, view.attrs)
         flags = _flags(view)
+        rows = check_recurrence(view, flags.rec, current.shape, recurrent_weight)
         neuron_shape = tuple(current.shape[1:])
-        states = _initial_states(xp, flags, neuron_shape, v0, theta0, refractory0)
+        states = _initial_states(xp, flags, neuron_shape, v0, theta0, refractory0, last_spikes0)
         flat = current.reshape(current.shape[0], math.prod(neuron_shape))
         if flat.shape[0] == 0:
             return np.zeros(current.shape, xp.dtype)
-        _, (_, membrane) = xp.time_loop(_step_for(flags, trace=True), states, [flat])
+        step = _step_for(flags, trace=True, weight=recurrent_weight, rows=rows)
+        _, (_, membrane) = xp.time_loop(step, states, [flat])
         return membrane.reshape(current.shape)
 
     @classmethod
     def torch_forward(cls, view: NodeView, current: Any, v0: Any = None, theta0: Any = None,
-                      refractory0: Any = None) -> tuple[Any, ...]:
+                      refractory0: Any = None, last_spikes0: Any = None, recurrent_weight: Any = None
+                      ) -> tuple[Any, ...]:
         from hnnx.ops.torch_ops import TorchOps
 
         integer = view.attrs["mode"] == "integer"
-        return _run_eager(view, TorchOps(integer, view.attrs, current.device), current, v0, theta0, refractory0)
+        return _run_eager(view, TorchOps(integer, view.attrs, current.device), current, v0, theta0, refractory0,
+                          last_spikes0, recurrent_weight)
 
     @classmethod
     def build_body(cls, view: NodeView, body: FunctionBody) -> None:
@@ -319,7 +331,12 @@ class LIF(OpDeclaration):
             states.append((initial(3, xp.literal_int(0)), INT32))
         states = [(value, elem_type) for value, (_, elem_type) in
                   zip(_admitted(xp, flags, [s for s, _ in states]), states)]
-        finals, (spikes,) = onnx_time_scan(body, _step_for(flags), flags.integer, states, [(flat, elem)], [elem])
+        step = _step_for(flags)
+        if flags.rec:
+            states.append((initial(4, xp.literal(0)), elem))
+            rows = top.op("Slice", shape, body.literal_1d([1]), body.literal_1d([2]))
+            step = _step_for(flags, weight=body.input(5), rows=rows)
+        finals, (spikes,) = onnx_time_scan(body, step, flags.integer, states, [(flat, elem)], [elem])
         body.set_output(0, top.op("Reshape", spikes, shape, allowzero=1))
         for index, final in enumerate(finals[: view.n_outputs - 1], 1):
             body.set_output(index, top.op("Reshape", final, neuron_shape, allowzero=1))
@@ -336,31 +353,37 @@ def _state_of(flags: SimpleNamespace, arrays: list[Any]) -> LIFState:
     v = arrays.pop(0)
     theta = arrays.pop(0) if flags.adapt else None
     refractory = arrays.pop(0) if flags.refr else None
-    return LIFState(v, theta, refractory)
+    last_spikes = arrays.pop(0) if flags.rec else None
+    return LIFState(v, theta, refractory, last_spikes)
 
 
-def _run_eager(view: NodeView, xp: Any, current: Any, v0: Any, theta0: Any, refractory0: Any) -> tuple[Any, ...]:
+def _run_eager(view: NodeView, xp: Any, current: Any, v0: Any, theta0: Any, refractory0: Any,
+               last_spikes0: Any = None, recurrent_weight: Any = None) -> tuple[Any, ...]:
     """Multi-step LIF in an eager namespace (numpy or torch)."""
     flags = _flags(view)
+    rows = check_recurrence(view, flags.rec, tuple(current.shape), recurrent_weight)
     neuron_shape = tuple(current.shape[1:])
-    states = _initial_states(xp, flags, neuron_shape, v0, theta0, refractory0)
+    states = _initial_states(xp, flags, neuron_shape, v0, theta0, refractory0, last_spikes0)
     steps = current.shape[0]
     flat = current.reshape(steps, math.prod(neuron_shape))
-    finals, (spikes,) = xp.time_loop(_step_for(flags), states, [flat])
+    finals, (spikes,) = xp.time_loop(_step_for(flags, weight=recurrent_weight, rows=rows), states, [flat])
     outputs = [spikes.reshape(current.shape)] + [final.reshape(neuron_shape) for final in finals]
-    # Outputs 2 and 3 are only requested when their state is carried (see _flags).
+    # Outputs 2 to 4 are only requested when their state is carried (see _flags, check_ports).
     return tuple(outputs[: view.n_outputs])
 
 
 def _initial_states(xp: Any, flags: SimpleNamespace, neuron_shape: tuple[int, ...], v0: Any, theta0: Any,
-                    refractory0: Any) -> list[Any]:
+                    refractory0: Any, last_spikes0: Any = None) -> list[Any]:
     """Flat initial states ``[M]`` of the carried paths, admitted (see :func:`_admitted`)."""
     states = [xp.initial_state(v0, xp.param("v_init"), neuron_shape)]
     if flags.adapt:
         states.append(xp.initial_state(theta0, xp.literal(0), neuron_shape))
     if flags.refr:
         states.append(xp.initial_state(refractory0, xp.literal_int(0), neuron_shape))
-    return _admitted(xp, flags, states)
+    states = _admitted(xp, flags, states)
+    if flags.rec:
+        states.append(xp.initial_state(last_spikes0, xp.literal(0), neuron_shape))
+    return states
 
 
 def _admitted(xp: Any, flags: SimpleNamespace, states: list[Any]) -> list[Any]:
@@ -379,35 +402,160 @@ def _admitted(xp: Any, flags: SimpleNamespace, states: list[Any]) -> list[Any]:
 def _flags(view: NodeView) -> SimpleNamespace:
     """Which parts of the equations a node uses (its structure)."""
     a = view.attrs
-    return SimpleNamespace(
-        integer=a["mode"] == "integer",
-        bits=a["state_bits"],
-        reset=a["reset_mode"],
-        leak=a["alpha"] != 1.0,
-        beta=a["beta"] != 0.0,
-        sat=a["v_lower"] is not None,
+    return neuron_flags(
+        a,
         adapt=(a["theta_alpha"] != 1.0 or a["theta_beta"] != 0.0 or a["theta_increment"] != 0.0
                or view.has_input(2) or view.has_output(2)),
-        theta_leak=a["theta_alpha"] != 1.0,
         refr=a["refractory"] > 0 or view.has_input(3) or view.has_output(3),
+        rec=view.has_input(5),
     )
 
 
-def _step_for(flags: SimpleNamespace, trace: bool = False):
-    """The per-step equations (see the LIF docstring), for any array namespace ``xp``.
+# ---------------------------------------------------------------------------- shared by the neuron ops
+def neuron_flags(attrs: dict[str, Any], *, adapt: bool = False, refr: bool = False, rec: bool = False
+                 ) -> SimpleNamespace:
+    """The structure of a neuron from its attributes (absent ones take their neutral value) and
+    the parts its ports switch on: threshold adaptation, refractory counter, recurrence."""
+    return SimpleNamespace(
+        integer=attrs["mode"] == "integer",
+        bits=attrs.get("state_bits", 28),
+        reset=attrs.get("reset_mode", "none"),
+        leak=attrs.get("alpha", 1.0) != 1.0,
+        beta=attrs.get("beta", 0.0) != 0.0,
+        sat=attrs.get("v_lower") is not None,
+        adapt=adapt,
+        theta_leak=attrs.get("theta_alpha", 1.0) != 1.0,
+        refr=refr,
+        rec=rec,
+    )
+
+
+def neuron_structure(view: NodeView, flags: SimpleNamespace, parts: tuple[str, ...]) -> str:
+    """A neuron's overload key: its numeric mode, its reset mode (if it fires), the ``parts`` of its
+    equations it uses and its connected ports."""
+    keys = [f"int{flags.bits}" if flags.integer else "float"]
+    keys += [view.attrs["reset_mode"]] if "reset_mode" in view.attrs else []
+    keys += [name for name in parts if getattr(flags, name)]
+    return "-".join(keys) + "-" + port_key(view)
+
+
+def validate_neuron(op: str, attrs: dict[str, Any], node: str, membrane_constants: tuple[str, ...],
+                    q8_factors: tuple[str, ...]) -> None:
+    """The checks every neuron op makes: factors in [0, 1], a positive surrogate width and, in
+    integer mode, a state width in [2, 31], integer constants inside the state and exact in an
+    attribute, factors in steps of 1/256. NodeError naming ``node``."""
+    for name in q8_factors:
+        if not 0.0 <= attrs[name] <= 1.0:
+            raise NodeError(node, f"{op} attribute {name!r} must lie in [0, 1], got {attrs[name]}")
+    if attrs.get("surrogate_width", 1.0) <= 0:
+        raise NodeError(node, f"{op} attribute 'surrogate_width' must be > 0, got {attrs['surrogate_width']}")
+    if attrs["mode"] != "integer":
+        return
+    bits = attrs["state_bits"]
+    if not 2 <= bits <= 31:
+        raise NodeError(node, f"{op} attribute 'state_bits' must lie in [2, 31], got {bits}")
+    lo, hi = state_range(bits)
+    for name in membrane_constants:
+        value = attrs[name]
+        if value is None:
+            continue
+        if value != int(value) or abs(value) > EXACT_ATTRIBUTE_LIMIT:
+            raise NodeError(node, f"integer-mode {op} attribute {name!r} must be an integer of magnitude "
+                                  f"≤ 2^24, got {value}")
+        if not lo <= value <= hi:
+            raise NodeError(node, f"integer-mode {op} attribute {name!r} = {int(value)} does not fit "
+                                  f"{bits}-bit state")
+    for name in q8_factors:
+        if attrs[name] * 256 != int(attrs[name] * 256):
+            raise NodeError(node, f"integer-mode {op} attribute {name!r} must be a multiple of 1/256, "
+                                  f"got {attrs[name]}")
+
+
+def check_recurrent_ports(decl: type[OpDeclaration], view: NodeView, state_port: int, weight_port: int) -> None:
+    """The last-spikes state input/output (``state_port``) only exist for recurrent nodes."""
+    if (view.has_input(state_port) or view.has_output(state_port)) and not view.has_input(weight_port):
+        raise NodeError(view.name, f"{decl.name} port {state_port} ({decl.inputs[state_port].name!r} / "
+                                   f"{decl.outputs[state_port].name!r}) needs the recurrent_weight input "
+                                   f"(port {weight_port})")
+
+
+def check_recurrence(view: NodeView, recurrent: bool, current_shape: tuple[int, ...], weight: Any) -> int | None:
+    """For a recurrent node, the number of samples N of a current ``[T, N, ...]``, after checking that
+    ``weight`` is ``[F, F]`` with F the neurons of one sample; None for other nodes."""
+    if not recurrent:
+        return None
+    if weight is None:
+        raise NodeError(view.name, "the node is recurrent but no recurrent_weight was given")
+    features = math.prod(current_shape[2:])
+    shape = tuple(weight.shape)
+    if len(current_shape) < 2 or shape != (features, features):
+        raise NodeError(view.name, f"recurrent_weight of shape {list(shape)} does not match the current "
+                                   f"{list(current_shape)}: it must be [F, F] with F = {features} neurons per sample")
+    if features == 0:
+        raise NodeError(view.name, "recurrent_weight has no neurons")
+    return int(current_shape[1])
+
+
+def saturate(xp: Any, flags: SimpleNamespace, x: Any) -> Any:
+    """Integer mode: ``x`` clamped to the state range; float mode: ``x``."""
+    if not flags.integer:
+        return x
+    lo, hi = state_range(flags.bits)
+    return xp.clamp(x, lo, hi)
+
+
+def scaled(xp: Any, flags: SimpleNamespace, x: Any, factor: str) -> Any:
+    """``factor·x`` (float) or ``floor(round(256·factor)·x / 256)`` (integer) for attribute ``factor``."""
+    if flags.integer:
+        return xp.mul_q8_floor(x, xp.param_q8(factor))
+    return xp.mul(x, xp.param(factor))
+
+
+def leak(xp: Any, flags: SimpleNamespace, v: Any) -> Any:
+    """LIF step 5: ``alpha·v + beta`` (each part only when the node uses it), then ``max(·, v_lower)``."""
+    if flags.leak:
+        v = scaled(xp, flags, v, "alpha")
+    if flags.beta:
+        v = saturate(xp, flags, xp.add(v, xp.param("beta")))
+    if flags.sat:
+        v = xp.maximum(v, xp.param("v_lower"))
+    return v
+
+
+def add_recurrence(xp: Any, flags: SimpleNamespace, u: Any, last_spikes: Any, weight: Any, rows: Any) -> Any:
+    """``u + last_spikes @ weight`` (see the LIF docstring; integer: ``u`` and the recurrent
+    current saturated, then their sum)."""
+    lo, hi = state_range(flags.bits)
+    recurrent = xp.recurrent_input(last_spikes, weight, rows, lo, hi)
+    if flags.integer:
+        return xp.clamp(xp.add(xp.clamp(u, lo, hi), recurrent), lo, hi)
+    return xp.add(u, recurrent)
+
+
+def _step_for(flags: SimpleNamespace, trace: bool = False, weight: Any = None, rows: Any = None):
+    """The per-step equations of a LIF node for any array namespace ``xp``: :func:`membrane_step`,
+    after :func:`add_recurrence` for a recurrent node (``weight``/``rows`` in the namespace's form),
+    whose spikes become its ``last_spikes`` state."""
+    membrane = membrane_step(flags, trace)
+    if not flags.rec:
+        return membrane
+
+    def step(xp: Any, states: list[Any], xs: list[Any]) -> tuple[list[Any], list[Any]]:
+        states = list(states)
+        last_spikes = states.pop()
+        (u,) = xs
+        new_states, outputs = membrane(xp, states, [add_recurrence(xp, flags, u, last_spikes, weight, rows)])
+        return new_states + [outputs[0]], outputs
+
+    return step
+
+
+def membrane_step(flags: SimpleNamespace, trace: bool = False):
+    """The LIF docstring's steps 1–7 for the states ``[v, theta?, refractory?]`` and the input
+    current of the step, for any array namespace ``xp``.
 
     ``trace``: also output the membrane after integration (``v1``) of every step.
     """
-
-    lo, hi = state_range(flags.bits)
-
-    def saturate(xp: Any, x: Any) -> Any:
-        return xp.clamp(x, lo, hi) if flags.integer else x
-
-    def scaled(xp: Any, x: Any, factor: str) -> Any:
-        if flags.integer:
-            return xp.mul_q8_floor(x, xp.param_q8(factor))
-        return xp.mul(x, xp.param(factor))
 
     def step(xp: Any, states: list[Any], xs: list[Any]) -> tuple[list[Any], list[Any]]:
         states = list(states)
@@ -415,16 +563,16 @@ def _step_for(flags: SimpleNamespace, trace: bool = False):
         theta_a = states.pop(0) if flags.adapt else None
         refractory = states.pop(0) if flags.refr else None
         (u,) = xs
-        u = saturate(xp, u)
+        u = saturate(xp, flags, u)
         # 1. threshold
         if flags.adapt:
-            theta = saturate(xp, xp.add(xp.param("threshold"), theta_a))
+            theta = saturate(xp, flags, xp.add(xp.param("threshold"), theta_a))
         else:
             theta = xp.param("threshold")
         if flags.sat:
             theta = xp.maximum(theta, xp.param("v_lower"))
         # 2. integrate, gated by the refractory counter
-        v1 = saturate(xp, xp.add(v, u))
+        v1 = saturate(xp, flags, xp.add(v, u))
         if flags.refr:
             v1 = xp.where(xp.equal(refractory, xp.literal_int(0)), v1, v)
         # 3. fire
@@ -434,25 +582,19 @@ def _step_for(flags: SimpleNamespace, trace: bool = False):
         if flags.reset == "hard":
             v2 = xp.where(fired, xp.param("v_reset"), v1)
         elif flags.reset == "soft":
-            v2 = saturate(xp, xp.where(fired, xp.sub(v1, theta), v1))
+            v2 = saturate(xp, flags, xp.where(fired, xp.sub(v1, theta), v1))
         elif flags.reset == "soft_constant":
-            v2 = saturate(xp, xp.where(fired, xp.sub(v1, xp.param("reset_decrement")), v1))
+            v2 = saturate(xp, flags, xp.where(fired, xp.sub(v1, xp.param("reset_decrement")), v1))
         else:
             v2 = v1
         # 5. leak and lower saturation
-        v3 = v2
-        if flags.leak:
-            v3 = scaled(xp, v3, "alpha")
-        if flags.beta:
-            v3 = saturate(xp, xp.add(v3, xp.param("beta")))
-        if flags.sat:
-            v3 = xp.maximum(v3, xp.param("v_lower"))
-        new_states = [v3]
+        new_states = [leak(xp, flags, v2)]
         # 6. threshold adaptation
         if flags.adapt:
-            decayed = scaled(xp, theta_a, "theta_alpha") if flags.theta_leak else theta_a
+            decayed = scaled(xp, flags, theta_a, "theta_alpha") if flags.theta_leak else theta_a
             decayed = xp.add(decayed, xp.param("theta_beta"))
-            new_states.append(saturate(xp, xp.where(fired, xp.add(decayed, xp.param("theta_increment")), decayed)))
+            increased = xp.add(decayed, xp.param("theta_increment"))
+            new_states.append(saturate(xp, flags, xp.where(fired, increased, decayed)))
         # 7. refractory counter
         if flags.refr:
             counted_down = xp.maximum(xp.sub(refractory, xp.literal_int(1)), xp.literal_int(0))

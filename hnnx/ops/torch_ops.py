@@ -129,6 +129,17 @@ class TorchOps(EagerOps):
     def mul_q8_floor(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         return torch.div(x.to(torch.int64) * a, 256, rounding_mode="floor").to(torch.int32)
 
+    def recurrent_input(self, spikes: torch.Tensor, weight: torch.Tensor, rows: int, lo: int, hi: int
+                        ) -> torch.Tensor:
+        """See :meth:`hnnx.ops.arrays.NumpyOps.recurrent_input` (``torch.cumsum`` runs in order)."""
+        shape, features = spikes.shape, weight.shape[0]
+        spikes = spikes.reshape(rows, features)
+        if self.integer:
+            total = torch.matmul(spikes.to(torch.int64), weight.to(torch.int64))
+            return torch.clamp(total, lo, hi).to(torch.int32).reshape(shape)
+        terms = (spikes.unsqueeze(2) * weight.unsqueeze(0)).to(torch.float64)
+        return (torch.cumsum(terms, dim=1)[:, -1, :] + 0.0).to(torch.float32).reshape(shape)
+
     # hybrid-unit operations (float); discrete ones pass gradients straight through
     def div(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a / b
