@@ -17,6 +17,7 @@ def test_quick_chip_benchmark_prints_its_table() -> None:
     header = next(line for line in out.splitlines() if line.startswith("| model "))
     for column in ("cores", "map (s)", "chip sim (s)", "ORT int (s)", "× ORT", "bit-exact", "µs/inf", "µJ/inf"):
         assert column in header, header
-    assert re.search(r"\| hybrid_a2s +\| +tianjicx +\| +\d+/160 .*\| +yes +\|", out), out
+    for model in ("hybrid_a2s", "ann_residual"):
+        assert re.search(rf"\| {model} +\| +tianjicx +\| +\d+/160 .*\| +yes +\|", out), out
     assert re.search(r"target: chip simulator ≤ 10× onnxruntime on hybrid_a2s/tianjicx: \d+\.\d×", out), out
     assert "assumed figures in the estimates" in out
