@@ -22,19 +22,11 @@ from hnnx.qat import GraphModule, finetune, to_torch
 from hnnx.qat.hnnx_nodes import float_stand_in
 from hnnx.qat.kernels import NodeContext, build_kernel
 from hnnx.runtime.simulate import npz_bytes
+from torch_threads import one_torch_thread  # noqa: F401  (autouse fixture)
 
 MODELS = ("ann_cnn", "ann_residual", "snn_mlp", "snn_conv", "hybrid_a2s", "hybrid_s2a")
 FLOAT_TOLERANCE = 2e-5
 """Float graphs: torch and onnxruntime sum convolutions in different orders (relative and absolute)."""
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """These tensors are small: one thread avoids oversubscribing the cores onnxruntime also uses."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -114,6 +114,17 @@ def plan_conversion(graph: gs.Graph, cut: str | None = None) -> ConversionPlan:
         else:
             raise ModelError(f"node {node.name or node.outputs[0].name!r} ({node.op}) has no spiking form in the "
                              f"ANN→SNN conversion; keep it in the ANN part: --hybridize --cut <a layer after it>")
+    ends = {layer.end for layer in plan.readouts}
+    for node in nodes:  # what follows a readout runs on its mean: it may not read the spiking part
+        if id(node) not in readout_tails:
+            continue
+        for tensor in node.inputs:
+            producer = tensor.inputs[0] if tensor.inputs else None
+            if producer is not None and id(producer) in region and id(producer) not in readout_tails \
+                    and tensor.name not in ends:
+                raise ModelError(f"node {node.name or node.outputs[0].name!r} ({node.op}) joins a layer's output "
+                                 f"with {tensor.name!r} of the spiking part: it has no spiking form in the ANN→SNN "
+                                 f"conversion; keep it in the ANN part: --hybridize --cut <a layer after it>")
     for layer in plan.layers:
         layer.source = layer.source or _source(graph, layer, plan)
     plan.frame_shapes[plan.cut] = _frame_shape(_tensor(graph, plan.cut), first)
