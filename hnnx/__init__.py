@@ -13,10 +13,11 @@ from hnnx.model import load, save
 from hnnx.quantization import QuantizationReport, quantize
 from hnnx.runtime import SimulationResult, Simulator, Stream, simulate
 from hnnx.chip import lower
+from hnnx import datasets, models  # the bundled digits and trained models (hnnx.models.path(name))
 
 __version__ = "0.1.0"
 
 __all__ = ["load", "save", "simulate", "quantize", "lower", "Simulator", "SimulationResult", "Stream",
            "QuantizationReport",
-           "HnnxError", "ModelError",
+           "datasets", "models", "HnnxError", "ModelError",
            "NodeError", "DataError", "__version__"]

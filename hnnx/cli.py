@@ -472,5 +472,59 @@ def export(model: Path, export_format: str, output: Path, report: Path | None) -
     _print_and_write_report(result, output, report)
 
 
+@main.group()
+def nir() -> None:
+    """Import and export NIR graphs (neuroir.org): snnTorch, Norse, Sinabs, Rockpool, Lava-dl, Spyx."""
+
+
+@nir.command("import")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="The .onnx file to write.")
+@click.option("--dt", type=float, required=True,
+              help="The time step, in the unit of the file's time constants (snnTorch and the NIR paper: seconds, "
+                   "dt 1e-4; Sinabs: steps, dt 1).")
+@click.option("--scheme", type=click.Choice(["euler", "exp"]), default="euler", show_default=True,
+              help="euler: forward Euler (snnTorch, Norse); exp: exponential Euler.")
+@click.option("--report", type=click.Path(path_type=Path), default=None,
+              help="Write the import report as JSON, and Markdown next to it (.md).")
+@_reports_errors
+def nir_import(source: Path, output: Path, dt: float, scheme: str, report: Path | None) -> None:
+    """Import the NIR graph SOURCE as an hnnx model; prints what was mapped exactly and what was approximated."""
+    import hnnx
+    from hnnx.frontends.nir import import_nir
+
+    _check_suffixes(output, ".onnx", report)
+    model, result = import_nir(source, dt, scheme)
+    hnnx.save(model, output)
+    _print_and_write_report(result, output, report)
+
+
+@nir.command("export")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="The .nir file to write.")
+@click.option("--dt", type=float, default=1e-4, show_default=True,
+              help="The time step NIR's time constants are written for (snnTorch's and the NIR paper's 1e-4 s).")
+@click.option("--scheme", type=click.Choice(["euler", "exp"]), default="euler", show_default=True,
+              help="The discretisation the time constants invert.")
+@click.option("--report", type=click.Path(path_type=Path), default=None,
+              help="Write the node mapping as JSON, and Markdown next to it (.md).")
+@_reports_errors
+def nir_export(model: Path, output: Path, dt: float, scheme: str, report: Path | None) -> None:
+    """Export the float hnnx MODEL as a NIR graph; stops at the first node NIR cannot express."""
+    from hnnx.interop.nir import export_nir
+
+    _check_suffixes(output, ".nir", report)
+    result = export_nir(model, output, dt, scheme)
+    _print_and_write_report(result, output, report)
+
+
+def _check_suffixes(output: Path, suffix: str, report: Path | None) -> None:
+    """HnnxError unless ``output`` ends in ``suffix`` and ``report`` (if given) in ``.json``."""
+    if output.suffix != suffix:
+        raise HnnxError(f"{output}: the output file must end in {suffix}")
+    if report is not None and report.suffix != ".json":
+        raise HnnxError(f"{report}: the report file must end in .json")
+
+
 if __name__ == "__main__":
     main()

@@ -11,7 +11,12 @@ A *source* is one of
   tensor (one-input models), also validated in full up front;
 * any other iterable, e.g. a generator or a ``torch.utils.data.DataLoader``, whose items are
   dicts keyed by input name, arrays/tensors (one-input models) or ``(inputs, labels...)``
-  tuples/lists. Items are validated one by one as they are drawn.
+  tuples/lists. Items are validated one by one as they are drawn;
+* an onnxruntime ``CalibrationDataReader`` (anything with ``get_next()`` giving a dict keyed by
+  input name, None at the end). A reader is read once per pass; since quantization reads its
+  data twice (calibration, then the float-vs-quantized comparison), hnnx calls the reader's
+  ``rewind()`` when it has one, and otherwise replays the reader's first :data:`REPLAY_SAMPLES`
+  samples, which it keeps from the first pass (a later pass needing more is a DataError).
 
 Arrays are in the model's layout (``[N, ...]``, or ``[T, N, ...]`` for time-major inputs),
 so batches are cut on each input's sample axis (:attr:`TensorSpec.batch_axis`). Labels and
@@ -22,7 +27,8 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -69,6 +75,8 @@ def batches(
         if fixed is not None and total % fixed:
             raise DataError(_fixed_batch_message(inputs, fixed, total))
         return BatchStream(stored.batches(batch_size, limit), total)
+    if _is_reader(source):
+        source = _ReaderItems(source, inputs, num_samples)
     if isinstance(source, Iterable):
         items = _validated_items(source, inputs)
         feeds = _rebatched(items, inputs, batch_size, limit, _describe(source))
@@ -337,6 +345,84 @@ def _join(parts: list[Feeds], inputs: Sequence[TensorSpec]) -> Feeds:
     return joined
 
 
+# --------------------------------------------------------------------------- onnxruntime readers
+REPLAY_SAMPLES = 1024
+"""Samples of an onnxruntime ``CalibrationDataReader`` without ``rewind()`` that hnnx keeps from
+its first pass to read them again (quantization's comparison reads the first 128)."""
+
+
+def _is_reader(source: Any) -> bool:
+    """An onnxruntime ``CalibrationDataReader``: ``get_next()`` (onnxruntime's own test of one)."""
+    return callable(getattr(source, "get_next", None)) and not isinstance(source, (str, os.PathLike, Mapping))
+
+
+@dataclass
+class _ReaderRecord:
+    """What hnnx kept of a reader's first pass: its first items, their samples, and whether they
+    are all the reader gave (``complete``)."""
+
+    items: list[Any] = field(default_factory=list)
+    samples: int = 0
+    complete: bool = False
+
+
+_READ: "weakref.WeakKeyDictionary[Any, _ReaderRecord]" = weakref.WeakKeyDictionary()
+"""The readers hnnx has read from, and what it kept of them (dropped with the reader)."""
+
+
+class _ReaderItems:
+    """One pass over a ``CalibrationDataReader``: the first reads ``get_next()`` until None (keeping
+    up to :data:`REPLAY_SAMPLES` samples); later passes ``rewind()`` the reader, or replay what was
+    kept when that covers the ``num_samples`` the pass needs."""
+
+    def __init__(self, reader: Any, inputs: Sequence[TensorSpec], num_samples: int | None) -> None:
+        self.reader = reader
+        self.inputs = inputs
+        self.num_samples = num_samples
+        self.label = f"{type(reader).__name__} (onnxruntime reader)"
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            record = _READ.get(self.reader)
+        except TypeError:  # not weakly referable: nothing is kept
+            record = None
+        if record is not None and not callable(getattr(self.reader, "rewind", None)):
+            yield from self._replay(record)
+            return
+        if record is not None:
+            self.reader.rewind()
+        record = _ReaderRecord()
+        try:
+            _READ[self.reader] = record
+        except TypeError:
+            pass
+        while True:
+            item = self.reader.get_next()
+            if item is None:
+                record.complete = record.samples <= REPLAY_SAMPLES
+                return
+            if record.samples <= REPLAY_SAMPLES:
+                record.items.append(item)
+                record.samples += self._count(item)
+            yield item
+
+    def _replay(self, record: _ReaderRecord) -> Iterator[Any]:
+        needed = self.num_samples
+        if not (record.complete or (needed is not None and needed <= record.samples)):
+            want = "all its samples" if needed is None else f"{needed} samples"
+            raise DataError(f"{self.label} was read once already and has no rewind(); hnnx kept its first "
+                            f"{record.samples} samples to read again, but this pass needs {want}: give the reader "
+                            f"a rewind() method (or use at most {REPLAY_SAMPLES} samples)")
+        yield from record.items
+
+    def _count(self, item: Any) -> int:
+        spec = self.inputs[0]
+        try:
+            return int(np.shape(item[spec.name])[spec.batch_axis])
+        except (KeyError, IndexError, TypeError):
+            return 1  # a malformed item: validation names it when it is drawn
+
+
 # --------------------------------------------------------------------------- arrays and tensors
 def _torch_tensor_type() -> type | None:
     """``torch.Tensor`` if torch is already imported (no object can be a tensor otherwise)."""
@@ -368,7 +454,7 @@ def _array_as_mapping(array: Any, inputs: Sequence[TensorSpec], where: str) -> d
 
 
 def _describe(source: Any) -> str:
-    return type(source).__name__
+    return getattr(source, "label", None) or type(source).__name__
 
 
 def _kind(item: Any) -> str:
