@@ -238,6 +238,8 @@ def doctor(build: bool, require_native: bool) -> None:
               help="qdq target: quantize the spiking parts as tianjicx, or leave them float.")
 @click.option("--observer", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="minmax",
               show_default=True, help="How activation ranges are chosen from the calibration data.")
+@click.option("--percentile", type=click.FloatRange(0, 100, min_open=True), default=None,
+              help="--observer percentile: the percentile of |x| taken as the range (default 99.99).")
 @click.option("--num-samples", type=click.IntRange(min=1), default=None, help="Calibration samples to use (all).")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=64, show_default=True,
               help="Calibration samples per onnxruntime run.")
@@ -249,7 +251,7 @@ def doctor(build: bool, require_native: bool) -> None:
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 @_reports_errors
 def quantize(model: Path, output: Path, calibration: Path, target: str, output_format: str | None,
-             per_channel: bool | None, spiking: str, observer: str, num_samples: int | None, batch_size: int, exclude: tuple[str, ...], bit_shift_unit: str,
+             per_channel: bool | None, spiking: str, observer: str, percentile: float | None, num_samples: int | None, batch_size: int, exclude: tuple[str, ...], bit_shift_unit: str,
              report: Path | None, progress: bool) -> None:
     """Calibrate MODEL on data and write its quantized form."""
     import hnnx
@@ -259,8 +261,11 @@ def quantize(model: Path, output: Path, calibration: Path, target: str, output_f
         raise HnnxError(f"{output}: the output file must end in .onnx")
     if report is not None and report.suffix != ".json":
         raise HnnxError(f"{report}: the report file must end in .json")
+    if percentile is not None and observer != "percentile":
+        raise HnnxError(f"--percentile is an option of --observer percentile, not of {observer}")
     quantized, result = run_quantize(model, calibration, target=target, format=output_format,
                                      per_channel=per_channel, spiking=spiking, observer=observer,
+                                     observer_options=None if percentile is None else {"percentile": percentile},
                                      num_samples=num_samples, batch_size=batch_size, exclude=exclude,
                                      bit_shift_unit=int(bit_shift_unit), progress=progress and sys.stderr.isatty())
     for name, reason in result.excluded.items():

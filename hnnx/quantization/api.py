@@ -113,6 +113,7 @@ def quantize(
     target: str = "tianjicx",
     format: str | None = None,
     observer: str = "minmax",
+    observer_options: Mapping[str, Any] | None = None,
     per_channel: bool | None = None,
     spiking: str = "tianjicx",
     num_samples: int | None = None,
@@ -125,6 +126,7 @@ def quantize(
 
     ``calibration``: anything :func:`hnnx.calibrate.batches` reads (a .npz/.npy/directory path,
     a dict of arrays, an iterable, a DataLoader); it is validated before any work.
+    ``observer_options``: options of the ``observer`` (e.g. ``{"percentile": 99.9}``).
     ``exclude``: node names, op types or regular expressions (``re.fullmatch`` on the node
     name) to keep in float. ``format``: see :data:`FORMATS` (default: the target's first);
     ``per_channel``: per-output-channel weight scales (``qdq`` only; its default);
@@ -169,7 +171,8 @@ def quantize(
     options = TargetOptions(format, frozenset(_excluded_names(graph, exclude)), bit_shift_unit, per_channel, spiking)
     quantizer = TARGET_CLASSES[target](options)
     stats = calibrate(float_model, calibration, quantizer.calibration_tensors(graph), observer=observer,
-                      batch_size=batch_size, num_samples=num_samples, progress=progress)
+                      observer_options=observer_options, batch_size=batch_size, num_samples=num_samples,
+                      progress=progress)
     rewrite = quantizer.rewrite(graph, Statistics.of(stats))
     quantized = _quantized_model(graph, float_model, f"{target}/{format}", rewrite.output_scales)
 
