@@ -631,3 +631,51 @@ def test_models_with_the_new_ops_save_and_run_in_a_plain_session(tmp_path: Any) 
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     spikes = scalar_cuba({"alpha": 0.5, "alpha_syn": 0.5}, x)["spikes"]
     assert_same_array(got, scalar_li({"alpha": 0.5}, spikes)["y"], "CubaLIF → LI")
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Integer forms of float neurons, and the torch front end's modules
+# ---------------------------------------------------------------------------------------------
+def test_integer_attributes_scale_constants_and_snap_decays() -> None:
+    view = hnnx.ops.CubaLIF.view_for({"threshold": 1.0, "v_reset": 0.1, "alpha": 0.9, "alpha_syn": 0.7,
+                                      "beta": 0.01, "i_init": 0.25}, [True], 1)
+    attrs = hnnx.ops.CubaLIF.integer_attributes(view, 200.0)
+    assert (attrs["threshold"], attrs["v_reset"], attrs["beta"], attrs["i_init"]) == (200.0, 20.0, 2.0, 50.0)
+    assert (attrs["alpha"], attrs["alpha_syn"], attrs["mode"]) == (230 / 256, 179 / 256, "integer")
+    # with decays that are multiples of 1/256, only the floors of the integer leaks differ
+    view = hnnx.ops.CubaLIF.view_for({"threshold": 1.0, "alpha": 0.875, "alpha_syn": 0.75}, [True], 1)
+    rng = np.random.default_rng(8)
+    current = rng.normal(0.15, 0.3, (40, 8, 16)).astype(np.float32)
+    float_spikes = hnnx.ops.CubaLIF.reference(view, current)[0]
+    integer_view = hnnx.ops.CubaLIF.view_for(hnnx.ops.CubaLIF.integer_attributes(view, 1024.0), [True], 1)
+    integer_spikes = hnnx.ops.CubaLIF.reference(integer_view, np.round(current * 1024).astype(np.int32))[0]
+    assert 0.05 < float_spikes.mean() < 0.95 and (integer_spikes == float_spikes).mean() > 0.98
+    li = hnnx.ops.LI.view_for({"alpha": 0.5, "beta": 0.125}, [True], 1)
+    integer_li = hnnx.ops.LI.view_for(hnnx.ops.LI.integer_attributes(li, 64.0), [True], 1)
+    assert integer_li.attrs["beta"] == 8.0
+    with pytest.raises(NodeError, match="already an integer-mode LI"):
+        hnnx.ops.LI.integer_attributes(integer_li, 2.0)
+
+
+def test_torch_modules_train_and_export_the_new_neurons(tmp_path: Any) -> None:
+    """CubaLIF and LIF with learnable recurrent weights and an LI readout: the recurrent weights get
+    gradients, and the exported ONNX file computes what the torch modules compute."""
+    from torch import nn
+
+    import hnnx.frontends.torch as hnn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(hnn.TimeFold(nn.Linear(6, 8)), hnn.CubaLIF(alpha=0.75, alpha_syn=0.5, recurrent_features=8),
+                        hnn.TimeFold(nn.Linear(8, 5)), hnn.LIF(alpha=0.875, threshold=0.5, recurrent_features=5),
+                        hnn.LI(alpha=0.5), hnn.Integrator())
+    with torch.no_grad():
+        for module in (net[1], net[3]):
+            module.recurrent_weight.normal_(0, 0.4)
+    x = torch.rand(7, 3, 6)
+    net(x).sum().backward()
+    assert all(m.recurrent_weight.grad.abs().sum() > 0 for m in (net[1], net[3]))
+    model = hnn.export(net, (x,), tmp_path / "net.onnx", input_names=["x"], output_names=["y"], time_major_inputs=[0])
+    assert [n.op_type for n in hnnx.ops.hnnx_nodes(model.graph)] == ["CubaLIF", "LIF", "LI", "Integrator"]
+    assert [len(n.input) for n in hnnx.ops.hnnx_nodes(model.graph)][:2] == [5, 6]
+    got = run_onnxruntime(model, {"x": x.numpy()})[0]
+    np.testing.assert_array_equal(got, net(x).detach().numpy())

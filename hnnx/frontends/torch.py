@@ -88,16 +88,27 @@ class LIF(HnnxModule):
 
     op = ops.LIF
 
-    def __init__(self, outputs: int = 1, **attrs: Any) -> None:
+    def __init__(self, outputs: int = 1, recurrent_features: int | None = None, **attrs: Any) -> None:
         if not 1 <= outputs <= 4:
             raise HnnxError(f"LIF outputs must be 1–4, got {outputs}")
         super().__init__(**attrs)
         self.outputs = outputs
+        self.recurrent_weight = _recurrent_parameter(recurrent_features)
 
     def forward(self, current: torch.Tensor, v0: torch.Tensor | None = None, theta0: torch.Tensor | None = None,
                 refractory0: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        result = self._call([current, v0, theta0, refractory0], self.outputs)
+        result = self._call([current, v0, theta0, refractory0, None, self.recurrent_weight], self.outputs)
         return result[0] if self.outputs == 1 else result
+
+
+def _recurrent_parameter(features: int | None) -> nn.Parameter | None:
+    """``recurrent_features = F``: a learnable recurrent weight ``[F, F]`` (rows: presynaptic
+    neurons), starting at 0 — the layer starts feed-forward (the ops' ``recurrent_weight``)."""
+    if features is None:
+        return None
+    if features < 1:
+        raise HnnxError(f"recurrent_features must be ≥ 1, got {features}")
+    return nn.Parameter(torch.zeros(features, features))
 
 
 class IF(LIF):
@@ -108,6 +119,46 @@ class IF(LIF):
             if leak in attrs:
                 raise HnnxError(f"IF has no leak: drop {leak!r} or use LIF")
         super().__init__(outputs=outputs, **attrs)
+
+
+class CubaLIF(HnnxModule):
+    """A current-based LIF layer (``hnnx.CubaLIF``): current ``[T, N, ...]`` → spikes ``[T, N, ...]``.
+
+    Keyword arguments are the op's attributes (alpha_syn, alpha, beta, threshold, reset_mode,
+    v_reset, v_init, i_init, ...); ``recurrent_features = F`` adds a learnable recurrent weight
+    ``[F, F]`` (rows: presynaptic neurons; F = neurons per sample), starting at 0. ``outputs``: 1
+    returns the spikes, 2–3 also the final ``v`` and ``i``.
+    """
+
+    op = ops.CubaLIF
+
+    def __init__(self, outputs: int = 1, recurrent_features: int | None = None, **attrs: Any) -> None:
+        if not 1 <= outputs <= 3:
+            raise HnnxError(f"CubaLIF outputs must be 1–3, got {outputs}")
+        super().__init__(**attrs)
+        self.outputs = outputs
+        self.recurrent_weight = _recurrent_parameter(recurrent_features)
+
+    def forward(self, current: torch.Tensor, v0: torch.Tensor | None = None,
+                i0: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        result = self._call([current, v0, i0, None, self.recurrent_weight], self.outputs)
+        return result[0] if self.outputs == 1 else result
+
+
+class LI(HnnxModule):
+    """A leaky integrator (``hnnx.LI``, no spikes): current ``[T, N, ...]`` → membrane ``[T, N, ...]``,
+    e.g. a readout; keyword arguments are its attributes (alpha, beta, v_init, ...)."""
+
+    op = ops.LI
+
+    def forward(self, current: torch.Tensor, v0: torch.Tensor | None = None) -> torch.Tensor:
+        return self._call([current, v0])[0]
+
+
+class Integrator(LI):
+    """An integrator (``hnnx.Integrator``): current ``[T, N, ...]`` → its running sum ``[T, N, ...]``."""
+
+    op = ops.Integrator
 
 
 class Fire(HnnxModule):

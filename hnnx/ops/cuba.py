@@ -12,8 +12,8 @@ import onnx
 from hnnx.errors import NodeError
 from hnnx.ops.arrays import FLOAT, INT32, FunctionBody, NumpyOps, OnnxOps, onnx_time_scan
 from hnnx.ops.declare import NO_TIME, TIME_MAJOR, Attribute, NodeView, OpDeclaration, Port, StateSpec, TypeConstraint
-from hnnx.ops.lif import (LIF, add_recurrence, check_recurrence, check_recurrent_ports, membrane_step, neuron_flags,
-                          neuron_structure, saturate, scaled, validate_neuron)
+from hnnx.ops.lif import (LIF, add_recurrence, check_recurrence, check_recurrent_ports, integer_neuron_attributes,
+                          membrane_step, neuron_flags, neuron_structure, saturate, scaled, validate_neuron)
 
 MEMBRANE_CONSTANTS = ("threshold", "v_reset", "reset_decrement", "v_init", "beta", "v_lower", "i_init")
 """Attributes in the units of the current and the membrane: integers in integer mode."""
@@ -144,6 +144,12 @@ class CubaLIF(OpDeclaration):
         rows = check_recurrence(view, flags.rec, (1, *current.shape), recurrent_weight)
         new_states, (spikes,) = _step_for(flags, weight=recurrent_weight, rows=rows)(xp, list(state), [current])
         return spikes, new_states
+
+    @classmethod
+    def integer_attributes(cls, view: NodeView, scale: float) -> dict[str, Any]:
+        """The integer-mode attributes for an input ``scale`` times the float input (the synaptic
+        current and the membrane carry that scale): see :meth:`hnnx.ops.LIF.integer_attributes`."""
+        return integer_neuron_attributes(cls, view, scale, MEMBRANE_CONSTANTS, Q8_FACTORS)
 
     # ------------------------------------------------------------------ numerics
     @classmethod

@@ -10,7 +10,7 @@ import numpy as np
 from hnnx.ops.arrays import FunctionBody, NumpyOps, OnnxOps
 from hnnx.ops.cuba import check_array_type, check_current_type, neuron_body, run_time_loop
 from hnnx.ops.declare import NO_TIME, TIME_MAJOR, NodeView, OpDeclaration, Port, StateSpec, TypeConstraint
-from hnnx.ops.lif import LIF, leak, neuron_flags, neuron_structure, saturate, validate_neuron
+from hnnx.ops.lif import LIF, integer_neuron_attributes, leak, neuron_flags, neuron_structure, saturate, validate_neuron
 
 
 class LI(OpDeclaration):
@@ -87,6 +87,12 @@ class LI(OpDeclaration):
         flags = _flags(view)
         (v_next,), (y,) = _step_for(flags)(NumpyOps(flags.integer, view.attrs), [v], [current])
         return y, v_next
+
+    @classmethod
+    def integer_attributes(cls, view: NodeView, scale: float) -> dict[str, Any]:
+        """The integer-mode attributes for an input ``scale`` times the float input: see
+        :meth:`hnnx.ops.LIF.integer_attributes` (the output is then ``scale`` times the float one)."""
+        return integer_neuron_attributes(cls, view, scale, cls.membrane_constants, cls.q8_factors)
 
     # ------------------------------------------------------------------ numerics
     @classmethod

@@ -239,22 +239,7 @@ class LIF(OpDeclaration):
         current equal to the float current times ``scale``: every membrane constant times ``scale``,
         rounded half to even; ``alpha``/``theta_alpha`` snapped to multiples of 1/256. Raises
         NodeError when a scaled constant exceeds what an integer attribute holds exactly (2^24)."""
-        if view.attrs["mode"] == "integer":
-            raise NodeError(view.name, "already an integer-mode LIF")
-        attrs = dict(view.attrs)
-        for name in MEMBRANE_CONSTANTS:
-            if attrs[name] is None:
-                continue
-            scaled = float(np.round(attrs[name] * scale))
-            if abs(scaled) > EXACT_ATTRIBUTE_LIMIT:
-                raise NodeError(view.name, f"{name} × weight scale = {scaled:.0f} exceeds 2^24; the layer's "
-                                           f"weights are too small for its constants")
-            attrs[name] = scaled
-        for name in Q8_FACTORS:
-            attrs[name] = float(np.round(attrs[name] * 256) / 256)
-        attrs["mode"] = "integer"
-        cls.validate(attrs, view.name)
-        return attrs
+        return integer_neuron_attributes(cls, view, scale, MEMBRANE_CONSTANTS, Q8_FACTORS)
 
     @classmethod
     def integer_state_range(cls, view: NodeView) -> tuple[int, int]:
@@ -428,6 +413,29 @@ def neuron_flags(attrs: dict[str, Any], *, adapt: bool = False, refr: bool = Fal
         refr=refr,
         rec=rec,
     )
+
+
+def integer_neuron_attributes(decl: type[OpDeclaration], view: NodeView, scale: float,
+                              membrane_constants: tuple[str, ...], q8_factors: tuple[str, ...]) -> dict[str, Any]:
+    """The attributes of the integer-mode neuron that runs the float neuron ``view`` on its input
+    times ``scale``: ``membrane_constants`` times ``scale``, rounded half to even; ``q8_factors``
+    snapped to multiples of 1/256. NodeError when a scaled constant exceeds 2^24."""
+    if view.attrs["mode"] == "integer":
+        raise NodeError(view.name, f"already an integer-mode {decl.name}")
+    attrs = dict(view.attrs)
+    for name in membrane_constants:
+        if attrs[name] is None:
+            continue
+        scaled = float(np.round(attrs[name] * scale))
+        if abs(scaled) > EXACT_ATTRIBUTE_LIMIT:
+            raise NodeError(view.name, f"{name} × weight scale = {scaled:.0f} exceeds 2^24; the layer's "
+                                       f"weights are too small for its constants")
+        attrs[name] = scaled
+    for name in q8_factors:
+        attrs[name] = float(np.round(attrs[name] * 256) / 256)
+    attrs["mode"] = "integer"
+    decl.validate(attrs, view.name)
+    return attrs
 
 
 def neuron_structure(view: NodeView, flags: SimpleNamespace, parts: tuple[str, ...]) -> str:
