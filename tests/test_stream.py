@@ -183,6 +183,46 @@ def test_a_node_after_a_time_mixing_op_runs_on_the_whole_sequence() -> None:
     assert "second ran on the whole sequence" in got.summary()
 
 
+def neurons_model(integer: bool) -> onnx.ModelProto:
+    """x [T, N, 6] → recurrent LIF with refractory period → CubaLIF → LI → Integrator."""
+    rng = np.random.default_rng(0)
+    if integer:
+        weight = rng.integers(-40, 40, (6, 6)).astype(np.int32)
+        attrs = [dict(threshold=120, alpha=0.75, refractory=1), dict(threshold=2, alpha_syn=0.5),
+                 dict(alpha=0.875)]
+    else:
+        weight = (rng.normal(size=(6, 6)) * 0.3).astype(np.float32)
+        attrs = [dict(threshold=0.5, alpha=0.75, refractory=1), dict(threshold=0.4, alpha=0.8, alpha_syn=0.5),
+                 dict(alpha=0.9)]
+    mode = {"mode": "integer" if integer else "float"}
+    nodes = [ops.make_node("LIF", ["x", "", "", "", "", "w"], ["s1"], name="rec", **attrs[0], **mode),
+             ops.make_node("CubaLIF", ["s1"], ["s2"], name="cuba", **attrs[1], **mode),
+             ops.make_node("LI", ["s2"], ["y_li"], name="li", **attrs[2], **mode),
+             ops.make_node("Integrator", ["y_li"], ["y"], name="acc", **mode)]
+    elem = TensorProto.INT32 if integer else TensorProto.FLOAT
+    graph = helper.make_graph(nodes, "neurons", [helper.make_tensor_value_info("x", elem, ["T", "N", 6])],
+                              [helper.make_tensor_value_info("y", elem, ["T", "N", 6])],
+                              initializer=[onnx.numpy_helper.from_array(weight, "w")])
+    return ops.attach_functions(helper.make_model(graph, opset_imports=[helper.make_opsetid("", ops.ONNX_OPSET)]))
+
+
+@pytest.mark.parametrize("integer", [False, True], ids=["float", "integer"])
+def test_recurrent_and_current_based_neurons_carry_their_state(integer: bool, kernel: bool) -> None:
+    model = neurons_model(integer)
+    parts = stepwise_parts(model)
+    assert [(s.node, s.name) for s in parts.states] == [
+        ("rec", "v"), ("rec", "refractory"), ("rec", "last_spikes"), ("cuba", "v"), ("cuba", "i"), ("li", "v"),
+        ("acc", "v")]
+    rng = np.random.default_rng(1)
+    x = (rng.integers(-60, 200, (13, 5, 6)).astype(np.int32) if integer
+         else rng.normal(0.3, 0.6, (13, 5, 6)).astype(np.float32))
+    whole = hnnx.simulate(model, {"x": x}, batch_size=3, chunk_steps=0, native=kernel, probes=["s1", "s2"])
+    assert whole.probes["s1"].any() and whole.probes["s2"].any() and not whole.probes["s1"].all()
+    for chunk in (1, 4, 13):
+        got = hnnx.simulate(model, {"x": x}, batch_size=3, chunk_steps=chunk, native=kernel, probes=["s1", "s2"])
+        assert_same_result(got, whole, f"neurons chunk {chunk}")
+
+
 # ---------------------------------------------------------------------------- time-major inputs
 class EventNet(nn.Module):
     """Events [T, N, 2, 16, 16] → Conv → LIF → Conv → LIF → Linear → windowed and global readouts."""

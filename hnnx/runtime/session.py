@@ -36,11 +36,13 @@ class Simulator:
     ``threads`` sets onnxruntime's intra-op threads (None: onnxruntime's default).
     ``native``: run ``hnnx.LIF`` nodes on the native fused kernel (:mod:`hnnx.runtime.native`)
     — None: when available (else the function bodies, with one warning), True: required,
-    False: never. ``self.native`` tells whether the session uses it.
+    False: never. ``self.native`` tells whether the session uses it. ``memory_pattern``:
+    onnxruntime's memory pattern (one block planned per input shape; off for sessions called
+    again and again on chunks of a sequence, where it only raises the peak).
     """
 
     def __init__(self, model: onnx.ModelProto, probes: Sequence[str] = (), firing_rates: bool = True,
-                 threads: int | None = None, native: bool | None = None) -> None:
+                 threads: int | None = None, native: bool | None = None, memory_pattern: bool = True) -> None:
         model = _copy(model)
         ops.attach_functions(model)
         self.inputs = [spec_of(vi) for vi in model.graph.input if vi.name not in _initializer_names(model)]
@@ -57,6 +59,7 @@ class Simulator:
         self.spiking_layers = _add_rate_taps(model) if firing_rates else []
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        options.enable_mem_pattern = memory_pattern
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1

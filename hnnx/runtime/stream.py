@@ -158,8 +158,10 @@ class _Runner:
         def session(model: onnx.ModelProto | None, part: str) -> Simulator | None:
             if model is None:
                 return None
+            # Calls of a few steps each: onnxruntime's memory pattern would plan one more block per
+            # call length and raise the peak by a third (bench/long.py), at no gain in speed.
             return Simulator(model, probes=where.get(part, []), firing_rates=firing_rates, threads=threads,
-                             native=native)
+                             native=native, memory_pattern=False)
 
         self.prefix = session(parts.prefix, "prefix")
         self.chunk = session(parts.chunk, "chunk")
