@@ -43,7 +43,7 @@ import onnx_graphsurgeon as gs
 
 from hnnx import ops
 from hnnx.errors import HnnxError
-from hnnx.convert.plan import ConversionPlan, LayerPlan, plan_conversion
+from hnnx.convert.plan import ConversionPlan, plan_conversion
 from hnnx.passes import Pass, graph_pass, import_graph, infer_shapes, model_pass, preprocess, run_passes
 
 CODINGS = ("direct", "rate")

@@ -36,7 +36,7 @@ from torch import nn
 from hnnx import ops
 from hnnx.errors import DataError, ModelError
 from hnnx.qat.hnnx_nodes import hnnx_kernel
-from hnnx.qat.kernels import HELD_AS_FLOAT, Kernel, NodeContext, as_torch, build_kernel, straight_through
+from hnnx.qat.kernels import Kernel, NodeContext, as_torch, build_kernel, straight_through
 
 INT32_RANGE = (-(2**31), 2**31 - 1)
 _HNNX_PARAMETER_PORTS = ("weight", "bias", "recurrent_weight")
@@ -317,4 +317,4 @@ def _key(name: str, index: int) -> str:
     return f"{re.sub(r'[^A-Za-z0-9_]', '_', name)}_{index}"
 
 
-__all__ = ["GraphModule", "to_torch", "HELD_AS_FLOAT"]
+__all__ = ["GraphModule", "to_torch"]
