@@ -57,6 +57,7 @@ class CubaLIF(OpDeclaration):
     """
 
     name = "CubaLIF"
+    neuron = True
     inputs = (
         Port("current", "input per step, [T, N, ...]", time=TIME_MAJOR),
         Port("v0", "initial membrane potential, broadcastable to [N, ...]", optional=True, time=NO_TIME),

@@ -166,6 +166,9 @@ class OpDeclaration:
     """
 
     name: ClassVar[str]
+    neuron: ClassVar[bool] = False
+    """A neuron: integrates the current at input 0 into a membrane state, and has an integer
+    form whose constants scale with that current (``integer_attributes(view, scale)``)."""
     inputs: ClassVar[tuple[Port, ...]]
     outputs: ClassVar[tuple[Port, ...]]
     attributes: ClassVar[tuple[Attribute, ...]]

@@ -29,6 +29,7 @@ class LI(OpDeclaration):
     """
 
     name = "LI"
+    neuron = True
     inputs = (
         Port("current", "input current per step, [T, N, ...]", time=TIME_MAJOR),
         Port("v0", "initial membrane potential, broadcastable to [N, ...]", optional=True, time=NO_TIME),

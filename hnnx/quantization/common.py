@@ -129,11 +129,13 @@ def view_of(node: gs.Node) -> ops.NodeView:
     return ops.view_of(node.op, node.attrs, [bool(t.name) for t in node.inputs], len(node.outputs), label(node))
 
 
-def feeding_lif(tensor: gs.Tensor) -> gs.Node | None:
-    """The LIF node that ``tensor`` reaches through shape-only ops, if any."""
+def feeding_neuron(tensor: gs.Tensor) -> gs.Node | None:
+    """The neuron (an op whose declaration says ``neuron``) whose input current ``tensor`` is,
+    through shape-only ops, if any."""
     while len(tensor.outputs) == 1:
         consumer = tensor.outputs[0]
-        if consumer.domain == ops.DOMAIN and consumer.op == "LIF" and consumer.inputs[0] is tensor:
+        if consumer.domain == ops.DOMAIN and consumer.op in ops.REGISTRY and ops.declaration(consumer.op).neuron \
+                and consumer.inputs[0] is tensor:
             return consumer
         if consumer.op not in SHAPE_OPS or consumer.inputs[0] is not tensor:
             return None

@@ -26,7 +26,7 @@ import onnx_graphsurgeon as gs
 
 from hnnx import ops
 from hnnx.quantization.common import (INT8, LAYER_OPS, LayerRecord, QuantizationTarget, Rewrite, Statistics,
-                                      feeding_lif, label)
+                                      feeding_neuron, label)
 from hnnx.quantization.tianjicx import TianjicxQuantizer
 
 COMPUTING_OPS = (*LAYER_OPS, "Add", "Concat", "GlobalAveragePool", "AveragePool")
@@ -104,7 +104,7 @@ class QdqQuantizer:
         weight = node.inputs[1]
         if not isinstance(weight, gs.Constant):
             return "weight is not a constant"
-        if feeding_lif(node.outputs[0]) is not None:
+        if feeding_neuron(node.outputs[0]) is not None:
             return "synaptic layer of a spiking neuron (spiking parts: float)" if self.spiking_float else ""
         if node.op == "Gemm" and node.attrs.get("transA", 0):
             return "Gemm with transA"

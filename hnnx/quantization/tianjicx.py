@@ -38,8 +38,9 @@ import onnx_graphsurgeon as gs
 
 from hnnx import ops
 from hnnx.errors import NodeError
+from hnnx.ops.lif import state_range
 from hnnx.quantization.common import (INT8, INT32, LAYER_OPS, SHAPE_OPS, LayerRecord, QuantizationTarget, Rewrite,
-                                      Statistics, feeding_lif, hnnx_node, label, op_label, view_of)
+                                      Statistics, feeding_neuron, hnnx_node, label, op_label, view_of)
 
 
 @dataclass
@@ -115,7 +116,9 @@ class TianjicxQuantizer:
 
     def _handler(self, node: gs.Node) -> Callable[[gs.Node], None] | None:
         if node.domain == ops.DOMAIN:
-            return {"LIF": self._lif, "A2S": self._a2s, "S2A": self._s2a}.get(node.op)
+            if ops.declaration(node.op).neuron:
+                return self._neuron
+            return {"A2S": self._a2s, "S2A": self._s2a}.get(node.op)
         if node.domain not in (None, "", "ai.onnx"):
             return None
         if node.op in LAYER_OPS:
@@ -191,9 +194,9 @@ class TianjicxQuantizer:
 
     # ------------------------------------------------------------------ synaptic layers
     def _layer(self, node: gs.Node) -> None:
-        if self.spiking_only and feeding_lif(node.outputs[0]) is None and not (
+        if self.spiking_only and feeding_neuron(node.outputs[0]) is None and not (
                 node.op == "MatMul" and len(node.outputs[0].outputs) == 1
-                and feeding_lif(node.outputs[0].outputs[0].outputs[0]) is not None):
+                and feeding_neuron(node.outputs[0].outputs[0].outputs[0]) is not None):
             raise _LeftToOtherTarget()
         x = self._quantized(node.inputs[0])
         weight, bias, last = self._layer_parameters(node)
@@ -207,12 +210,12 @@ class TianjicxQuantizer:
         result is ``last``'s output: int8 weights, int32 accumulator (ANN) or current (SNN)."""
         weight_eff = weight * x.scale  # fold the input's scale into the weights
         absmax = max(float(np.abs(weight_eff).max()), 1e-30)
-        neuron = feeding_lif(last.outputs[0])
+        neuron = feeding_neuron(last.outputs[0])
         if neuron is not None:
             sigma = 128.0 / absmax
             multiplier, out_kind, out_scale, out_fake = sigma, "current", 1.0 / sigma, 1.0
             # The current saturates to the neuron's state range on entry: the bias can hold no more.
-            state_range = ops.LIF.integer_state_range(view_of(neuron))
+            state_range = ops.LIF.integer_state_range(view_of(neuron))  # every neuron's state_bits
             b_int = None if bias is None else np.clip(np.round(bias * sigma), *state_range).astype(np.int32)
             details: dict[str, Any] = {"weight_scale": sigma}
         else:
@@ -502,31 +505,51 @@ class TianjicxQuantizer:
         return out
 
     # ------------------------------------------------------------------ spiking ops
-    def _lif(self, node: gs.Node) -> None:
+    def _neuron(self, node: gs.Node) -> None:
+        """A neuron (LIF, CubaLIF, LI, Integrator) in integer mode on its integer current: the
+        declaration scales its constants by the current's ``σ``; a recurrent weight becomes
+        ``round(W·σ)`` (int32)."""
         current = self.values.get(node.inputs[0].name)
         if current is None or current.kind != "current":
             raise _Unsupported("its input current does not come from a synaptic layer")
-        if len(node.inputs) > 1 or len(node.outputs) > 1:
-            raise _Unsupported("initial-state inputs or state outputs")
+        declaration = ops.declaration(node.op)
         view = view_of(node)
+        recurrent = next((i for i, port in enumerate(declaration.inputs) if port.name == "recurrent_weight"), None)
+        states = [declaration.inputs[i].name for i in range(1, len(node.inputs))
+                  if node.inputs[i].name and i != recurrent]
+        if states:
+            raise _Unsupported(f"initial-state inputs ({', '.join(states)}) are not quantized")
+        if len(node.outputs) > 1:
+            raise _Unsupported(f"state outputs ({', '.join(p.name for p in declaration.outputs[1:len(node.outputs)])}) "
+                               f"are not quantized")
         if view.attrs["mode"] == "integer":
-            raise _Unsupported("already an integer LIF")
+            raise _Unsupported(f"already an integer {node.op}")
         sigma = 1.0 / current.scale
-        attrs = ops.LIF.integer_attributes(view, sigma)
+        attrs = declaration.integer_attributes(view, sigma)
         # The fake-quant form runs the same integer neuron on its (integer-valued) current.
-        current_int = self._to_integer(current, np.int32, f"{node.inputs[0].name}.i32")
+        inputs: list[gs.Tensor] = [self._to_integer(current, np.int32, f"{node.inputs[0].name}.i32")]
+        if recurrent is not None and recurrent < len(node.inputs) and node.inputs[recurrent].name:
+            weight = node.inputs[recurrent]
+            if not isinstance(weight, gs.Constant):
+                raise _Unsupported("recurrent weight is not a constant")
+            low, high = state_range(attrs["state_bits"])
+            scaled = np.clip(np.round(weight.values.astype(np.float64) * sigma), low, high).astype(np.int32)
+            inputs += [gs.Variable.empty()] * (recurrent - 1) + [_const(f"{view.name}.recurrent_weight_q", scaled)]
         out = self._variable(f"{node.outputs[0].name}.q", np.int32)
-        self.graph.nodes.append(hnnx_node("LIF", [current_int], [out], view.name,
+        self.graph.nodes.append(hnnx_node(node.op, inputs, [out], view.name,
                                           **{k: v for k, v in attrs.items() if v is not None}))
-        self.values[node.outputs[0].name] = QValue(self._from_integer(out, 1.0, node.outputs[0].name), "spike", 1.0)
+        spikes = declaration.emits_spikes(view)
+        # A leaky integrator's output is its membrane: the current's units, σ per real unit.
+        self.values[node.outputs[0].name] = QValue(self._from_integer(out, 1.0, node.outputs[0].name),
+                                                   "spike" if spikes else "acc", 1.0 if spikes else current.scale)
         details: dict[str, Any] = {"weight_scale": sigma,
-                                   **{k: attrs[k] for k in ("threshold", "v_reset", "alpha", "beta")}}
+                                   **{k: attrs[k] for k in ("threshold", "v_reset", "alpha", "beta") if k in attrs}}
         if view.name in self.membrane_ranges:
             # The calibrated membrane in integer units, against the saturating state range.
             peak = max(abs(v) for v in self.membrane_ranges[view.name]) * sigma
             details["membrane_peak_int"] = round(peak)
             details["membrane_headroom_bits"] = round(attrs["state_bits"] - 1 - math.log2(max(peak, 1.0)), 1)
-        self.records.append(LayerRecord(view.name, "LIF", "neuron", details))
+        self.records.append(LayerRecord(view.name, node.op, "neuron", details))
 
     def _a2s(self, node: gs.Node) -> None:
         x = self._quantized(node.inputs[0], ("int8",))
