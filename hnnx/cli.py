@@ -309,7 +309,8 @@ def _print_and_write_report(result: Any, output: Path, report: Path | None) -> N
               show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
-              help="The fine-tuned .onnx file (the same graph with the best epoch's weights).")
+              help="The fine-tuned .onnx file (the same graph with the best epoch's weights), written "
+                   "whenever an epoch beats the best so far.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 @_reports_errors
 def finetune(model: Path, data: Path, labels: Path | None, loss: str, teacher: Path | None, temperature: float,
@@ -325,7 +326,7 @@ def finetune(model: Path, data: Path, labels: Path | None, loss: str, teacher: P
     result = run_finetune(model, data, labels=labels, loss=loss, teacher=teacher, temperature=temperature,
                           epochs=epochs, lr=lr, batch_size=batch_size, validation=validation,
                           validation_fraction=val_fraction, seed=seed, progress=progress and sys.stderr.isatty(),
-                          log=click.echo)
+                          log=click.echo, checkpoint=output)
     click.echo(result.summary())
     hnnx.save(result.model, output)
     click.echo(f"wrote {output}")
