@@ -311,9 +311,12 @@ def test_finetune_recovers_perturbed_weights_and_keeps_the_best_epoch(models, di
     train = {"pixels": _pixels(fake, digits.x_train[:640]), "labels": digits.y_train[:640]}
     val = {"pixels": _pixels(fake, digits.x_test[:160]), "labels": digits.y_test[:160]}
     lines = []
-    result = finetune(noisy, train, validation=val, epochs=2, lr=3e-3, log=lines.append)
+    checkpoint = tmp_path / "best.onnx"
+    result = finetune(noisy, train, validation=val, epochs=2, lr=3e-3, log=lines.append, checkpoint=checkpoint)
     assert len(result.history) == 3 and len(lines) == 3 and lines[0].startswith("before training")
     assert result.best_accuracy > result.initial_accuracy + 0.2
+    saved = {i.name: numpy_helper.to_array(i) for i in hnnx.load(checkpoint).graph.initializer}
+    assert all(np.array_equal(saved[i.name], numpy_helper.to_array(i)) for i in result.model.graph.initializer)
     # The recorded validation accuracy is that of the returned graph, run in onnxruntime.
     assert hnnx.simulate(result.model, val).accuracy == pytest.approx(result.best_accuracy)
     assert hnnx.simulate(noisy, val).accuracy == pytest.approx(result.initial_accuracy)

@@ -86,6 +86,7 @@ def finetune(
     seed: int = 0,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    checkpoint: str | os.PathLike | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``model`` on ``data`` and return it with the best epoch's weights.
 
@@ -99,8 +100,11 @@ def finetune(
     :meth:`GraphModule.parameter_units`), decayed by a cosine over all steps. ``validation``: data
     scored after every epoch (default: ``validation_fraction`` of ``data``, held out); the best
     epoch — by validation accuracy, then validation loss — is kept, epoch 0 being the model as
-    given. ``log`` receives one line per epoch. Raises HnnxError on bad options or data.
+    given. ``log`` receives one line per epoch; ``checkpoint``: a file the best model so far is
+    written to (atomically) whenever an epoch beats it. Raises HnnxError on bad options or data.
     """
+    from hnnx.model import save
+
     if loss not in LOSSES:
         raise HnnxError(f"unknown loss {loss!r} (known: {', '.join(LOSSES)})")
     if loss == "distill" and teacher is None:
@@ -189,6 +193,8 @@ def finetune(
         if better:
             best_accuracy, best_loss, best_epoch = val_accuracy, val_loss, epoch
             best_state = copy.deepcopy(module.parameters_dict.state_dict())
+            if checkpoint is not None:
+                save(module.write_back(), checkpoint)
         history.append(EpochRecord(epoch, total / max(count, 1), val_accuracy, better, time.perf_counter() - started))
         _say(log, history[-1], epochs)
     module.parameters_dict.load_state_dict(best_state)
