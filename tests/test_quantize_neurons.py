@@ -91,3 +91,12 @@ def test_initial_state_inputs_stay_float_with_the_reason(data: np.ndarray) -> No
     model.graph.initializer.append(numpy_helper.from_array(np.full(12, 0.1, np.float32), "v_start"))
     _, report = quantize(model, {"x": data})
     assert report.excluded["recurrent"] == "initial-state inputs (v0) are not quantized"
+
+
+def test_simulation_reports_the_firing_rate_of_every_spiking_neuron(data: np.ndarray) -> None:
+    import hnnx
+
+    result = hnnx.simulate(network(), {"x": data[:8]}, probes=["s1", "s2"])
+    assert set(result.firing_rates) == {"cuba", "recurrent"}  # the LI readout fires no spikes
+    for name, tensor in (("cuba", "s1"), ("recurrent", "s2")):
+        assert result.firing_rates[name] == pytest.approx(float(result.probes[tensor].mean()))

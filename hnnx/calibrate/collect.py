@@ -16,7 +16,7 @@ from hnnx import ops
 from hnnx.calibrate.observers import MinMaxObserver, Observer, Threshold, make_observer
 from hnnx.calibrate.readers import batches, sample_count
 from hnnx.errors import DataError, HnnxError
-from hnnx.runtime.session import Simulator
+from hnnx.runtime.session import Simulator, spiking_neurons
 
 
 @dataclass
@@ -24,10 +24,12 @@ class CalibrationResult:
     """Statistics gathered by :func:`calibrate`.
 
     ``observers``: one observer per calibrated tensor, by tensor name; ``currents``: the
-    input-current tensor of every top-level LIF layer, by layer name (the node name, else its
+    input-current tensor of every top-level spiking neuron (LIF, CubaLIF), by layer name (the node name, else its
     first output); ``current_ranges``: ``(min, max)`` of that current over all samples and
     time steps; ``membrane_ranges``: ``(min, max)`` of the layer's membrane after integration
-    over all samples and time steps (replayed by the numpy reference on the probed current); ``firing_rates``: mean spikes per neuron per time step of every LIF layer;
+    over all samples and time steps (replayed by the numpy reference on the probed current; LIF
+    layers whose current alone determines it); ``firing_rates``: mean spikes per neuron per time
+    step of every spiking layer;
     ``samples``: number of calibration samples run; ``seconds``: wall time; ``simulator``: the
     onnxruntime session that ran the model (it probes every calibrated tensor; a caller that runs
     the same model again, e.g. to compare it with its quantized form, reuses it).
@@ -63,7 +65,7 @@ class CalibrationResult:
                 lines.append(f"  {name}: {observer.name} threshold {threshold:.6g}, range [{low:.6g}, {high:.6g}]")
         for layer, rate in self.firing_rates.items():
             low, high = self.current_ranges[layer]
-            lines.append(f"  LIF {layer}: firing rate {rate:.4f}, input current {self.currents[layer]!r} "
+            lines.append(f"  neuron {layer}: firing rate {rate:.4f}, input current {self.currents[layer]!r} "
                          f"in [{low:.6g}, {high:.6g}]")
             if layer in self.membrane_ranges:
                 v_low, v_high = self.membrane_ranges[layer]
@@ -91,7 +93,7 @@ def calibrate(
     observer_options: Mapping[str, Any] | None = None,
     threads: int | None = None,
 ) -> CalibrationResult:
-    """Run ``model`` in onnxruntime over ``data`` and observe ``tensors``; also LIF currents and rates.
+    """Run ``model`` in onnxruntime over ``data`` and observe ``tensors``; also neuron currents and rates.
 
     ``data``: any source :func:`hnnx.calibrate.readers.batches` reads (path, dict of arrays,
     iterable of batches, torch DataLoader); ``tensors``: names of the tensors to observe
@@ -101,9 +103,10 @@ def calibrate(
     statistics; ``num_samples``: use at most this many samples; ``threads``: onnxruntime
     intra-op threads.
 
-    Every top-level ``hnnx.LIF`` node additionally gets the range of its input current (input
-    0, probed) and its firing rate over all time steps. Memory does not grow with the number
-    of samples: each batch's probed tensors update the observers and are dropped.
+    Every top-level spiking neuron (``hnnx.LIF``, ``hnnx.CubaLIF``) additionally gets the range of
+    its input current (input 0, probed) and its firing rate over all time steps. Memory does not
+    grow with the number of samples: each batch's probed tensors update the observers and are
+    dropped.
     """
     from hnnx.model import load
 
@@ -116,13 +119,13 @@ def calibrate(
         raise HnnxError(f"per-channel axis given for tensor {stray[0]!r}, which is not among the calibrated tensors")
     observers = {name: make_observer(observer, per_channel.get(name), **dict(observer_options or {}))
                  for name in names}
-    current_of_spikes = _lif_currents(model)
+    current_of_spikes = _neuron_currents(model)
     simulator = Simulator(model, probes=[*names, *current_of_spikes.values()], threads=threads)
     # Layer names as the Simulator's firing-rate taps report them, so rates and ranges share keys.
     currents = {layer.name: current_of_spikes[layer.spikes] for layer in simulator.spiking_layers}
     current_observers = {layer: MinMaxObserver() for layer in currents}
     membrane_observers = {layer: MinMaxObserver() for layer in currents}
-    lif_views = {layer.name: _lif_view(model, layer.spikes) for layer in simulator.spiking_layers}
+    membrane_views = {layer.name: _membrane_view(model, layer.spikes) for layer in simulator.spiking_layers}
     spikes = {layer.name: [0.0, 0] for layer in simulator.spiking_layers}
     stream = batches(data, simulator.inputs, batch_size, num_samples)
     samples = 0
@@ -135,8 +138,9 @@ def calibrate(
                 _observe(obs, name, tensors_of_batch[name])
             for layer, current in currents.items():
                 _observe(current_observers[layer], current, tensors_of_batch[current])
-                membrane = ops.LIF.membrane_trace(lif_views[layer], tensors_of_batch[current])
-                _observe(membrane_observers[layer], f"{layer} membrane", membrane)
+                if membrane_views[layer] is not None:
+                    membrane = ops.LIF.membrane_trace(membrane_views[layer], tensors_of_batch[current])
+                    _observe(membrane_observers[layer], f"{layer} membrane", membrane)
             for layer, (total, count) in counts.items():
                 spikes[layer][0] += total
                 spikes[layer][1] += count
@@ -158,18 +162,20 @@ def calibrate(
     )
 
 
-def _lif_view(model: onnx.ModelProto, spikes: str) -> Any:
-    """The resolved view of the LIF node producing ``spikes``, as a one-output node without
-    initial-state inputs (the replay starts from ``v_init``)."""
-    node = next(n for n in model.graph.node if n.domain == ops.DOMAIN and n.op_type == "LIF" and n.output[0] == spikes)
+def _membrane_view(model: onnx.ModelProto, spikes: str) -> Any:
+    """The resolved view of the LIF node producing ``spikes`` as a one-output node, for replaying
+    its membrane from the probed current; None for a neuron the current alone does not determine
+    (another neuron type, initial-state or recurrent inputs)."""
+    node = next(n for n in model.graph.node if n.domain == ops.DOMAIN and n.output and n.output[0] == spikes)
+    if node.op_type != "LIF" or any(node.input[1:]):
+        return None
     view = ops.LIF.view(node)
     return ops.LIF.view_for(view.attrs, [True], 1, view.name)
 
 
-def _lif_currents(model: onnx.ModelProto) -> dict[str, str]:
-    """Input-current tensor of every top-level LIF node, by its spike output."""
-    return {node.output[0]: node.input[0] for node in model.graph.node
-            if node.domain == ops.DOMAIN and node.op_type == "LIF"}
+def _neuron_currents(model: onnx.ModelProto) -> dict[str, str]:
+    """Input-current tensor of every top-level spiking neuron, by its spike output."""
+    return {node.output[0]: node.input[0] for node in spiking_neurons(model.graph)}
 
 
 def _observe(observer: Observer, name: str, values: np.ndarray) -> None:

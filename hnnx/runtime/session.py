@@ -105,9 +105,20 @@ def _is_fakequant(model: onnx.ModelProto) -> bool:
     return any(p.key == "hnnx.quantized" and p.value.endswith("/fakequant") for p in model.metadata_props)
 
 
+def spiking_neurons(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The top-level neurons of ``graph`` that fire spikes (LIF, CubaLIF, ...: their declarations say so)."""
+    found = []
+    for node in graph.node:
+        if node.domain == ops.DOMAIN and node.op_type in ops.REGISTRY:
+            declaration = ops.declaration(node.op_type)
+            if declaration.neuron and declaration.emits_spikes(declaration.view(node)):
+                found.append(node)
+    return found
+
+
 def _add_rate_taps(model: onnx.ModelProto) -> list[SpikingLayer]:
     layers = []
-    for index, node in enumerate(n for n in model.graph.node if n.domain == ops.DOMAIN and n.op_type == "LIF"):
+    for index, node in enumerate(spiking_neurons(model.graph)):
         label = node.name or node.output[0]
         spikes = node.output[0]
         time_axis = f"{RATE_PREFIX}{index}.axis0"
