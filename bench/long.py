@@ -12,10 +12,11 @@ them to float32 as it reads them), and each run — ``hnnx.simulate(model, file,
 over the whole sequence at once (``--chunk 0``) or ``K`` steps at a time with the state carried
 (``--chunk K``) — happens in a fresh child process that reports its wall time (the simulation,
 sessions included; "run": the steps alone, ``SimulationResult.seconds``) and its peak resident
-memory (Linux ``VmHWM``, absolute, and its rise over the resident set just before the run).
+memory (Linux ``VmHWM``, absolute, and its rise over the resident set just before the run):
+the median time and the highest peak of ``--repeats`` (default 3) such children.
 A chunked run's scores are compared bit for bit with the whole run's where the whole run was
 made. Whole runs are made up to ``--whole-max`` steps (default 1,000; the 5,000-step whole run
-would need about 18 GB, 3.6 GB per 1,000 steps).
+would need about 18 GiB, 3.6 GiB per 1,000 steps).
 
 ``hnnx.Stream`` latency: the bundled hybrid model (``hybrid_a2s``: an ANN front, A2S rate coding
 over 16 steps, two LIF layers, a global S2A readout), one sample, one step per call; the median
@@ -150,6 +151,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=50, help="steps per call of the chunked runs")
     parser.add_argument("--whole-max", type=int, default=1000, help="longest sequence run whole")
     parser.add_argument("--sequences", type=int, default=40, help="Stream latency: sequences of 16 steps")
+    parser.add_argument("--repeats", type=int, default=3, help="child runs per configuration")
     parser.add_argument("--steps", type=int, nargs="*", default=list(STEPS))
     parser.add_argument("--child", nargs=3, metavar=("MODEL", "DATA", "CHUNK"), help=argparse.SUPPRESS)
     parser.add_argument("--bodies", action="store_true", help=argparse.SUPPRESS)
@@ -175,7 +177,13 @@ def main() -> None:
             write_events(data, steps)
             runs = ([("whole", 0)] if steps <= args.whole_max else []) + [(f"chunks of {args.chunk}", args.chunk)]
             for label, chunk in runs:
-                got = run_child(model, data, chunk, args.threads, native)
+                repeats = [run_child(model, data, chunk, args.threads, native) for _ in range(args.repeats)]
+                got = dict(repeats[0])  # times: the median run; memory: the highest peak
+                for key in ("seconds", "run_seconds"):
+                    got[key] = statistics.median(r[key] for r in repeats)
+                for key in ("peak_mib", "rise_mib"):
+                    got[key] = max(r[key] for r in repeats)
+                assert len({r["digest"] for r in repeats}) == 1, "runs of one configuration differ"
                 summary[steps, "whole" if chunk == 0 else "chunked"] = got
                 whole = summary.get((steps, "whole"))
                 same = "—" if chunk == 0 or whole is None else (

@@ -28,7 +28,7 @@ from hnnx import models, ops, passes
 from hnnx.cli import main
 from hnnx.datasets import load_digits
 from hnnx.errors import DataError, HnnxError
-from hnnx.passes.stepwise import LAST, METADATA_KEY, SEQUENCE, STEPS_INPUT, stepwise_parts
+from hnnx.passes.stepwise import LAST, METADATA_KEY, STEPS_INPUT, stepwise_parts
 from hnnx.runtime import native as native_kernels
 from hnnx.runtime.stream import OVERHEAD, bytes_per_step
 
@@ -183,6 +183,34 @@ def test_a_node_after_a_time_mixing_op_runs_on_the_whole_sequence() -> None:
     assert "second ran on the whole sequence" in got.summary()
 
 
+def two_phase_model() -> onnx.ModelProto:
+    """x [N, 4] → A2S (4 steps) → LIF → global S2A → ×2 → A2S (6 steps) → LIF → global S2A → y."""
+    two = onnx.numpy_helper.from_array(np.array(2.0, np.float32), "two")
+    nodes = [ops.make_node("A2S", ["x"], ["a.y"], name="a", steps=4, coding="rate", seed=1),
+             ops.make_node("LIF", ["a.y"], ["l1.spikes"], name="l1", threshold=0.5),
+             ops.make_node("S2A", ["l1.spikes"], ["r1.y"], name="r1", decoding="global"),
+             helper.make_node("Mul", ["r1.y", "two"], ["doubled"], name="scale"),
+             ops.make_node("A2S", ["doubled"], ["b.y"], name="b", steps=6),
+             ops.make_node("LIF", ["b.y"], ["l2.spikes"], name="l2", threshold=0.75, alpha=0.5),
+             ops.make_node("S2A", ["l2.spikes"], ["y"], name="r2", decoding="global")]
+    graph = helper.make_graph(nodes, "two_phase", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], initializer=[two])
+    return ops.attach_functions(helper.make_model(graph, opset_imports=[helper.make_opsetid("", ops.ONNX_OPSET)]))
+
+
+def test_a_second_sequence_behind_a_readout_runs_whole_after_the_first() -> None:
+    model = two_phase_model()
+    parts = stepwise_parts(model)
+    assert parts.steps == 4 and [n.name for n in ops.hnnx_nodes(parts.chunk.graph)] == ["a", "l1", "r1"]
+    assert set(parts.whole_sequence) == {"b", "l2", "r2"}
+    x = np.random.default_rng(2).random((7, 4)).astype(np.float32)
+    whole = hnnx.simulate(model, {"x": x}, batch_size=4, chunk_steps=0, probes=["l1.spikes", "l2.spikes"])
+    assert whole.probes["l2.spikes"].shape == (6, 7, 4) and whole.probes["l1.spikes"].any()
+    for chunk in (1, 3):
+        got = hnnx.simulate(model, {"x": x}, batch_size=4, chunk_steps=chunk, probes=["l1.spikes", "l2.spikes"])
+        assert_same_result(got, whole, f"two phases, chunk {chunk}")
+
+
 def neurons_model(integer: bool) -> onnx.ModelProto:
     """x [T, N, 6] → recurrent LIF with refractory period → CubaLIF → LI → Integrator."""
     rng = np.random.default_rng(0)
@@ -268,6 +296,20 @@ def test_event_model_in_chunks_from_a_file_equals_the_whole_run(event_model, ker
     for chunk in (1, 2, 5, 12):  # the 3-step windows straddle calls of 2 and 5
         got = hnnx.simulate(event_model, path, batch_size=3, chunk_steps=chunk, probes=probes, native=kernel)
         assert_same_result(got, whole, f"events chunk {chunk}")
+
+
+def test_quantized_event_model_in_chunks_equals_the_whole_run(event_model, kernel: bool) -> None:
+    """tianjicx quantization of the event model: lif1 integer, the rest float islands (lif2 has a
+    state output, the global S2A runs over an unknown T)."""
+    quantized, _ = hnnx.quantize(event_model, {"events": events(12, 16, seed=9)}, target="tianjicx")
+    parts = stepwise_parts(quantized)
+    assert sorted(n.op_type for n in ops.hnnx_nodes(parts.chunk.graph)) == ["LIF", "LIF", "S2A", "S2A"]
+    x = events(12, 7, seed=1)
+    assert ops.LIF.view(next(ops.hnnx_nodes(quantized.graph))).attrs["mode"] == "integer"
+    whole = hnnx.simulate(quantized, {"events": x}, batch_size=4, chunk_steps=0, native=kernel)
+    for chunk in (1, 5):
+        got = hnnx.simulate(quantized, {"events": x}, batch_size=4, chunk_steps=chunk, native=kernel)
+        assert_same_result(got, whole, f"integer events chunk {chunk}")
 
 
 def test_stream_steps_give_the_whole_runs_steps(event_model, kernel: bool) -> None:

@@ -30,7 +30,6 @@ the metadata entry ``hnnx.stepwise`` (JSON).
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -430,9 +429,8 @@ class _Splitter:
                 self.facts[vi.name] = Fact("time", TimeLayout(Size(1), tuple(dims[1:]), BASE_CLOCK))
                 if isinstance(declared[0], int) and declared[0] > 0:
                     base_steps.add(declared[0])
-        for node in graph.node:
-            if node.domain == ops.DOMAIN and node.op_type == "A2S":
-                base_steps.add(ops.A2S.view(node).attrs["steps"])
+        for node in _first_coders(graph):
+            base_steps.add(ops.A2S.view(node).attrs["steps"])
         if len(base_steps) > 1:
             raise ModelError(f"the graph's time-major inputs and A2S nodes disagree on the number of steps "
                              f"({', '.join(map(str, sorted(base_steps)))}): they cannot run step by step together")
@@ -721,10 +719,8 @@ class _Splitter:
         axis = _axis(attrs["axis"], base.rank)
         if axis == 0 or any(l.rows != base.rows or l.clock != base.clock or l.rank != base.rank for l in layouts):
             raise _Local("Concat joins along time or joins different layouts")
-        total = product(l.dims[axis - 1] for l in layouts)
         sizes = [l.dims[axis - 1] for l in layouts]
         joined = Size(sum(s.coef for s in sizes)) if all(s is not None and not s.symbols for s in sizes) else None
-        del total
         dims = list(base.dims)
         dims[axis - 1] = joined
         return TimeLayout(base.rows, tuple(dims), base.clock)
@@ -1161,6 +1157,30 @@ def _combined(parts: StepwiseParts, source: onnx.ModelProto) -> onnx.ModelProto:
 
 
 # ---------------------------------------------------------------------------- small helpers
+def _first_coders(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The A2S nodes that no temporal hnnx node feeds (directly or through other ops): those that
+    code the graph's first sequence (a later A2S, behind a readout, starts a sequence of its own,
+    which runs in the suffix)."""
+    producer = {name: node for node in graph.node for name in node.output if name}
+    first = []
+    for node in graph.node:
+        if node.domain != ops.DOMAIN or node.op_type != "A2S":
+            continue
+        pending, seen, behind_hnnx = [n for n in node.input if n], set(), False
+        while pending and not behind_hnnx:
+            source = producer.get(pending.pop())
+            if source is None or id(source) in seen:
+                continue
+            seen.add(id(source))
+            if source.domain == ops.DOMAIN:  # a temporal op (not Requantize, Fire) starts the first sequence
+                decl = ops.declaration(source.op_type)
+                behind_hnnx = any(p.time == ops.TIME_MAJOR for p in (*decl.inputs, *decl.outputs))
+            pending += [n for n in source.input if n]
+        if not behind_hnnx:
+            first.append(node)
+    return first
+
+
 def _dim(size: Size | None) -> int | str | None:
     """An ONNX dim for a size: its value, the name of a single named dim, else unnamed."""
     if size is None:

@@ -13,7 +13,6 @@ inputs are read from their files K steps at a time.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -22,6 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import onnx
 
+from hnnx import ops
 from hnnx.errors import DataError, HnnxError, ModelError
 from hnnx.passes.stepwise import LAST, SEQUENCE, STATIC, STEPS_INPUT, StepwiseParts, stepwise_parts
 from hnnx.runtime.data import LABELS_KEY, TensorSpec, input_parts, spec_of, validate_array
@@ -67,7 +67,7 @@ class Stream:
     """
 
     def __init__(self, model: onnx.ModelProto | str | os.PathLike, *, probes: Sequence[str] = (),
-                 threads: int | None = None, native: bool | None = None, firing_rates: bool = False) -> None:
+                 threads: int | None = None, native: bool | None = None) -> None:
         from hnnx.model import load
 
         if not isinstance(model, onnx.ModelProto):
@@ -75,7 +75,7 @@ class Stream:
         self.parts = stepwise_parts(model)
         self.inputs = [spec_of(vi) for vi in model.graph.input
                        if vi.name not in {init.name for init in model.graph.initializer}]
-        self._runner = _Runner(self.parts, list(probes), threads, native, firing_rates)
+        self._runner = _Runner(self.parts, list(dict.fromkeys(probes)), threads, native, firing_rates=False)
         self.native = self._runner.native
         self.reset()
 
@@ -129,19 +129,20 @@ class Stream:
 
     def get_state(self) -> StreamState:
         """A copy of what the stream carries (restore it with :meth:`set_state`)."""
-        state = self._runner.state
-        return StreamState(state.position, {k: v.copy() for k, v in state.states.items()}, dict(state.static),
-                           {k: list(v) for k, v in state.sequences.items()},
-                           {k: v.copy() for k, v in state.last.items()})
+        return _copied(self._runner.state)
 
     def set_state(self, state: StreamState) -> None:
         """Continue from a state taken with :meth:`get_state` (of a stream of the same model)."""
         expected = set(self._runner.state.states)
         if set(state.states) != expected:
             raise HnnxError(f"set_state: the state holds {sorted(state.states)}, this model carries {sorted(expected)}")
-        self._runner.state = StreamState(state.position, {k: v.copy() for k, v in state.states.items()},
-                                         dict(state.static), {k: list(v) for k, v in state.sequences.items()},
-                                         {k: v.copy() for k, v in state.last.items()})
+        self._runner.state = _copied(state)
+
+
+def _copied(state: StreamState) -> StreamState:
+    """A copy that later calls do not change (the arrays of states and last values copied)."""
+    return StreamState(state.position, {k: v.copy() for k, v in state.states.items()}, dict(state.static),
+                       {k: list(v) for k, v in state.sequences.items()}, {k: v.copy() for k, v in state.last.items()})
 
 
 class _Runner:
@@ -175,7 +176,10 @@ class _Runner:
         self.keep_sequence = {n for n in (outputs | suffix_reads) if parts.kinds.get(n) == SEQUENCE}
         self.keep_last = {n for n in (outputs | suffix_reads) if parts.kinds.get(n) == LAST}
         self.suffix_needs_sequence = any(parts.kinds.get(n) == SEQUENCE for n in suffix_reads)
+        # An A2S codes `steps` steps and no more: the sequence ends there.
+        self.coded = parts.chunk is not None and any(n.op_type == "A2S" for n in ops.hnnx_nodes(parts.chunk.graph))
         self.state = StreamState(0, {}, {}, {}, {})
+        self.prefix_counts: dict[str, tuple[float, int]] = {}  # the firing of LIF layers the prefix ran
 
     # -------------------------------------------------------------- sequence control
     def reset(self, keep_static: bool = False) -> None:
@@ -222,7 +226,7 @@ class _Runner:
         missing = [n for n in parts.static_inputs if n not in state.static]
         if missing:
             raise DataError(f"step: no array for input {missing[0]!r} (needed at the first step)")
-        if parts.steps is not None and not parts.time_inputs and state.position + steps > parts.steps:
+        if self.coded and state.position + steps > parts.steps:
             raise HnnxError(f"the model's sequence has {parts.steps} steps; {state.position} ran, {steps} more "
                             f"do not fit: reset() starts a new sequence")
         if state.position == 0:
@@ -230,8 +234,8 @@ class _Runner:
         tensors: dict[str, np.ndarray] = {}
         counts: dict[str, tuple[float, int]] = {}
         if self.chunk is not None:
-            feeds = dict(time_feeds) if parts.time_inputs else {}
-            feeds = {n: v for n, v in feeds.items() if n in {s.name for s in self.chunk.inputs}}
+            chunk_inputs = {spec.name for spec in self.chunk.inputs}
+            feeds = {n: v for n, v in time_feeds.items() if n in chunk_inputs}
             feeds.update({n: state.static[n] for n in self.chunk_static})
             feeds.update(state.states)
             if parts.steps_input:
@@ -250,7 +254,7 @@ class _Runner:
         out = {n: v for n, v in tensors.items() if n in set(parts.outputs) | set(self.probes)}
         out.update({n: state.static[n] for n in [*parts.outputs, *self.probes]
                     if parts.kinds.get(n) == STATIC and n in state.static})
-        complete = parts.steps is not None and not parts.time_inputs and state.position == parts.steps
+        complete = self.coded and state.position == parts.steps
         if suffix and self.suffix is not None and (not self.suffix_needs_sequence or complete):
             suffix_tensors, suffix_counts = self.run_suffix()
             out.update(suffix_tensors)
@@ -260,7 +264,7 @@ class _Runner:
     def finish(self) -> tuple[dict[str, np.ndarray], dict[str, tuple[float, int]]]:
         """The outputs and probes of the sequence so far that need it whole (the suffix's)."""
         parts = self.parts
-        if parts.steps is not None and not parts.time_inputs and self.state.position != parts.steps:
+        if self.coded and self.state.position != parts.steps:
             raise HnnxError(f"the model's sequence has {parts.steps} steps but {self.state.position} ran")
         if self.suffix is None:
             return {}, {}
@@ -497,7 +501,7 @@ def run_chunked(model: onnx.ModelProto, data: Any, *, labels: Any, batch_size: i
                 index[spec.batch_axis] = slice(start, stop)
                 static[name] = np.ascontiguousarray(array[tuple(index)])
             runner.set_static(static)
-            counts = dict(getattr(runner, "prefix_counts", {}))
+            counts = dict(runner.prefix_counts)
             last: dict[str, np.ndarray] = {}
             for first in range(0, steps or 0, per_call):
                 count = min(per_call, steps - first)
