@@ -360,3 +360,24 @@ def test_cli_finetune_writes_a_model_that_requantizes(models, digits, tmp_path):
     bad = CliRunner().invoke(main, ["finetune", str(source), "--data", str(data), "--loss", "distill",
                                     "-o", str(out)])
     assert bad.exit_code == 2 and "teacher" in bad.output
+
+
+def test_quantize_takes_the_percentile_of_its_observer(models, digits, tmp_path):
+    """The coarse settings of the fine-tuning results: a lower percentile gives smaller ranges, so finer
+    activation scales (larger exponents) that clip more."""
+    model, _ = models["ann_cnn"]
+    calib = {"pixels": _pixels(model, digits.x_train[:64])}
+
+    def exponents(**options) -> list[int]:
+        _, report = hnnx.quantize(model, calib, observer="percentile", **options)
+        return [layer["details"]["exponent"] for layer in report.layers if layer["role"] in ("input", "requantize")]
+
+    default, coarse = exponents(), exponents(observer_options={"percentile": 60.0})
+    assert len(default) == len(coarse) == 4 and all(c > d for c, d in zip(coarse, default))
+    source = tmp_path / "ann.onnx"
+    hnnx.save(model, source)
+    data = tmp_path / "calib.npz"
+    data.write_bytes(npz_bytes(calib))
+    bad = CliRunner().invoke(main, ["quantize", str(source), "--calib", str(data), "--percentile", "70",
+                                    "-o", str(tmp_path / "q.onnx")])
+    assert bad.exit_code == 2 and "--observer percentile" in bad.output
