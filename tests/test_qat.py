@@ -206,10 +206,10 @@ def test_float_lif_gradient_is_its_surrogate(kind):
 
 def test_integer_lif_is_exact_with_the_gradient_of_its_float_stand_in():
     """An integer IF neuron between casts: forward = the integer reference; ∂s/∂u at step 0 = the
-    rectangle surrogate with its window scaled by the threshold (width 1 → 1·40)."""
+    rectangle surrogate with the node's window (in integer units, as the quantizer scales it)."""
     nodes = [helper.make_node("Cast", ["u"], ["u_int"], to=TensorProto.INT32),
              ops.make_node("LIF", ["u_int"], ["s_int"], name="if", mode="integer", threshold=40.0,
-                           reset_mode="soft", v_init=20.0),
+                           reset_mode="soft", v_init=20.0, surrogate_width=40.0),
              helper.make_node("Cast", ["s_int"], ["s"], to=TensorProto.FLOAT)]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("u", TensorProto.FLOAT, [6, 2, 5])],
                               [helper.make_tensor_value_info("s", TensorProto.FLOAT, [6, 2, 5])])

@@ -110,6 +110,7 @@ def test_integer_attributes_scale_the_membrane_constants() -> None:
     attrs = ops.LIF.integer_attributes(view, 100.0)
     assert (attrs["threshold"], attrs["beta"], attrs["v_lower"], attrs["mode"]) == (50.0, -1.0, -100.0, "integer")
     assert attrs["alpha"] * 256 == round(0.7 * 256)
+    assert attrs["surrogate_width"] == 100.0  # the training window spans the same membrane range
     with pytest.raises(NodeError, match="exceeds 2\\^24"):
         ops.LIF.integer_attributes(view, 1e8)
 

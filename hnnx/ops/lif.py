@@ -420,7 +420,8 @@ def integer_neuron_attributes(decl: type[OpDeclaration], view: NodeView, scale: 
                               membrane_constants: tuple[str, ...], q8_factors: tuple[str, ...]) -> dict[str, Any]:
     """The attributes of the integer-mode neuron that runs the float neuron ``view`` on its input
     times ``scale``: ``membrane_constants`` times ``scale``, rounded half to even; ``q8_factors``
-    snapped to multiples of 1/256. NodeError when a scaled constant exceeds 2^24."""
+    snapped to multiples of 1/256; the surrogate window (training only) times ``scale``, so it
+    spans the same membrane range in integer units. NodeError when a scaled constant exceeds 2^24."""
     if view.attrs["mode"] == "integer":
         raise NodeError(view.name, f"already an integer-mode {decl.name}")
     attrs = dict(view.attrs)
@@ -434,6 +435,8 @@ def integer_neuron_attributes(decl: type[OpDeclaration], view: NodeView, scale: 
         attrs[name] = scaled
     for name in q8_factors:
         attrs[name] = float(np.round(attrs[name] * 256) / 256)
+    if "surrogate_width" in attrs:
+        attrs["surrogate_width"] = float(np.float32(attrs["surrogate_width"] * scale))
     attrs["mode"] = "integer"
     decl.validate(attrs, view.name)
     return attrs

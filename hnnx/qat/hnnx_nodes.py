@@ -14,9 +14,7 @@
   ``floor(A·v/256)``, saturation at ``state_bits``) it differs by those roundings. Two scalings
   keep the stand-in in the integer node's units: an S2A in integer mode outputs spike counts,
   so its stand-in's rates are multiplied by ``S2A.integer_divisor``; and a neuron's surrogate
-  window, given in the float model's membrane units, is taken relative to the threshold
-  (``surrogate_width × threshold``: the float window times the layer's weight scale σ when
-  the float threshold was 1, as in the bundled and converted models).
+  window is already in the integer node's units (the quantizer scales it with the constants).
 """
 
 from __future__ import annotations
@@ -52,12 +50,9 @@ def hnnx_kernel(node: onnx.NodeProto, input_types: tuple[int, ...]) -> Kernel:
 
 def float_stand_in(decl: type[OpDeclaration], view: NodeView) -> NodeView:
     """The float-mode view whose torch forward gives an integer-mode node its gradient (see the
-    module docstring): the same attributes in float mode, a neuron's surrogate window scaled by
-    its threshold."""
+    module docstring): the same attributes in float mode."""
     attrs = {key: value for key, value in view.attrs.items() if value is not None}
     attrs["mode"] = "float"
-    if "surrogate_width" in attrs and attrs.get("threshold", 0.0) > 0:
-        attrs["surrogate_width"] = attrs["surrogate_width"] * attrs["threshold"]
     return decl.view_for(attrs, view.inputs, view.n_outputs, view.name)
 
 
