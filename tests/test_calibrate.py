@@ -219,14 +219,106 @@ def test_streaming_equals_one_shot(rng: np.random.Generator, name: str) -> None:
 
 def test_merged_histogram_equals_a_histogram_of_all_data_over_the_final_range(rng: np.random.Generator) -> None:
     data = np.abs(rng.normal(size=30_000)) * np.repeat([1.0, 1.7, 4.0, 9.5], 7_500)  # range grows 3 times
+    data[::1000] = np.arange(30) * (64 / 384)  # values on bin edges of the final range [0, 64], and zeros
 
     observer = observed("percentile", data, pieces=4, bins=384)
 
     edge = float(observer.edge[0])
     assert data.max() <= edge < 2 * data.max() and np.log2(edge) == np.round(np.log2(edge))
-    direct = np.minimum(np.floor(data / edge * 384).astype(np.int64), 383)
+    # Right-closed bins: (j·w, (j+1)·w] holds bin j, zero is in bin 0.
+    lower = np.arange(384) * (edge / 384)
+    direct = np.maximum(np.searchsorted(lower, data, side="left") - 1, 0)
     np.testing.assert_array_equal(observer.histogram[0], np.bincount(direct, minlength=384))
     assert observer.histogram.sum() == data.size
+
+
+@pytest.mark.parametrize("name", HISTOGRAM_OBSERVERS)
+def test_a_power_of_two_maximum_streams_like_one_shot(name: str) -> None:
+    # The first batch's maximum 4 is its range's top edge; after the range doubles it must sit where
+    # one pass over all the data puts it (a clamp into the top bin would move it one bin down).
+    first, second = np.array([4.0, 1.0, 0.0]), np.array([6.0, 2.5])
+
+    options: dict[str, Any] = {"bins": 8, **({"levels": 4} if name == "entropy" else {})}
+    streamed = observed(name, np.concatenate([first, second]), pieces=1, **options)
+    in_two = make_observer(name, **options)
+    in_two.update(first)
+    in_two.update(second)
+
+    np.testing.assert_array_equal(in_two.histogram, streamed.histogram)
+    # E = 8, w = 1: 0 and 1 in bin 0 = [0, 1], 2.5 in (2, 3], 4 in (3, 4], 6 in (5, 6].
+    np.testing.assert_array_equal(in_two.histogram[0], [2, 0, 1, 1, 0, 1, 0, 0])
+
+
+def split_observers(name: str, data: np.ndarray, cuts: list[int], axis: int | None, **options: Any) -> list:
+    """One observer per part of ``data`` (cut at ``cuts`` on axis 0), each fed its part in two updates."""
+    observers = []
+    for part in np.split(data, cuts):
+        observer = make_observer(name, per_channel_axis=axis, **options)
+        for piece in np.array_split(part, 2):
+            observer.update(piece)
+        observers.append(observer)
+    return observers
+
+
+@pytest.mark.parametrize("name", list(OBSERVERS))
+@pytest.mark.parametrize("axis", [None, 1])
+def test_merged_observers_equal_one_observer_of_all_the_data(rng: np.random.Generator, name: str,
+                                                             axis: int | None) -> None:
+    data = rng.laplace(size=(900, 3)) * np.array([0.5, 3.0, 20.0])
+    data[:300] /= 8  # the first part's ranges are smaller: merging re-bins them
+    data[300:400, 0] = 0.0
+    data[:100] = 0.0  # a part that saw only zeros (range 0)
+    data[150, :] = [1.0, 4.0, 32.0]  # a part's maximum at a power of two, the top of its range
+    data[500, :] = [2.0, 16.0, 64.0]  # powers of two and values on bin edges
+    data[501, :] = [0.25, 1.5, 3.0]
+    options = {} if name == "minmax" else {"bins": 256}
+    one = make_observer(name, per_channel_axis=axis, **options)
+    one.update(data)
+
+    parts = split_observers(name, data, [100, 300, 650], axis, **options)
+    merged = parts[0]
+    for part in parts[1:]:
+        merged.merge(part)
+    backwards = split_observers(name, data, [100, 300, 650], axis, **options)[::-1]
+    for part in backwards[1:]:
+        backwards[0].merge(part)
+
+    for combined in (merged, backwards[0]):
+        assert combined.count == one.count == data.size
+        np.testing.assert_array_equal(combined.range()[0], one.range()[0])
+        np.testing.assert_array_equal(combined.range()[1], one.range()[1])
+        np.testing.assert_array_equal(combined.absmax(), one.absmax())
+        if name != "minmax":
+            np.testing.assert_array_equal(combined.edge, one.edge)
+            np.testing.assert_array_equal(combined.histogram, one.histogram)
+
+
+def test_merging_an_empty_observer_and_into_an_empty_one(rng: np.random.Generator) -> None:
+    data = rng.normal(size=500)
+    seen = observed("entropy", data, pieces=3)
+    fresh = make_observer("entropy")
+
+    fresh.merge(seen)
+    seen.merge(make_observer("entropy"))
+
+    assert fresh.absmax() == seen.absmax() == observed("entropy", data, pieces=1).absmax()
+    assert fresh.count == seen.count == 500
+    fresh.update(data)  # the merged copy is independent of the observer it came from
+    assert seen.count == 500
+
+
+@pytest.mark.parametrize("first, second, message", [
+    (("percentile", {"percentile": 99.0}), ("percentile", {"percentile": 99.9}), "cannot merge"),
+    (("percentile", {}), ("mse", {}), "cannot merge"),
+    (("minmax", {"per_channel_axis": 1}), ("minmax", {}), "cannot merge"),
+    (("minmax", {"per_channel_axis": 1}), ("minmax", {"per_channel_axis": 1}), "cannot merge 3 channels into 2"),
+])
+def test_merge_refuses_observers_of_other_settings(first: tuple, second: tuple, message: str) -> None:
+    a, b = make_observer(first[0], **first[1]), make_observer(second[0], **second[1])
+    a.update(np.ones((4, 2)))
+    b.update(np.ones((4, 3)))
+    with pytest.raises(HnnxError, match=message):
+        a.merge(b)
 
 
 @pytest.mark.parametrize("name", list(OBSERVERS))

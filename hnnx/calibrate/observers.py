@@ -7,13 +7,16 @@ statistic is kept for each index of that axis separately and ``absmax`` returns 
 per channel.
 
 The histogram observers (percentile, entropy, MSE) keep one histogram of ``|x|`` per channel with
-a fixed number of equal bins over ``[0, E]``; value ``a`` falls in bin ``min(⌊a·bins/E⌋, bins − 1)``.
+a fixed number of equal bins over ``[0, E]``. Bins are closed on the right: value ``a > 0`` falls in
+bin ``⌈a·bins/E⌉ − 1`` (bin ``j`` holds ``(j·w, (j+1)·w]``, ``w = E/bins``), zero in bin 0.
 ``E`` is the smallest power of two ``≥ max|x|`` seen so far (0 while only zeros were seen). When a
-batch exceeds it, ``E`` grows by a factor ``f = 2^k`` and every ``f`` neighbouring bins merge into one.
-Because ``E`` depends only on the maximum and scaling by a power of two is exact in floating point,
-the merged histogram equals the one a single pass over all the data would build: results do not
-depend on batch sizes or order. No sample is ever kept; bins are at most twice as wide as with
-``E = max|x|``.
+batch exceeds it, ``E`` grows by a factor ``f = 2^k`` and every ``f`` neighbouring bins merge into one:
+``⌊(⌈y⌉ − 1)/f⌋ = ⌈y/f⌉ − 1`` for every ``y > 0``, and scaling by a power of two is exact in floating
+point, so each value lands in the bin a single pass over all the data would give it (the top value
+``a = E`` too: right-closed bins need no clamp, which would break this). ``E`` depends only on the
+maximum, so the histogram does not depend on batch sizes or order, and observers that saw disjoint
+parts of the data merge exactly (:meth:`Observer.merge`: the histogram, and every threshold, of all
+the data). No sample is ever kept; bins are at most twice as wide as with ``E = max|x|``.
 
 State size: ``O(channels × bins)``; an update allocates temporaries of the size of its batch only.
 """
@@ -78,6 +81,29 @@ class Observer:
         self._observe(rows)
         self.count += rows.size
 
+    def merge(self, other: "Observer") -> None:
+        """Add what ``other`` observed: an observer of the same kind with the same options and channel
+        axis that saw another part of the data. Afterwards this observer holds exactly what one
+        observer that saw both parts would hold, so its range and threshold equal that observer's (the
+        data-parallel calibration merges its workers' observers this way). ``other`` is unchanged."""
+        if type(other) is not type(self) or other.settings() != self.settings():
+            raise HnnxError(f"{self._what()} {self.settings()}: cannot merge a {other._what()} {other.settings()}")
+        if other._min is None:
+            return
+        if self._min is None:
+            self._min, self._max = other._min.copy(), other._max.copy()
+        else:
+            if len(other._min) != len(self._min):
+                raise DataError(f"{self._what()}: cannot merge {len(other._min)} channels into {len(self._min)}")
+            self._min, self._max = np.minimum(self._min, other._min), np.maximum(self._max, other._max)
+        self._merge_statistic(other)
+        self.count += other.count
+
+    def settings(self) -> dict[str, Any]:
+        """The constructor arguments this observer was built with (``axis`` and its options)."""
+        return {name: getattr(self, name) for name in inspect.signature(type(self).__init__).parameters
+                if name != "self"}
+
     def range(self) -> tuple[Threshold, Threshold]:
         """``(min, max)`` of the values seen: floats per tensor, arrays ``[channels]`` per channel."""
         self._require_data()
@@ -98,6 +124,9 @@ class Observer:
     # -- hooks for subclasses
     def _observe(self, rows: np.ndarray) -> None:
         """Add ``rows`` ``[channels, values]`` to the statistic (min/max/count are done)."""
+
+    def _merge_statistic(self, other: "Observer") -> None:
+        """Add ``other``'s statistic (same class and settings; min/max are merged, count is not yet)."""
 
     def _thresholds(self) -> np.ndarray:
         """The clip threshold of every channel, ``[channels]``."""
@@ -179,16 +208,27 @@ class HistogramObserver(Observer):
         if not outgrown.any():
             return
         new_edge = np.where(outgrown, _power_of_two_at_least(batch_max), self.edge)
-        # A channel that held only zeros (E = 0) keeps them in bin 0 of its first real range.
-        ratio = np.divide(new_edge, self.edge, out=np.full_like(new_edge, self.bins), where=self.edge > 0)
-        factor = np.minimum(ratio, self.bins).astype(np.int64)  # a power of two; ≥ bins merges all into bin 0
-        target = np.arange(self.bins)[None, :] // factor[:, None]
-        self.histogram = _row_bincount(target, self.histogram, self.bins)
+        self.histogram = _regridded(self.histogram, self.edge, new_edge)
         self.edge = new_edge
+
+    def _merge_statistic(self, other: Observer) -> None:
+        assert isinstance(other, HistogramObserver)
+        if other.histogram is None:
+            return
+        if self.histogram is None:
+            self.histogram, self.edge = other.histogram.copy(), other.edge.copy()
+            return
+        edge = np.maximum(self.edge, other.edge)
+        self.histogram = _regridded(self.histogram, self.edge, edge) + _regridded(other.histogram, other.edge, edge)
+        self.edge = edge
 
     def _add(self, magnitude: np.ndarray) -> None:
         scale = np.divide(self.bins, self.edge, out=np.zeros_like(self.edge), where=self.edge > 0)
-        index = np.minimum((magnitude * scale[:, None]).astype(np.int64), self.bins - 1)
+        position = magnitude * scale[:, None]  # float64, exact: scale is bins · 2^-k
+        index = np.ceil(position, out=position).astype(np.int64)
+        index -= 1
+        # Zeros give −1 (bin 0); a ≤ E gives at most bins − 1 already, so the clip changes nothing else.
+        np.clip(index, 0, self.bins - 1, out=index)
         self.histogram += _row_bincount(index, None, self.bins)
 
 
@@ -312,6 +352,18 @@ def _power_of_two_at_least(values: np.ndarray) -> np.ndarray:
     mantissa, exponent = np.frexp(values)  # values = mantissa · 2^exponent, mantissa in [0.5, 1)
     powers = np.ldexp(1.0, exponent - (mantissa == 0.5))
     return np.where(values > 0, powers, 0.0)
+
+
+def _regridded(histogram: np.ndarray, edge: np.ndarray, new_edge: np.ndarray) -> np.ndarray:
+    """``histogram`` ``[channels, bins]`` over ``[0, edge]`` re-binned over ``[0, new_edge]`` (per channel
+    ``new_edge = 2^k · edge``, or any power of two where ``edge`` is 0): every ``2^k`` neighbouring bins
+    merge into one, exactly the bins the values would get over the wider range."""
+    bins = histogram.shape[1]
+    # A channel that held only zeros (E = 0) keeps them in bin 0 of its first real range.
+    ratio = np.divide(new_edge, edge, out=np.full_like(new_edge, bins), where=edge > 0)
+    factor = np.minimum(ratio, bins).astype(np.int64)  # a power of two; ≥ bins merges all into bin 0
+    target = np.arange(bins)[None, :] // factor[:, None]
+    return _row_bincount(target, histogram, bins)
 
 
 def _row_bincount(index: np.ndarray, weights: np.ndarray | None, bins: int) -> np.ndarray:
