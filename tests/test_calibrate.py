@@ -747,3 +747,33 @@ def test_calibrate_records_the_membrane_range_of_every_lif_layer() -> None:
         v = np.where(v1 > 1.0, np.float32(0), v1) * np.float32(0.5)
     low, high = result.membrane_ranges["lif"]
     assert (low, high) == (float(np.min(seen)), float(np.max(seen)))
+
+
+def test_batches_are_cut_to_the_probe_memory_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    import hnnx
+    """A budget smaller than one sample's probes runs sample by sample, with the same statistics."""
+    from hnnx import models
+    from hnnx.calibrate import calibrate
+    from hnnx.datasets import load_digits
+    from hnnx.runtime.session import Simulator
+
+    model = hnnx.load(models.path("ann_residual"))
+    names = [node.output[0] for node in model.graph.node]
+    data = {"pixels": load_digits().x_train[:12].reshape(-1, 1, 8, 8)}
+    per_sample = Simulator(model, probes=names).bytes_per_sample()
+    assert per_sample > 16 * 8 * 8 * 4  # the first conv's output alone
+    sizes: list[int] = []
+    run = Simulator.run
+
+    def counting(self: Simulator, feeds: dict) -> tuple:
+        sizes.append(next(iter(feeds.values())).shape[0])
+        return run(self, feeds)
+
+    monkeypatch.setattr(Simulator, "run", counting)
+    whole = calibrate(model, data, names)
+    assert sizes == [12]
+    sizes.clear()
+    cut = calibrate(model, data, names, memory_budget=2 * per_sample + 1)
+    assert sizes == [2] * 6 and cut.samples == whole.samples == 12
+    for name in names:
+        assert cut.range(name) == whole.range(name)

@@ -19,6 +19,10 @@ from hnnx.errors import DataError, HnnxError
 from hnnx.runtime.session import Simulator, spiking_neurons
 
 
+PROBE_MEMORY_BUDGET = 256 << 20
+"""Bytes the probed tensors of one calibration batch may take by default."""
+
+
 @dataclass
 class CalibrationResult:
     """Statistics gathered by :func:`calibrate`.
@@ -92,6 +96,7 @@ def calibrate(
     *,
     observer_options: Mapping[str, Any] | None = None,
     threads: int | None = None,
+    memory_budget: int = PROBE_MEMORY_BUDGET,
 ) -> CalibrationResult:
     """Run ``model`` in onnxruntime over ``data`` and observe ``tensors``; also neuron currents and rates.
 
@@ -101,7 +106,8 @@ def calibrate(
     :data:`~hnnx.calibrate.observers.OBSERVERS`, built with ``observer_options`` (e.g.
     ``{"percentile": 99.9}``); ``per_channel``: tensor name → channel axis for per-channel
     statistics; ``num_samples``: use at most this many samples; ``threads``: onnxruntime
-    intra-op threads.
+    intra-op threads; ``memory_budget``: bytes the probed tensors of one batch may take — batches
+    are cut smaller than ``batch_size`` to fit (an ImageNet-size CNN probes tens of MB per sample).
 
     Every top-level spiking neuron (``hnnx.LIF``, ``hnnx.CubaLIF``) additionally gets the range of
     its input current (input 0, probed) and its firing rate over all time steps. Memory does not
@@ -127,7 +133,8 @@ def calibrate(
     membrane_observers = {layer: MinMaxObserver() for layer in currents}
     membrane_views = {layer.name: _membrane_view(model, layer.spikes) for layer in simulator.spiking_layers}
     spikes = {layer.name: [0.0, 0] for layer in simulator.spiking_layers}
-    stream = batches(data, simulator.inputs, batch_size, num_samples)
+    # Every float tensor of a batch is copied out at once: cut batches to the memory budget.
+    stream = batches(data, simulator.inputs, simulator.batch_within(memory_budget, batch_size), num_samples)
     samples = 0
     started = time.perf_counter()
     # No bar object at all when progress is off: tqdm's first use costs milliseconds.

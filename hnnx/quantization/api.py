@@ -257,6 +257,7 @@ def _compare(reference: Any, quantized: onnx.ModelProto, tensors: Mapping[str, t
     SQNR of every output and of every quantized tensor (``tensors``: float name → quantized name and
     real value per unit), saturated values, firing-rate drift and SynOps per sample."""
     from hnnx.calibrate import batches
+    from hnnx.calibrate.collect import PROBE_MEMORY_BUDGET
     from hnnx.runtime.session import Simulator
 
     requantized = [n.output[0] for n in quantized.graph.node if n.domain == ops.DOMAIN and n.op_type == "Requantize"]
@@ -272,7 +273,10 @@ def _compare(reference: Any, quantized: onnx.ModelProto, tensors: Mapping[str, t
     saturated = dict.fromkeys(requantized, 0)
     synops = 0.0
     samples = 0
-    for feeds in batches(calibration, candidate.inputs, batch_size, num_samples=COMPARISON_SAMPLES):
+    # Both models' probes of a batch are held at once: cut batches to the calibration's budget.
+    batch = min(reference.batch_within(PROBE_MEMORY_BUDGET // 2, batch_size),
+                candidate.batch_within(PROBE_MEMORY_BUDGET // 2, batch_size))
+    for feeds in batches(calibration, candidate.inputs, batch, num_samples=COMPARISON_SAMPLES):
         expected, _ = reference.run(feeds)
         got, counts = candidate.run(feeds)
         samples += next(iter(feeds.values())).shape[candidate.inputs[0].batch_axis]

@@ -77,6 +77,25 @@ class Simulator:
                                                                  p.name not in {o.name for o in self.outputs}]
         self.model = model
 
+    def bytes_per_sample(self) -> int:
+        """Bytes of outputs and probes one sample adds to a run (tensors whose per-sample shape
+        shape inference left unknown count 0): what sizes a batch that must fit in memory."""
+        total = 0
+        for spec in [*self.outputs, *self.probes]:
+            if spec.dims is None:
+                continue
+            axis = self.batch_axes.get(spec.name, spec.batch_axis)
+            rest = [d for index, d in enumerate(spec.dims) if index != axis]
+            if all(isinstance(d, int) for d in rest):
+                total += int(np.prod(rest, dtype=np.int64)) * spec.dtype.itemsize
+        return total
+
+    def batch_within(self, budget: int, batch_size: int) -> int:
+        """The largest batch of at most ``batch_size`` samples whose outputs and probes take at
+        most ``budget`` bytes (at least 1)."""
+        per_sample = self.bytes_per_sample()
+        return batch_size if per_sample == 0 else max(1, min(batch_size, budget // per_sample))
+
     def run(self, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, tuple[float, int]]]:
         """Run one batch. Returns ``(tensors by name, {layer: (spike sum, element count)})``."""
         names = self._output_names + [t for layer in self.spiking_layers
