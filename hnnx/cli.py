@@ -45,13 +45,14 @@ def _warnings_on_one_line() -> None:
     import warnings
 
     from hnnx.runtime.native import NativeKernelWarning
+    from hnnx.runtime.parallel import WorkerWarning
 
     shown = warnings.showwarning
     if getattr(shown, "hnnx_one_line", False):  # installed by an earlier invocation in this process
         return
 
     def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
-        if issubclass(category, NativeKernelWarning):
+        if issubclass(category, (NativeKernelWarning, WorkerWarning)):
             click.echo(f"hnnx: warning: {str(message).removeprefix('hnnx: ')}", err=True)
         else:
             shown(message, category, *args, **kwargs)
@@ -123,7 +124,49 @@ class ByteSize(click.ParamType):
         return int(size)
 
 
-@main.command()
+def _worker_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--workers N`` and ``--ray [ADDRESS]``: shard the samples over local processes or a Ray cluster."""
+    command = click.option(
+        "--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+        help="Shard the samples over a Ray cluster: the one at ADDRESS, else a local one (needs "
+             "pip install 'hnnx[ray]'). Results equal one process's bit for bit.")(command)
+    return click.option(
+        "--workers", type=click.IntRange(min=1), default=None, metavar="N",
+        help="Shard the samples over N local processes (with --ray: N Ray workers; default: the cluster's CPUs). "
+             "Results equal one process's bit for bit.")(command)
+
+
+class _RayAddressCommand(click.Command):
+    """A command whose ``--ray`` takes an optional address: a path after ``--ray`` (the model, the
+    data) is the command's argument, not an address."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        args = list(args)
+        for index, arg in enumerate(args[:-1]):
+            following = args[index + 1]
+            if arg == "--ray" and (Path(following).exists() or following.endswith((".onnx", ".npz", ".npy"))):
+                args[index] = "--ray="
+        return super().parse_args(ctx, args)
+
+
+def _ray_choice(address: str | None) -> bool | str | None:
+    """``--ray``'s value as :func:`hnnx.simulate` takes it: None, True (no address) or the address."""
+    if address is None:
+        return None
+    return address or True
+
+
+def _plot_option(text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option("--plot", "plot_dir", type=click.Path(path_type=Path), default=None, metavar="DIR",
+                        help=text + " Needs matplotlib (pip install 'hnnx[plot]').")
+
+
+def _echo_written(paths: list[Path]) -> None:
+    for path in paths:
+        click.echo(f"wrote {path}")
+
+
+@main.command(cls=_RayAddressCommand)
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--input", "-i", "data", required=True, type=click.Path(path_type=Path),
               help="Data: .npz keyed by input names (optional 'labels'), .npy, or a directory of them.")
@@ -143,26 +186,59 @@ class ByteSize(click.ParamType):
               help="Memory budget that chooses the chunk length, e.g. 4G or 512M (default: half the available "
                    "memory).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@_worker_options
+@_plot_option("Write PNG plots into DIR: a spike raster of every probed spike tensor (without --probe: of every "
+              "spiking layer), firing-rate histograms and, with labels, the confusion matrix.")
 @_reports_errors
 def simulate(model: Path, data: Path, labels: Path | None, batch_size: int, probes: tuple[str, ...],
              threads: int | None, output: Path | None, chunk_steps: int | None, memory_limit: int | None,
-             progress: bool) -> None:
+             progress: bool, workers: int | None, ray_address: str | None, plot_dir: Path | None) -> None:
     """Run MODEL (an .onnx file, or a chip program directory written by `hnnx lower`) on a
     dataset: accuracy, firing rates, probes."""
     import hnnx
 
     if output is not None and output.suffix != ".npz":
         raise HnnxError(f"{output}: the output file must end in .npz")
+    ray = _ray_choice(ray_address)
+    if plot_dir is not None:
+        from hnnx.plot import pyplot
+
+        pyplot()  # no matplotlib: say so before the run, not after
     if model.is_dir():  # a chip program: the chip simulator runs it
+        if workers is not None or ray:
+            raise HnnxError(f"{model}: a chip program runs on the chip simulator in one process (no --workers/--ray)")
         result = hnnx.chip.simulate(model, data, labels=labels, probes=probes)
     else:
-        result = hnnx.simulate(model, data, labels=labels, batch_size=batch_size, probes=probes,
+        proto: Any = model
+        if plot_dir is not None and not probes:  # the rasters of every spiking layer
+            from hnnx.runtime.session import spiking_neurons
+
+            proto = hnnx.load(model)
+            probes = tuple(node.output[0] for node in spiking_neurons(proto.graph))
+        result = hnnx.simulate(proto, data, labels=labels, batch_size=batch_size, probes=probes,
                                threads=threads, progress=progress and sys.stderr.isatty(), chunk_steps=chunk_steps,
-                               memory_limit=memory_limit)
+                               memory_limit=memory_limit, workers=workers, ray=ray)
     click.echo(result.summary())
     if output is not None:
         result.save(output)
         click.echo(f"wrote {output}")
+    if plot_dir is not None:
+        from hnnx.plot import simulation_plots
+
+        _echo_written(simulation_plots(result, plot_dir))
+
+
+@main.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--output", "-o", "plot_dir", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Directory for the PNG files (default: RUN's name without .npz, plus _plots).")
+@_reports_errors
+def plot(run: Path, plot_dir: Path | None) -> None:
+    """Draw the spike rasters and firing-rate histograms of a run saved by `hnnx simulate -o RUN.npz`."""
+    from hnnx.plot import pyplot, run_plots
+
+    pyplot()
+    _echo_written(run_plots(run, plot_dir if plot_dir is not None else run.with_name(f"{run.stem}_plots")))
 
 
 @main.command()
@@ -220,10 +296,11 @@ def doctor(build: bool, require_native: bool) -> None:
         sys.exit(1)
 
 
-@main.command()
+@main.command(cls=_RayAddressCommand)
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="The quantized .onnx file.")
-@click.option("--calib", "calibration", required=True, type=click.Path(path_type=Path),
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
+              help="The quantized .onnx file (default: MODEL.<target>[.fakequant].onnx next to MODEL).")
+@click.option("--calib", "calibration", default=None, type=click.Path(path_type=Path),
               help="Calibration data: .npz keyed by input names, .npy, or a directory of them.")
 @click.option("--target", type=click.Choice(["tianjicx", "qdq"]), default="tianjicx", show_default=True,
               help="tianjicx: the chip's shift-only scheme for ANN, SNN and hybrid parts; qdq: standard ONNX "
@@ -249,29 +326,89 @@ def doctor(build: bool, require_native: bool) -> None:
 @click.option("--report", type=click.Path(path_type=Path), default=None,
               help="Write the report as JSON (and Markdown next to it, .md).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@_worker_options
+@_plot_option("Write PNG plots into DIR: SQNR and saturation of every quantized tensor and, for spiking models, "
+              "float-vs-quantized firing rates.")
 @_reports_errors
-def quantize(model: Path, output: Path, calibration: Path, target: str, output_format: str | None,
+def quantize(model: Path, output: Path | None, calibration: Path | None, target: str, output_format: str | None,
              per_channel: bool | None, spiking: str, observer: str, percentile: float | None, num_samples: int | None, batch_size: int, exclude: tuple[str, ...], bit_shift_unit: str,
-             report: Path | None, progress: bool) -> None:
+             report: Path | None, progress: bool, workers: int | None, ray_address: str | None,
+             plot_dir: Path | None) -> None:
     """Calibrate MODEL on data and write its quantized form."""
     import hnnx
     from hnnx.quantization import quantize as run_quantize
 
+    ray = _ray_choice(ray_address)
+    if plot_dir is not None:
+        from hnnx.plot import pyplot
+
+        pyplot()  # no matplotlib: say so before the run, not after
+    proto = hnnx.load(model)
+    if output is None:
+        output = _default_quantized_path(model, target, output_format)
+    if calibration is None:
+        _require_calibration(proto, target, output_format)
     if output.suffix != ".onnx":
         raise HnnxError(f"{output}: the output file must end in .onnx")
     if report is not None and report.suffix != ".json":
         raise HnnxError(f"{report}: the report file must end in .json")
     if percentile is not None and observer != "percentile":
         raise HnnxError(f"--percentile is an option of --observer percentile, not of {observer}")
-    quantized, result = run_quantize(model, calibration, target=target, format=output_format,
+    quantized, result = run_quantize(proto, calibration, target=target, format=output_format,
                                      per_channel=per_channel, spiking=spiking, observer=observer,
                                      observer_options=None if percentile is None else {"percentile": percentile},
                                      num_samples=num_samples, batch_size=batch_size, exclude=exclude,
-                                     bit_shift_unit=int(bit_shift_unit), progress=progress and sys.stderr.isatty())
+                                     bit_shift_unit=int(bit_shift_unit), progress=progress and sys.stderr.isatty(),
+                                     workers=workers, ray=ray)
     for name, reason in result.excluded.items():
         click.echo(f"hnnx: warning: {name} stays in float: {reason}", err=True)
     hnnx.save(quantized, output)
     _print_and_write_report(result, output, report)
+    if plot_dir is not None:
+        from hnnx.plot import quantization_plots
+
+        _echo_written(quantization_plots(result, plot_dir))
+
+
+def _default_quantized_path(model: Path, target: str, output_format: str | None) -> Path:
+    """``MODEL.<target>[.fakequant].onnx`` next to MODEL (``.fakequant`` for that format of a target
+    that has another; an earlier form's marker in MODEL's name is replaced); never MODEL itself."""
+    from hnnx.quantization.api import FORMATS
+
+    form = output_format or FORMATS[target][0]
+    marker = f".{target}" + (f".{form}" if form != FORMATS[target][0] else "")
+    base = model.name.removesuffix(".onnx")
+    for name, formats in FORMATS.items():
+        for suffix in [f".{name}.{other}" for other in formats] + [f".{name}"]:
+            if base.endswith(suffix):
+                base = base.removesuffix(suffix)
+                break
+        else:
+            continue
+        break
+    path = model.with_name(base + marker + ".onnx")
+    if path.resolve() == model.resolve():
+        raise HnnxError(f"{model}: the default output would overwrite the model (already {marker[1:]}); "
+                        f"give -o OUT.onnx")
+    return path
+
+
+def _require_calibration(model: Any, target: str, output_format: str | None) -> None:
+    """HnnxError saying which data calibration needs, unless quantizing ``model`` needs none (it is
+    already in the asked form, or a tianjicx fake-quant model made integer)."""
+    from hnnx.quantization.api import FORMATS, quantized_as
+    from hnnx.runtime.data import graph_inputs
+
+    form = f"{target}/{output_format or FORMATS[target][0]}"
+    done = quantized_as(model)
+    if done == form or (done, form) == ("tianjicx/fakequant", "tianjicx/int"):
+        return
+    inputs = graph_inputs(model)
+    described = ", ".join(spec.describe() + (" (time-major: samples on axis 1)" if spec.batch_axis == 1 else "")
+                          for spec in inputs)
+    files = "a .npz keyed by input name" + (", a .npy" if len(inputs) == 1 else "") + " or a directory of them"
+    raise HnnxError(f"quantizing needs calibration data: --calib DATA, {files}, holding the model's inputs "
+                    f"{described} (samples on the N axis; a few hundred are typical)")
 
 
 def _print_and_write_report(result: Any, output: Path, report: Path | None) -> None:

@@ -44,6 +44,8 @@ class CalibrationResult:
     current_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     membrane_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     firing_rates: dict[str, float] = field(default_factory=dict)
+    spike_counts: dict[str, tuple[float, int]] = field(default_factory=dict)
+    """Per spiking layer ``(spikes, neuron-steps)`` over all samples: its firing rate's whole-number parts."""
     samples: int = 0
     seconds: float = 0.0
     simulator: Simulator | None = field(default=None, repr=False)
@@ -96,6 +98,8 @@ def calibrate(
     *,
     observer_options: Mapping[str, Any] | None = None,
     threads: int | None = None,
+    workers: int | None = None,
+    ray: bool | str | None = None,
     memory_budget: int = PROBE_MEMORY_BUDGET,
 ) -> CalibrationResult:
     """Run ``model`` in onnxruntime over ``data`` and observe ``tensors``; also neuron currents and rates.
@@ -108,6 +112,11 @@ def calibrate(
     statistics; ``num_samples``: use at most this many samples; ``threads``: onnxruntime
     intra-op threads; ``memory_budget``: bytes the probed tensors of one batch may take — batches
     are cut smaller than ``batch_size`` to fit (an ImageNet-size CNN probes tens of MB per sample).
+
+    ``workers``: shard the samples over this many local processes; ``ray``: over a Ray cluster (True:
+    the running one, else a local one; a string: its address). Each worker calibrates its shard and
+    the results merge exactly (:mod:`hnnx.calibrate.parallel`): the same result as one process. The
+    data must then be a path, a mapping of arrays or an array (each worker reads its own samples).
 
     Every top-level spiking neuron (``hnnx.LIF``, ``hnnx.CubaLIF``) additionally gets the range of
     its input current (input 0, probed) and its firing rate over all time steps. Memory does not
@@ -123,6 +132,13 @@ def calibrate(
     stray = [name for name in per_channel if name not in names]
     if stray:
         raise HnnxError(f"per-channel axis given for tensor {stray[0]!r}, which is not among the calibrated tensors")
+    if workers is not None or ray:
+        from hnnx.calibrate.parallel import calibrate_in_parallel
+
+        return calibrate_in_parallel(model, data, names, observer=observer, per_channel=per_channel,
+                                     batch_size=batch_size, num_samples=num_samples, progress=progress,
+                                     observer_options=observer_options, threads=threads, workers=workers, ray=ray,
+                                     memory_budget=memory_budget)
     observers = {name: make_observer(observer, per_channel.get(name), **dict(observer_options or {}))
                  for name in names}
     current_of_spikes = _neuron_currents(model)
@@ -163,6 +179,7 @@ def calibrate(
         current_ranges={layer: obs.range() for layer, obs in current_observers.items()},
         membrane_ranges={layer: obs.range() for layer, obs in membrane_observers.items() if obs.count},
         firing_rates={layer: (total / count if count else 0.0) for layer, (total, count) in spikes.items()},
+        spike_counts={layer: (total, count) for layer, (total, count) in spikes.items()},
         samples=samples,
         seconds=time.perf_counter() - started,
         simulator=simulator,

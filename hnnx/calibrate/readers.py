@@ -132,6 +132,49 @@ def _whole_batches(feeds: Iterator[Feeds], inputs: Sequence[TensorSpec], fixed: 
 
 
 # --------------------------------------------------------------------------- stored sources
+def is_indexed(source: Any) -> bool:
+    """Whether ``source`` is a path, a mapping of arrays, a Dataset or one array: a source whose
+    samples can be read from any index on (:func:`sample_total`, :func:`range_batches`), unlike an
+    iterable or a reader, which give them in order."""
+    return isinstance(source, (str, os.PathLike, Mapping, Dataset)) or _is_array(source)
+
+
+def in_memory_arrays(source: Any, inputs: Sequence[TensorSpec]) -> dict[str, np.ndarray] | None:
+    """A mapping, Dataset or bare array (one-input models) source as numpy arrays by key (input names,
+    and whatever else it holds, e.g. ``labels``); None for a path."""
+    if isinstance(source, Dataset):
+        source = source.arrays
+    elif _is_array(source):
+        source = _array_as_mapping(source, inputs, "data")
+    if not isinstance(source, Mapping):
+        return None
+    return {key: np.asarray(_to_numpy(value)) for key, value in source.items()}
+
+
+def sample_total(source: Any, inputs: Sequence[TensorSpec], limit: int | None = None) -> int:
+    """The number of samples of an indexed source (:func:`is_indexed`), at most ``limit``: files are
+    opened in name order (headers only) as far as ``limit`` reaches, their arrays' shapes checked as
+    :func:`batches` checks them. DataError if it holds no samples."""
+    stored = _StoredSource.unopened(source, inputs)
+    stored._open_until(sys.maxsize if limit is None else limit)
+    if stored.size == 0:
+        raise DataError(f"{stored.label}: holds no samples")
+    return stored.size if limit is None else min(stored.size, limit)
+
+
+def range_batches(source: Any, inputs: Sequence[TensorSpec], batch_size: int, start: int, stop: int
+                  ) -> Iterator[Feeds]:
+    """Samples ``start:stop`` of an indexed source (:func:`is_indexed`) as validated feeds of
+    ``batch_size`` samples, each read when it is drawn: files are opened as far as ``stop`` reaches
+    and only the samples of the range are read (a data-parallel worker reads its shard so).
+    Validation messages give sample indices in the whole source."""
+    stored = _StoredSource.unopened(source, inputs)
+    stored._open_until(stop)
+    if stored.size < stop:
+        raise DataError(f"{stored.label}: holds {stored.size} samples, samples {start}:{stop} were asked for")
+    return stored.batches(batch_size, stop, start)
+
+
 Piece = np.ndarray | StoredArray
 """One file's array of one input: in memory, or read slice by slice."""
 
@@ -152,22 +195,22 @@ class _StoredSource:
     def open(cls, source: Any, inputs: Sequence[TensorSpec], limit: int, batch_size: int) -> "_StoredSource":
         """Open ``source`` as far as its first ``limit`` samples reach and validate them, one batch
         of ``batch_size`` samples at a time (so that memory holds one batch)."""
-        if isinstance(source, Dataset):
-            source = source.arrays
-        elif _is_array(source):
-            source = _array_as_mapping(source, inputs, "data")
-        if isinstance(source, Mapping):
-            arrays = {key: np.asarray(_to_numpy(value)) for key, value in source.items()}
-            stored = cls("data", inputs, iter([("data", keyed_by_input(arrays, inputs, "data"))]))
-        else:
-            files = data_files(source)
-            parts = ((str(path), keyed_by_input(open_stored(path), inputs, str(path))) for path in files)
-            stored = cls(str(source), inputs, parts)
+        stored = cls.unopened(source, inputs)
         stored._open_until(limit)
         if stored.size == 0:
             raise DataError(f"{stored.label}: holds no samples")
         stored._validate(min(stored.size, limit), batch_size)
         return stored
+
+    @classmethod
+    def unopened(cls, source: Any, inputs: Sequence[TensorSpec]) -> "_StoredSource":
+        """``source`` with no file opened yet (:meth:`_open_until` opens them)."""
+        arrays = in_memory_arrays(source, inputs)
+        if arrays is not None:
+            return cls("data", inputs, iter([("data", keyed_by_input(arrays, inputs, "data"))]))
+        files = data_files(source)
+        parts = ((str(path), keyed_by_input(open_stored(path), inputs, str(path))) for path in files)
+        return cls(str(source), inputs, parts)
 
     def _open_until(self, samples: int) -> None:
         """Open files until they hold ``samples`` samples or none is left."""
@@ -209,11 +252,11 @@ class _StoredSource:
             feeds[spec.name] = validate_array(joined, spec, self.label, first_sample=start)
         return feeds
 
-    def batches(self, batch_size: int, limit: int) -> Iterator[Feeds]:
-        """Consecutive batches of ``batch_size`` samples, the first ``limit`` samples in all."""
+    def batches(self, batch_size: int, limit: int, first: int = 0) -> Iterator[Feeds]:
+        """Consecutive batches of ``batch_size`` samples from sample ``first`` up to sample ``limit``."""
         stop = min(self.size, limit)
         try:
-            for start in range(0, stop, batch_size):
+            for start in range(first, stop, batch_size):
                 yield self.take(start, min(start + batch_size, stop))
         finally:
             for pieces in self.pieces.values():

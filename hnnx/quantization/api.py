@@ -121,6 +121,8 @@ def quantize(
     exclude: Sequence[str] = (),
     bit_shift_unit: int = 2,
     progress: bool = False,
+    workers: int | None = None,
+    ray: bool | str | None = None,
 ) -> tuple[onnx.ModelProto, QuantizationReport]:
     """Quantize ``model`` with statistics from ``calibration`` data.
 
@@ -131,6 +133,8 @@ def quantize(
     name) to keep in float. ``format``: see :data:`FORMATS` (default: the target's first);
     ``per_channel``: per-output-channel weight scales (``qdq`` only; its default);
     ``spiking``: ``qdq`` target only — quantize the spiking parts as ``tianjicx`` or leave them ``float``.
+    ``workers``/``ray``: calibrate on that many local processes or on a Ray cluster (see
+    :func:`hnnx.calibrate.calibrate`): the same quantized model, bit for bit, as one process.
     Returns the quantized model (with function bodies; checked in full when saved) and a
     :class:`QuantizationReport`.
 
@@ -172,7 +176,7 @@ def quantize(
     quantizer = TARGET_CLASSES[target](options)
     stats = calibrate(float_model, calibration, quantizer.calibration_tensors(graph), observer=observer,
                       observer_options=observer_options, batch_size=batch_size, num_samples=num_samples,
-                      progress=progress)
+                      progress=progress, workers=workers, ray=ray)
     rewrite = quantizer.rewrite(graph, Statistics.of(stats))
     quantized = _quantized_model(graph, float_model, f"{target}/{format}", rewrite.output_scales)
 

@@ -57,6 +57,12 @@ def spec_of(value_info: onnx.ValueInfoProto) -> TensorSpec:
     return TensorSpec(value_info.name, dtype, dims)
 
 
+def graph_inputs(model: onnx.ModelProto) -> list[TensorSpec]:
+    """The inputs a run of ``model`` is fed: its graph inputs that no initializer gives a value."""
+    initialized = {init.name for init in model.graph.initializer}
+    return [spec_of(vi) for vi in model.graph.input if vi.name not in initialized]
+
+
 @dataclass
 class Dataset:
     """Validated model inputs (``arrays``) with optional integer ``labels`` ``[N]``."""

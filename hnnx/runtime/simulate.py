@@ -14,7 +14,7 @@ import onnx
 from tqdm.auto import tqdm
 
 from hnnx.errors import DataError, HnnxError
-from hnnx.runtime.data import TensorSpec, is_time_major, load_dataset, spec_of
+from hnnx.runtime.data import TensorSpec, graph_inputs, is_time_major, load_dataset, spec_of
 from hnnx.runtime.session import Simulator
 
 
@@ -38,12 +38,19 @@ class SimulationResult:
     """Steps per call when the sequence ran in chunks with the state carried; None: all at once."""
     whole_sequence: dict[str, str] = field(default_factory=dict)
     """Stateful nodes a chunked run still ran on the whole sequence, with the reason."""
+    labels: np.ndarray | None = None
+    """The class index of every sample ``[N]``, when labels were given."""
+    predicted: np.ndarray | None = None
+    """The arg-max class of every sample ``[N]`` (as :attr:`accuracy` counts it), when labels were given."""
+    workers: str = ""
+    """Where the samples ran when they were sharded over workers (e.g. ``2 worker processes``)."""
 
     def summary(self) -> str:
         """A short human-readable report."""
         lines = [f"samples: {self.samples}   time: {self.seconds:.3f} s "
                  f"({self.samples / max(self.seconds, 1e-9):,.0f} samples/s)"
-                 + (f"   in chunks of {self.chunk_steps} steps" if self.chunk_steps else "")]
+                 + (f"   in chunks of {self.chunk_steps} steps" if self.chunk_steps else "")
+                 + (f"   on {self.workers}" if self.workers else "")]
         for node, reason in self.whole_sequence.items():
             lines.append(f"note: {node} ran on the whole sequence: {reason}")
         if self.accuracy is not None:
@@ -86,6 +93,8 @@ def simulate(
     native: bool | None = None,
     chunk_steps: int | None = None,
     memory_limit: int | None = None,
+    workers: int | None = None,
+    ray: bool | str | None = None,
 ) -> SimulationResult:
     """Run ``model`` over every sample of ``data`` in batches of ``batch_size``.
 
@@ -97,6 +106,10 @@ def simulate(
     carried (:mod:`hnnx.runtime.stream`; outputs, probes, firing rates and accuracy are
     bit-identical to the whole run); 0: the whole sequence at once; None: chunks only when the
     whole sequence would not fit ``memory_limit`` bytes (default: half the available memory).
+    ``workers``: shard the samples over this many local processes, each with its own session;
+    ``ray``: run the shards on a Ray cluster (True: the running one, else a local one; a string:
+    its address). Either way the result equals one process's bit for bit
+    (:mod:`hnnx.runtime.parallel`); ``threads`` is then per worker and ``memory_limit`` is shared.
     """
     from hnnx.model import load
 
@@ -106,6 +119,42 @@ def simulate(
         raise DataError(f"chunk steps must be ≥ 1 (0: the whole sequence at once), got {chunk_steps}")
     if not isinstance(model, onnx.ModelProto):
         model = load(model)
+    if workers is not None or ray:
+        from hnnx.runtime.parallel import simulate_parallel
+
+        return simulate_parallel(model, data, labels=labels, batch_size=batch_size, probes=probes, threads=threads,
+                                 progress=progress, native=native, chunk_steps=chunk_steps,
+                                 memory_limit=memory_limit, workers=workers, ray=ray)
+    return joined(collect_batches(model, data, labels=labels, batch_size=batch_size, probes=probes, threads=threads,
+                                  progress=progress, native=native, chunk_steps=chunk_steps,
+                                  memory_limit=memory_limit))
+
+
+@dataclass
+class Batches:
+    """What a run over a dataset collected, batch by batch, before :func:`joined` puts it together:
+    per tensor, its value in each batch; per spiking layer, ``[spike sum, element count]``; the batch
+    sizes; the labels (``[N]``, or None); the tensors' specs and sample axes; the steps per call
+    (None: whole sequences) and the stateful nodes a chunked run ran on the whole sequence."""
+
+    tensors: dict[str, list[np.ndarray]]
+    spike_sums: dict[str, list[float]]
+    batch_sizes: list[int]
+    labels: np.ndarray | None
+    samples: int
+    seconds: float
+    outputs: list[TensorSpec]
+    probes: list[TensorSpec]
+    batch_axes: dict[str, int]
+    chunk_steps: int | None = None
+    whole_sequence: dict[str, str] = field(default_factory=dict)
+
+
+def collect_batches(model: onnx.ModelProto, data: str | os.PathLike | Mapping[str, np.ndarray], *,
+                    labels: str | os.PathLike | np.ndarray | None, batch_size: int, probes: Sequence[str],
+                    threads: int | None, progress: bool, native: bool | None, chunk_steps: int | None,
+                    memory_limit: int | None) -> Batches:
+    """Run ``model`` over ``data`` in one process (arguments as :func:`simulate`); the batches' results."""
     parts = None
     if chunk_steps is None:
         chunk_steps, parts = _auto_chunk(model, data, batch_size, memory_limit)
@@ -120,10 +169,9 @@ def simulate(
         outputs = [spec_of(vi) for vi in model.graph.output]
         probe_specs = [TensorSpec(name, np.dtype("float32"), None) for name in dict.fromkeys(probes)]
         _, batch_axes = _infer_types_and_batch_axes(model, run.inputs)  # the whole run's sample axes
-        result = _result(run.tensors, run.spike_sums, run.batch_sizes, run.labels, run.samples, run.seconds,
-                         outputs, probe_specs, batch_axes, run.chunk_steps)
-        result.whole_sequence = run.whole_sequence if run.chunk_steps else {}
-        return result
+        return Batches(run.tensors, run.spike_sums, run.batch_sizes, run.labels, run.samples, run.seconds,
+                       outputs, probe_specs, batch_axes, run.chunk_steps,
+                       run.whole_sequence if run.chunk_steps else {})
     simulator = Simulator(model, probes=probes, threads=threads, native=native)
     dataset = load_dataset(data, simulator.inputs, labels)
     collected: dict[str, list[np.ndarray]] = {}
@@ -143,29 +191,30 @@ def simulate(
                 spike_sums[name][1] += count
             bar.update(stop - start)
     seconds = time.perf_counter() - started
-    return _result(collected, spike_sums, batch_sizes, dataset.labels, dataset.size, seconds, simulator.outputs,
-                   simulator.probes, simulator.batch_axes, None)
+    return Batches(collected, spike_sums, batch_sizes, dataset.labels, dataset.size, seconds, simulator.outputs,
+                   simulator.probes, simulator.batch_axes)
 
 
-def _result(collected: dict[str, list[np.ndarray]], spike_sums: Mapping[str, Sequence[float]],
-            batch_sizes: list[int], labels: np.ndarray | None, samples: int, seconds: float,
-            outputs: Sequence[TensorSpec], probes: Sequence[TensorSpec], batch_axes: Mapping[str, int],
-            chunk_steps: int | None) -> SimulationResult:
+def joined(batches: Batches) -> SimulationResult:
     """Join the batches' tensors and count accuracy and firing rates."""
-    joined = {}
-    for spec in [*outputs, *probes]:
-        preferred = batch_axes.get(spec.name, spec.batch_axis)
-        joined[spec.name] = _join(spec.name, collected[spec.name], preferred, batch_sizes)
+    tensors = {}
+    for spec in [*batches.outputs, *batches.probes]:
+        preferred = batches.batch_axes.get(spec.name, spec.batch_axis)
+        tensors[spec.name] = _join(spec.name, batches.tensors[spec.name], preferred, batches.batch_sizes)
     result = SimulationResult(
-        outputs={spec.name: joined[spec.name] for spec in outputs},
-        probes={spec.name: joined[spec.name] for spec in probes},
-        firing_rates={name: (total / count if count else 0.0) for name, (total, count) in spike_sums.items()},
-        samples=samples,
-        seconds=seconds,
-        chunk_steps=chunk_steps,
+        outputs={spec.name: tensors[spec.name] for spec in batches.outputs},
+        probes={spec.name: tensors[spec.name] for spec in batches.probes},
+        firing_rates={name: (total / count if count else 0.0) for name, (total, count) in batches.spike_sums.items()},
+        samples=batches.samples,
+        seconds=batches.seconds,
+        chunk_steps=batches.chunk_steps,
+        whole_sequence=dict(batches.whole_sequence),
     )
-    if labels is not None:
-        result.accuracy = accuracy(joined[outputs[0].name], labels, outputs[0])
+    if batches.labels is not None:
+        first = batches.outputs[0]
+        result.labels = batches.labels
+        result.predicted = predictions(tensors[first.name], first)
+        result.accuracy = accuracy(tensors[first.name], batches.labels, first)
     return result
 
 
@@ -174,40 +223,66 @@ def _auto_chunk(model: onnx.ModelProto, data: str | os.PathLike | Mapping[str, n
     """Steps per call when the whole sequence of a batch would not fit the memory budget, with
     the model's stepwise parts; ``(None, None)`` to run the whole sequence at once (also when the
     model has no stateful node or the data cannot be read here — the whole run reports why)."""
-    from hnnx import ops
     from hnnx.runtime.data import input_parts
+
+    if not _stateful(model):
+        return None, None
+    try:
+        specs = graph_inputs(model)
+        _, arrays = input_parts(data, specs, mmap=True)
+        samples = sum(int(np.shape(part[specs[0].name])[specs[0].batch_axis]) for part in arrays)
+        shapes = {spec.name: tuple(np.shape(arrays[0][spec.name])) for spec in specs}
+    except HnnxError:
+        return None, None
+    return chunk_for(model, shapes, samples, batch_size, memory_limit)
+
+
+def chunk_for(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], samples: int, batch_size: int,
+              memory_limit: int | None) -> tuple[int | None, object]:
+    """Steps per call for data whose (first file's) arrays have ``shapes`` and ``samples`` samples in
+    all (see :func:`_auto_chunk`), with the model's stepwise parts; ``(None, None)``: all at once."""
     from hnnx.runtime.stream import choose_chunk, symbols_of
     from hnnx.passes.stepwise import stepwise_parts
 
-    if not any(ops.declaration(n.op_type).state_spec(ops.declaration(n.op_type).view(n))
-               for n in ops.hnnx_nodes(model.graph) if n.op_type in ops.REGISTRY):
+    if not _stateful(model):
         return None, None
     try:
         parts = stepwise_parts(model)
-        specs = [spec_of(vi) for vi in model.graph.input if vi.name not in {i.name for i in model.graph.initializer}]
-        _, arrays = input_parts(data, specs, mmap=True)
+        specs = graph_inputs(model)
         steps = parts.steps
         for name in parts.time_inputs:
-            steps = int(np.shape(arrays[0][name])[0])
-        batch = min(batch_size, sum(int(np.shape(part[specs[0].name])[specs[0].batch_axis]) for part in arrays))
-        shapes = {spec.name: np.shape(arrays[0][spec.name]) for spec in specs}
+            steps = int(shapes[name][0])
+        batch = min(batch_size, samples)
         chunk = choose_chunk(parts, steps, symbols_of(parts, shapes, specs, batch), memory_limit) if steps else None
     except HnnxError:
         return None, None
     return chunk, parts
 
 
-def accuracy(output: np.ndarray, labels: np.ndarray, spec: TensorSpec | None = None) -> float:
-    """Fraction of samples whose arg-max over classes equals ``labels``.
+def _stateful(model: onnx.ModelProto) -> bool:
+    """Whether a node of ``model`` carries state from step to step (only those run in chunks)."""
+    from hnnx import ops
+
+    return any(ops.declaration(n.op_type).state_spec(ops.declaration(n.op_type).view(n))
+               for n in ops.hnnx_nodes(model.graph) if n.op_type in ops.REGISTRY)
+
+
+def predictions(output: np.ndarray, spec: TensorSpec | None = None) -> np.ndarray:
+    """The arg-max class of every sample ``[N]``.
 
     ``output``: ``[N, C]`` scores, or ``[T, N, C]`` for a time-major output (averaged over
     time, i.e. rate decoding).
     """
     scores = output.mean(axis=0) if spec is not None and is_time_major(spec.dims) else output
-    if scores.shape[0] != labels.shape[0]:
-        raise HnnxError(f"output {spec.name if spec else ''!r} has {scores.shape[0]} samples "
+    return scores.reshape(scores.shape[0], -1).argmax(axis=1)
+
+
+def accuracy(output: np.ndarray, labels: np.ndarray, spec: TensorSpec | None = None) -> float:
+    """Fraction of samples whose arg-max over classes (:func:`predictions`) equals ``labels``."""
+    predicted = predictions(output, spec)
+    if predicted.shape[0] != labels.shape[0]:
+        raise HnnxError(f"output {spec.name if spec else ''!r} has {predicted.shape[0]} samples "
                         f"but there are {labels.shape[0]} labels")
-    predicted = scores.reshape(scores.shape[0], -1).argmax(axis=1)
     return float((predicted == labels).mean())
 
 
