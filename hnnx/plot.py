@@ -65,7 +65,9 @@ def write_png(figure: Any, path: str | os.PathLike) -> Path:
 def is_spike_train(array: np.ndarray) -> bool:
     """Whether ``array`` is ``[T, N, ...]`` zeros and ones (a spike train of a layer)."""
     array = np.asarray(array)
-    return array.ndim >= 3 and array.size > 0 and array.dtype.kind in "biuf" and bool(np.all((array == 0) | (array == 1)))
+    if array.ndim < 3 or array.size == 0 or array.dtype.kind not in "biuf":
+        return False
+    return bool(np.all((array == 0) | (array == 1)))
 
 
 # --------------------------------------------------------------------------- figures

@@ -137,8 +137,14 @@ def test_iterables_and_bad_worker_options_are_refused_before_any_worker_starts()
         hnnx.simulate(model, digits(8), workers=0)
 
 
-def test_ray_without_the_package_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ray_without_the_package_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails
+    np.savez(tmp_path / "digits.npz", **digits(8))
 
     with pytest.raises(HnnxError, match=r"running on Ray needs the ray package: pip install 'hnnx\[ray\]'"):
         hnnx.simulate(models.path("hybrid_a2s"), digits(8), ray=True)
+    # --ray takes an optional address: the model path after it is still MODEL
+    run = CliRunner().invoke(main, ["simulate", "--ray", str(models.path("hybrid_a2s")), "-i",
+                                    str(tmp_path / "digits.npz")])
+    assert run.exit_code == 2
+    assert run.output == "hnnx: error: running on Ray needs the ray package: pip install 'hnnx[ray]'\n"

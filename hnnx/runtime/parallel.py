@@ -147,7 +147,10 @@ def run_shards(function: Callable[[Any, Any, Shard], Result], common: Any, paylo
     run = _run_on_ray if workers.ray else _run_locally
     total = sum(shard.stop - shard.start for shard in shards)
     with tqdm(total=total, unit="sample", disable=not progress, leave=False) as bar:
-        return run(function, common, payloads, shards, workers, failures, lambda shard: bar.update(shard.stop - shard.start))
+        def done(shard: Shard) -> None:
+            bar.update(shard.stop - shard.start)
+
+        return run(function, common, payloads, shards, workers, failures, done)
 
 
 # --------------------------------------------------------------------------- faults
@@ -160,7 +163,8 @@ def _injected_failures() -> tuple[int, int] | None:
         shard, _, tries = text.partition(":")
         parsed = int(shard), int(tries or 1)
     except ValueError:
-        raise HnnxError(f"{FAIL_SHARD_ENV}={text!r}: give a shard number, optionally ':' and a number of tries") from None
+        raise HnnxError(f"{FAIL_SHARD_ENV}={text!r}: give a shard number, optionally ':' and a number of "
+                        f"tries") from None
     return parsed
 
 
@@ -262,6 +266,16 @@ def _run_locally(function: Callable[..., Any], common: Any, payloads: Sequence[A
         for worker, _, _ in busy.values():
             worker.stop()
     return [results[shard.index] for shard in shards]
+
+
+def stop_workers() -> int:
+    """Stop the local worker processes kept between runs (they hold memory while idle); returns how
+    many were stopped. The next run starts new ones."""
+    stopped = 0
+    while _IDLE:
+        _IDLE.pop().stop()
+        stopped += 1
+    return stopped
 
 
 def _idle_worker() -> _LocalWorker:
@@ -386,7 +400,8 @@ def mapped_shard(source: str, inputs: Sequence[TensorSpec], start: int, stop: in
 def _window(stored: StoredArray, spec: TensorSpec, where: str, low: int, high: int, stream: bool) -> np.ndarray:
     """Samples ``low:high`` of input ``spec``'s array ``stored``: with ``stream``, a memory-mapped view of
     an uncompressed C-ordered time-major array; else the slice read into memory and validated."""
-    if stream and is_time_major(spec.dims) and not (stored.compressed or stored.fortran or math.prod(stored.shape) == 0):
+    mappable = not (stored.compressed or stored.fortran or math.prod(stored.shape) == 0)
+    if stream and mappable and is_time_major(spec.dims):
         mapped = np.memmap(stored.path, dtype=stored.dtype, mode="r", offset=stored.offset, shape=stored.shape)
         return mapped[:, low:high]
     return validate_array(stored.read(spec.batch_axis, low, high), spec, where, first_sample=low)
@@ -471,4 +486,4 @@ def _simulate_shard(common: tuple[bytes, dict[str, Any]], payload: tuple[Any, np
 
 
 __all__ = ["FAIL_SHARD_ENV", "Shard", "WorkerError", "WorkerWarning", "Workers", "connect_ray", "mapped_shard",
-           "plan_workers", "run_shards", "shard_payloads", "shard_ranges", "simulate_parallel"]
+           "plan_workers", "run_shards", "shard_payloads", "shard_ranges", "simulate_parallel", "stop_workers"]
