@@ -57,23 +57,12 @@ def build_model(path: Path) -> None:
     import hnnx.frontends.torch as hnn
 
     torch.manual_seed(0)
-
-    class EventNet(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv1 = hnn.TimeFold(nn.Conv2d(2, 16, 3, stride=2, padding=1))
-            self.lif1 = hnn.LIF(threshold=0.5, alpha=0.9)
-            self.conv2 = hnn.TimeFold(nn.Conv2d(16, 32, 3, stride=2, padding=1))
-            self.lif2 = hnn.LIF(threshold=0.5, alpha=0.9)
-            self.readout = hnn.TimeFold(nn.Sequential(nn.Flatten(), nn.Linear(32 * (SIDE // 4) ** 2, 10)))
-            self.mean = hnn.S2A(decoding="global")
-
-        def forward(self, events: torch.Tensor) -> torch.Tensor:
-            return self.mean(self.readout(self.lif2(self.conv2(self.lif1(self.conv1(events))))))
-
-    net = EventNet()
+    net = nn.Sequential(
+        hnn.TimeFold(nn.Conv2d(2, 16, 3, stride=2, padding=1)), hnn.LIF(threshold=0.5, alpha=0.9),
+        hnn.TimeFold(nn.Conv2d(16, 32, 3, stride=2, padding=1)), hnn.LIF(threshold=0.5, alpha=0.9),
+        hnn.TimeFold(nn.Sequential(nn.Flatten(), nn.Linear(32 * (SIDE // 4) ** 2, 10))), hnn.S2A(decoding="global"))
     with torch.no_grad():  # a stronger first layer, so that both layers fire on sparse events
-        net.conv1.module.weight.mul_(4.0)
+        net[0].module.weight.mul_(4.0)
     example = (torch.rand(STEPS, 2, 2, SIDE, SIDE) < EVENT_RATE).float()
     hnn.export(net, (example,), path, input_names=["events"], output_names=["scores"])
 
