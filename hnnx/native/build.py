@@ -30,7 +30,8 @@ from hnnx.native import NativeBuildError, native_cache_dir, run_tool
 from hnnx.native.headers import HEADER_FILES, Headers
 
 LIBRARY_NAME = "libhnnx_ops.so"
-SOURCE_FILES = ("hnnx_ops.cc", "lif_kernel.h")
+SOURCE_FILES = ("hnnx_ops.cc", "ort_support.h", "lif_kernel.h", "lif_op.h", "hybrid_kernels.h", "hybrid_ops.h",
+                "spike_layers.h", "spike_layer_ops.h")
 PACKAGED_SOURCE_DIR = Path(__file__).parent / "custom_ops"
 """The sources as installed package data (in a source checkout, a link to ``custom_ops/``)."""
 CHECKOUT_SOURCE_DIR = Path(__file__).resolve().parents[2] / "custom_ops"

@@ -38,17 +38,20 @@ from hnnx.ops.hybrid import A2S, S2A, S2AState
 from hnnx.ops.integrator import LI, Integrator
 from hnnx.ops.lif import LIF, LIFState
 from hnnx.ops.quant import Requantize
+from hnnx.ops.spike_layers import SpikeConv, SpikeMatMul
 
 __all__ = [
     "DOMAIN", "OPSET_VERSION", "ONNX_OPSET", "IR_VERSION", "REGISTRY", "OpDeclaration", "NodeView",
     "TIME_MAJOR", "NO_TIME", "SAME_TIME", "LIFState", "S2AState", "StateSpec", "view_of",
     "LIF", "CubaLIF", "LI", "Integrator", "Fire", "A2S", "S2A", "Requantize", "make_node", "attach_functions", "register_schemas", "reference_ops",
     "run_reference", "declaration", "hnnx_nodes", "op_summary_markdown", "op_reference_markdown",
+    "SpikeMatMul", "SpikeConv",
 ]
 
 REGISTRY: dict[str, type[OpDeclaration]] = {decl.name: decl for decl in (LIF, CubaLIF, LI, Integrator, Fire, A2S,
                                                                            S2A, Requantize)}
 """Every hnnx op declaration by op type."""
+REGISTRY.update({decl.name: decl for decl in (SpikeMatMul, SpikeConv)})  # spike-input layers
 
 
 def declaration(op_type: str) -> type[OpDeclaration]:

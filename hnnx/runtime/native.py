@@ -1,9 +1,11 @@
-"""The native fast path at run time: find, load, self-test and register the ``hnnx.LIF`` kernel.
+"""The native fast path at run time: find, load, self-test and register the native hnnx kernels.
 
 Models always carry their function bodies and run anywhere. When the C++ onnxruntime
 custom-op library built from ``custom_ops/`` is registered in a session, onnxruntime runs
-its fused kernel for ``hnnx.LIF`` nodes instead of inlining their bodies; the results are
-bit-identical.
+its kernels for the ops of :data:`NATIVE_OPS` instead of inlining their bodies: the fused
+``hnnx.LIF``, the hybrid units ``hnnx.A2S``/``hnnx.S2A`` (bit-identical to their bodies) and
+the event-driven spike-input layers ``hnnx.SpikeMatMul``/``hnnx.SpikeConv`` (bit-identical to
+their numpy references; integer ones also to their dense bodies).
 
 How the library comes to be (all cached, nothing needs a network after the headers exist):
 
@@ -44,6 +46,10 @@ from hnnx.native import NativeBuildError, cache_dir
 
 if TYPE_CHECKING:
     import onnx
+
+NATIVE_OPS = ("LIF", "A2S", "S2A", "SpikeMatMul", "SpikeConv")
+"""The hnnx ops the native library has kernels for."""
+
 
 class NativeKernelWarning(UserWarning):
     """hnnx falls back to function bodies because the native kernels are unavailable."""
@@ -86,13 +92,22 @@ def runtime_api_version() -> int:
 # --------------------------------------------------------------------------- check
 def lif_calls(library: Path) -> int:
     """How many times the library's LIF kernel has run in this process."""
+    return kernel_calls(library, "LIF")
+
+
+def kernel_calls(library: Path, op: str) -> int:
+    """How many times the library's kernel of hnnx op ``op`` (one of :data:`NATIVE_OPS`) has run in
+    this process."""
     handle = ctypes.CDLL(str(library))  # the same handle onnxruntime opened: dlopen is refcounted
-    handle.hnnx_native_lif_calls.restype = ctypes.c_uint64
-    return int(handle.hnnx_native_lif_calls())
+    handle.hnnx_native_calls.restype = ctypes.c_uint64
+    handle.hnnx_native_calls.argtypes = [ctypes.c_char_p]
+    return int(handle.hnnx_native_calls(op.encode()))
 
 
 def _probe_model() -> tuple["onnx.ModelProto", dict[str, np.ndarray]]:
-    """Two LIF nodes touching every part of the equations, float and integer, with feeds."""
+    """Nodes of every native op touching their variants (LIF float and integer; A2S rate coding
+    in calls and integer; S2A streaming windows and integer global; spike-input layers float and
+    integer, whose outputs are exact here: dyadic float values), with feeds."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -104,46 +119,74 @@ def _probe_model() -> tuple["onnx.ModelProto", dict[str, np.ndarray]]:
                       theta_alpha=0.5, theta_beta=0.03125, theta_increment=0.25),
         ops.make_node("LIF", ["xi"], ["si", "vi"], name="integer_probe", mode="integer", state_bits=12,
                       threshold=300, reset_mode="soft_constant", reset_decrement=200, alpha=200 / 256, beta=-3),
+        ops.make_node("A2S", ["v", "", "", "offset", "count"], ["coded", "end"], name="a2s_probe", steps=9,
+                      coding="rate", seed=77, activation="relu"),
+        ops.make_node("A2S", ["pixels"], ["coded_i"], name="a2s_integer_probe", steps=5, coding="rate",
+                      mode="integer", seed=3),
+        ops.make_node("S2A", ["s", "", "", "buffer0", "filled0"], ["rates", "buffer", "filled"], name="s2a_probe",
+                      window=4, kernel=3, stride=1),
+        ops.make_node("S2A", ["si"], ["counts"], name="s2a_integer_probe", decoding="global", mode="integer"),
+        ops.make_node("SpikeMatMul", ["s", "w", "b"], ["dense"], name="matmul_probe"),
+        ops.make_node("SpikeConv", ["planes", "k", "kb"], ["conv"], name="conv_probe", mode="integer", pad_top=1,
+                      pad_left=1, pad_bottom=1, pad_right=1, stride_w=2),
     ]
     rng = np.random.default_rng(5)
     feeds = {"x": rng.normal(0.3, 0.6, (9, 3, 70)).astype(np.float32),
              "v0": rng.normal(0.0, 0.3, 70).astype(np.float32),
              "r0": rng.integers(-1, 3, (3, 70)).astype(np.int32),
-             "xi": rng.integers(-600, 2000, (9, 3, 70)).astype(np.int32)}
-    f, i = TensorProto.FLOAT, TensorProto.INT32
+             "xi": rng.integers(-600, 2000, (9, 3, 70)).astype(np.int32),
+             "offset": np.array(2, np.int64), "count": np.array(6, np.int64),
+             "pixels": rng.integers(-128, 128, (3, 2, 9)).astype(np.int8),
+             "buffer0": rng.integers(0, 2, (4, 3, 70)).astype(np.float32), "filled0": np.array(3, np.int64),
+             "w": (rng.integers(-64, 65, (70, 11)) / 64).astype(np.float32),
+             "b": (rng.integers(-64, 65, 11) / 64).astype(np.float32),
+             "planes": rng.integers(0, 2, (4, 6, 5, 7)).astype(np.int8),
+             "k": rng.integers(-128, 128, (5, 6, 3, 3)).astype(np.int8),
+             "kb": rng.integers(-1000, 1000, 5).astype(np.int32)}
+    elem = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int32): TensorProto.INT32,
+            np.dtype(np.int64): TensorProto.INT64, np.dtype(np.int8): TensorProto.INT8}
+    produced = [name for node in nodes for name in node.output]
     graph = helper.make_graph(
         nodes, "hnnx_native_probe",
-        [helper.make_tensor_value_info(name, i if value.dtype == np.int32 else f, value.shape)
-         for name, value in feeds.items()],
-        [helper.make_tensor_value_info(name, elem, None)
-         for name, elem in (("s", f), ("v", f), ("theta", f), ("r", i), ("si", i), ("vi", i))])
+        [helper.make_tensor_value_info(name, elem[value.dtype], value.shape) for name, value in feeds.items()],
+        [helper.make_tensor_value_info(name, TensorProto.UNDEFINED, None) for name in produced])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ops.ONNX_OPSET)])
-    return ops.attach_functions(model), feeds
+    ops.attach_functions(model)
+    inferred = onnx.shape_inference.infer_shapes(model)  # typed outputs
+    typed = {vi.name: vi for vi in inferred.graph.output}
+    del model.graph.output[:]
+    model.graph.output.extend(typed[name] for name in produced)
+    return model, feeds
 
 
 def self_test(library: Path) -> None:
     """Register ``library`` in a session, run the probe model natively and through the
-    function bodies, and require that the native kernel ran and agreed bit for bit.
+    function bodies, and require that every native kernel ran and agreed bit for bit.
 
     Raises NativeBuildError (e.g. when this onnxruntime lacks the library's C API).
     """
+    from hnnx import ops
+
     model, feeds = _probe_model()
     data = model.SerializeToString()
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    expected = {op: sum(node.op_type == op for node in ops.hnnx_nodes(model.graph)) for op in NATIVE_OPS}
     try:
         options.register_custom_ops_library(str(library))
         native_session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-        before = lif_calls(library)
+        before = {op: kernel_calls(library, op) for op in NATIVE_OPS}
         native = native_session.run(None, feeds)
-        ran = lif_calls(library) - before
+        ran = {op: kernel_calls(library, op) - before[op] for op in NATIVE_OPS}
     except Exception as exc:  # onnxruntime raises its own exception types
         text = str(exc).strip().splitlines()
         raise NativeBuildError(f"onnxruntime {ort.__version__} cannot use the library: "
                                f"{text[0] if text else type(exc).__name__}") from None
     reference = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)
-    if ran != 2:
-        raise NativeBuildError(f"onnxruntime ran the function bodies, not the native kernel ({ran} of 2 nodes)")
+    for op, count in expected.items():
+        if ran[op] != count:
+            raise NativeBuildError(f"onnxruntime ran the function bodies, not the native {op} kernel "
+                                   f"({ran[op]} of {count} nodes)")
     for name, a, b in zip([o.name for o in model.graph.output], native, reference):
         if a.dtype != b.dtype or a.shape != b.shape or not np.array_equal(a, b):
             raise NativeBuildError(f"self-test: native output {name!r} differs from the function body")
@@ -239,6 +282,7 @@ def describe(current: NativeStatus) -> list[str]:
     if current.active:
         lines.append("hnnx.LIF runs on: the native fused kernel (function bodies stay in every model as the "
                      "portable path)")
+        lines.append(f"native kernels for: {', '.join('hnnx.' + op for op in NATIVE_OPS)}")
     else:
         lines.append("hnnx.LIF runs on: the ONNX function bodies (Scan of standard ops)")
     return lines

@@ -1,0 +1,559 @@
+// hnnx.SpikeMatMul and hnnx.SpikeConv — event-driven spike-input layers, free of onnxruntime types.
+//
+// A row of spikes (a sample at a step) has few active inputs; these kernels gather them once
+// (`gather_row`, `gather_pixels`) and add only their weight rows, in the order of the ops'
+// definitions (hnnx/ops/spike_layers.py), so float results equal the numpy reference bit for bit
+// when compiled without floating-point contraction:
+//
+//   SpikeMatMul  y[r, m] = (Σ over active i ascending of x[r, i]·W[i, m]) + b[m]
+//   SpikeConv    y[b, m, oy, ox] = (Σ over ky, kx ascending, active c ascending of
+//                                   x[b, c, iy, ix]·W[m, c, ky, kx]) + b[m]
+//
+// sums starting at +0. Skipping inputs that are 0 is exact for finite weights (a ±0 term leaves
+// a sum that is never −0 unchanged); a layer with a non-finite weight counts every input.
+//
+// Weights are laid out once (`DenseLayout`, `ConvLayout`) as column tiles of `width` outputs
+// (8 to 64 lanes): tile[input][lane], so one active input adds one contiguous run of lanes, and
+// the tile of a dense layer fits the L2 cache. The sums of several rows (dense) or the lanes
+// of a tile (conv) are independent chains, which keeps the adders busy although each sum is
+// sequential. Integer mode keeps the weights int8 (a quarter of the memory traffic), widens
+// them on load and sums exactly in uint32 lanes, wrapping as int32 arithmetic does. The work
+// is bound by loading weight rows: one 64-byte line per active input and 16 float (64 int8)
+// outputs.
+
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+namespace hnnx {
+namespace spike {
+
+constexpr size_t kLanes = 8;
+typedef float FloatLanes __attribute__((vector_size(32)));
+typedef uint32_t WordLanes __attribute__((vector_size(32)));
+
+// The accumulator of an input type: float32 for float inputs, uint32 (wrapping) for int8 inputs.
+template <typename X>
+using Acc = std::conditional_t<std::is_same_v<X, float>, float, uint32_t>;
+// The output element: float32, or int32 for int8 inputs.
+template <typename X>
+using Out = std::conditional_t<std::is_same_v<X, float>, float, int32_t>;
+
+template <typename X>
+using Lanes = std::conditional_t<std::is_same_v<X, float>, FloatLanes, WordLanes>;
+
+// Eight weights as accumulator lanes: float32 as they are, int8 sign-extended (vpmovsxbd).
+template <typename X>
+inline Lanes<X> load_lanes(const X* p) {
+  if constexpr (std::is_same_v<X, float>) {
+    FloatLanes v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  } else {
+#if defined(__AVX2__)
+    // GCC turns a generic int8 → int32 vector conversion into scalar code: say vpmovsxbd.
+    const __m256i wide = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+    WordLanes v;
+    std::memcpy(&v, &wide, sizeof v);
+    return v;
+#else
+    WordLanes v;
+    for (size_t lane = 0; lane < kLanes; ++lane) v[lane] = static_cast<uint32_t>(static_cast<int32_t>(p[lane]));
+    return v;
+#endif
+  }
+}
+
+// a in every lane (a − (+0) is a exactly, −0 included: a broadcast).
+template <typename X>
+inline Lanes<X> splat(Acc<X> a) {
+  return a - Lanes<X>{};
+}
+
+// An input value as an accumulator operand (int8 sign-extended, then as uint32 bits).
+template <typename X>
+inline Acc<X> widen(X x) {
+  if constexpr (std::is_same_v<X, float>) {
+    return x;
+  } else {
+    return static_cast<uint32_t>(static_cast<int32_t>(x));
+  }
+}
+
+// sum + bias as the output type (integer: wrapping int32 addition).
+template <typename X>
+inline Out<X> finish(Acc<X> sum, const Out<X>* bias, size_t m) {
+  if constexpr (std::is_same_v<X, float>) {
+    return bias ? sum + bias[m] : sum;
+  } else {
+    return static_cast<int32_t>(bias ? sum + static_cast<uint32_t>(bias[m]) : sum);
+  }
+}
+
+template <typename X>
+inline bool active(X x) {
+  return x != X(0);  // float −0 is inactive, NaN active
+}
+
+// ----------------------------------------------------------------------------- dense
+// The active inputs of one row (a sample at a step): indices ascending, their values, and
+// whether every value is 1 (spikes: the weights are added without a multiplication).
+template <typename X>
+struct EventRow {
+  const uint32_t* index = nullptr;
+  const Acc<X>* value = nullptr;
+  size_t count = 0;
+  bool unit = true;
+};
+
+// The active inputs among x[0 .. n), n ≤ 64, as a bit mask (bit i: x[i] active).
+template <typename X>
+inline uint64_t active_mask(const X* x, size_t n) {
+#if defined(__AVX2__)
+  if (n == 64) {
+    if constexpr (std::is_same_v<X, float>) {
+      uint64_t mask = 0;
+      for (int k = 0; k < 8; ++k) {
+        const __m256 zero = _mm256_setzero_ps();
+        const __m256 v = _mm256_loadu_ps(x + 8 * k);
+        mask |= static_cast<uint64_t>(_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_NEQ_UQ))) << (8 * k);
+      }
+      return mask;  // NEQ_UQ: NaN counts as active, −0 as inactive (x != 0)
+    } else {
+      uint64_t mask = 0;
+      for (int k = 0; k < 2; ++k) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32 * k));
+        const auto zero = static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_cmpeq_epi8(v, _mm256_setzero_si256())));
+        mask |= static_cast<uint64_t>(~zero) << (32 * k);
+      }
+      return mask;
+    }
+  }
+#endif
+  uint64_t mask = 0;
+  for (size_t i = 0; i < n; ++i) mask |= static_cast<uint64_t>(active(x[i])) << i;
+  return mask;
+}
+
+// Gather the active inputs of x[0 .. k) into index/value (room for k each). `every`: count
+// every input (a non-finite weight: skipping would drop 0·inf = NaN).
+template <typename X>
+EventRow<X> gather_row(const X* x, size_t k, bool every, uint32_t* index, Acc<X>* value) {
+  size_t n = 0;
+  uint32_t not_unit = 0;  // some active value is not 1
+  for (size_t i = 0; i < k; ++i) not_unit |= static_cast<uint32_t>((active(x[i]) | every) & (x[i] != X(1)));
+  for (size_t base = 0; base < k; base += 64) {
+    const size_t span = std::min<size_t>(64, k - base);
+    uint64_t bits = every ? (span == 64 ? ~uint64_t{0} : (uint64_t{1} << span) - 1) : active_mask(x + base, span);
+    while (bits) {
+      const size_t i = base + static_cast<size_t>(__builtin_ctzll(bits));
+      bits &= bits - 1;
+      index[n] = static_cast<uint32_t>(i);
+      value[n] = widen(x[i]);
+      ++n;
+    }
+  }
+  return {index, value, n, not_unit == 0};
+}
+
+// Weights [K, M] as tiles of `width` columns: tile t holds W[i, t·width + lane] at
+// [t][i][lane], zero past column M, in the input type (int8 stays int8).
+template <typename X>
+struct DenseLayout {
+  size_t inputs = 0, outputs = 0, width = 0, tiles = 0;
+  std::vector<X> data;  // [tiles][inputs][width]
+  bool finite = true;   // float: every weight finite (zero inputs may be skipped)
+
+  const X* tile(size_t t) const { return data.data() + t * inputs * width; }
+};
+
+// The tile width: as wide as fits 256 KiB per tile (L2-resident while every row passes over it),
+// at most 64 lanes and no wider than the outputs need.
+inline size_t dense_tile_width(size_t inputs, size_t outputs, size_t bytes) {
+  size_t width = 64;
+  while (width > kLanes && (width * inputs * bytes > (size_t{256} << 10) || width >= outputs + kLanes)) width /= 2;
+  return width;
+}
+
+template <typename X>
+DenseLayout<X> lay_out_dense(const X* weight, size_t inputs, size_t outputs) {
+  DenseLayout<X> layout;
+  layout.inputs = inputs;
+  layout.outputs = outputs;
+  layout.width = dense_tile_width(inputs, outputs, sizeof(X));
+  layout.tiles = (outputs + layout.width - 1) / layout.width;
+  layout.data.assign(layout.tiles * inputs * layout.width, X(0));
+  for (size_t i = 0; i < inputs; ++i) {
+    for (size_t m = 0; m < outputs; ++m) {
+      const X w = weight[i * outputs + m];
+      if constexpr (std::is_same_v<X, float>) layout.finite = layout.finite && std::isfinite(w);
+      layout.data[((m / layout.width) * inputs + i) * layout.width + m % layout.width] = w;
+    }
+  }
+  return layout;
+}
+
+// Sum the tile's weight rows of the events of RI rows at once, NV lane vectors per row: the
+// RI·NV sums are independent, so the adders' latency overlaps. Rows share the loop while all
+// have events left (rows come grouped by similar counts); the rest of each row runs alone.
+// out: [RI][NV·8].
+template <typename X, int NV, int RI, bool UNIT>
+void accumulate_rows(const X* tile, const EventRow<X>* const* rows, Acc<X>* out) {
+  using V = Lanes<X>;
+  constexpr size_t width = NV * kLanes;
+  V acc[RI][NV];
+  for (int r = 0; r < RI; ++r) {
+    for (int v = 0; v < NV; ++v) acc[r][v] = V{};  // +0
+  }
+  size_t common = rows[0]->count;
+  for (int r = 1; r < RI; ++r) common = std::min(common, rows[r]->count);
+  auto add = [&](int r, size_t j) {
+    const X* w = tile + static_cast<size_t>(rows[r]->index[j]) * width;
+    if constexpr (UNIT) {
+      for (int v = 0; v < NV; ++v) acc[r][v] += load_lanes(w + v * kLanes);
+    } else {
+      const V s = splat<X>(rows[r]->value[j]);
+      for (int v = 0; v < NV; ++v) acc[r][v] += s * load_lanes(w + v * kLanes);  // product, then sum
+    }
+  };
+  for (size_t j = 0; j < common; ++j) {
+    for (int r = 0; r < RI; ++r) add(r, j);
+  }
+  for (int r = 0; r < RI; ++r) {
+    for (size_t j = common; j < rows[r]->count; ++j) add(r, j);
+  }
+  for (int r = 0; r < RI; ++r) std::memcpy(out + r * width, acc[r], sizeof acc[r]);
+}
+
+// Rows order[r0 … r1) (row numbers, grouped by similar event counts) against tile t:
+// y[row, t·width + lane] = sum + bias.
+template <typename X, int NV>
+void dense_tile_rows(const DenseLayout<X>& layout, size_t t, const EventRow<X>* rows, const uint32_t* order,
+                     size_t r0, size_t r1, const Out<X>* bias, Out<X>* y) {
+  using A = Acc<X>;
+  constexpr int RI = 8 / NV;  // 8 independent vector sums in flight
+  constexpr size_t width = NV * kLanes;
+  alignas(64) A sums[RI * width];
+  const X* tile = layout.tile(t);
+  const size_t m0 = t * width;
+  const size_t lanes = std::min(width, layout.outputs - m0);
+  auto write = [&](size_t row, const A* sum) {
+    Out<X>* out = y + row * layout.outputs + m0;
+    for (size_t lane = 0; lane < lanes; ++lane) out[lane] = finish<X>(sum[lane], bias, m0 + lane);
+  };
+  // Bring the tile into the cache in order (the hardware prefetcher streams it) rather than line
+  // by line as random events first touch it.
+  const char* bytes = reinterpret_cast<const char*>(tile);
+  for (size_t b = 0; b < layout.inputs * width * sizeof(X); b += 64) __builtin_prefetch(bytes + b, 0, 2);
+  const EventRow<X>* group[RI];
+  size_t r = r0;
+  for (; r + RI <= r1; r += RI) {
+    bool unit = true;
+    for (int k = 0; k < RI; ++k) {
+      group[k] = rows + order[r + k];
+      unit = unit && group[k]->unit;
+    }
+    if (unit) {
+      accumulate_rows<X, NV, RI, true>(tile, group, sums);
+    } else {
+      accumulate_rows<X, NV, RI, false>(tile, group, sums);
+    }
+    for (int k = 0; k < RI; ++k) write(order[r + k], sums + k * width);
+  }
+  for (; r < r1; ++r) {
+    group[0] = rows + order[r];
+    if (group[0]->unit) {
+      accumulate_rows<X, NV, 1, true>(tile, group, sums);
+    } else {
+      accumulate_rows<X, NV, 1, false>(tile, group, sums);
+    }
+    write(order[r], sums);
+  }
+}
+
+template <typename X>
+void dense_rows(const DenseLayout<X>& layout, size_t t, const EventRow<X>* rows, const uint32_t* order, size_t r0,
+                size_t r1, const Out<X>* bias, Out<X>* y) {
+  switch (layout.width / kLanes) {
+    case 1:
+      return dense_tile_rows<X, 1>(layout, t, rows, order, r0, r1, bias, y);
+    case 2:
+      return dense_tile_rows<X, 2>(layout, t, rows, order, r0, r1, bias, y);
+    case 4:
+      return dense_tile_rows<X, 4>(layout, t, rows, order, r0, r1, bias, y);
+    default:
+      return dense_tile_rows<X, 8>(layout, t, rows, order, r0, r1, bias, y);
+  }
+}
+
+// ----------------------------------------------------------------------------- convolution
+struct ConvGeometry {
+  size_t channels = 0, height = 0, width = 0;           // input C, H, W
+  size_t outputs = 0, kernel_h = 0, kernel_w = 0;       // M, kh, kw
+  size_t groups = 1, per_group = 0, out_per_group = 0;  // C / groups, M / groups
+  size_t out_h = 0, out_w = 0;
+  int64_t stride_h = 1, stride_w = 1, pad_top = 0, pad_left = 0, dilation_h = 1, dilation_w = 1;
+
+  size_t pixels() const { return height * width; }
+};
+
+// Weights [M, C/g, kh, kw] as tiles of `width` outputs of a group: tile (g, t) holds
+// W[g·Mg + t·width + lane, c, ky, kx] at [ky][kx][c][lane], zero past the group's outputs, in
+// the input type; row C/g of every kernel position is all zeros (the padding of event lists).
+template <typename X>
+struct ConvLayout {
+  size_t width = 0, tiles = 0;  // per group
+  size_t rows = 0;              // weight rows per kernel position: C/g + the zero row
+  size_t tile_size = 0;         // kh·kw·rows·width
+  std::vector<X> data;
+  bool finite = true;
+
+  const X* tile(size_t g, size_t t) const { return data.data() + (g * tiles + t) * tile_size; }
+};
+
+template <typename X>
+ConvLayout<X> lay_out_conv(const X* weight, const ConvGeometry& s) {
+  ConvLayout<X> layout;
+  // 1, 2, 4 or 8 lane vectors per output pixel: the fewest that hold the group's outputs.
+  size_t vectors = 1;
+  while (vectors < 8 && vectors * kLanes < s.out_per_group) vectors *= 2;
+  layout.width = vectors * kLanes;
+  layout.tiles = (s.out_per_group + layout.width - 1) / layout.width;
+  layout.rows = s.per_group + 1;
+  layout.tile_size = s.kernel_h * s.kernel_w * layout.rows * layout.width;
+  layout.data.assign(s.groups * layout.tiles * layout.tile_size, X(0));
+  for (size_t m = 0; m < s.outputs; ++m) {
+    const size_t g = m / s.out_per_group, local = m % s.out_per_group;
+    const size_t t = local / layout.width, lane = local % layout.width;
+    for (size_t c = 0; c < s.per_group; ++c) {
+      for (size_t ky = 0; ky < s.kernel_h; ++ky) {
+        for (size_t kx = 0; kx < s.kernel_w; ++kx) {
+          const X w = weight[((m * s.per_group + c) * s.kernel_h + ky) * s.kernel_w + kx];
+          if constexpr (std::is_same_v<X, float>) layout.finite = layout.finite && std::isfinite(w);
+          layout.data[(g * layout.tiles + t) * layout.tile_size +
+                      (((ky * s.kernel_w + kx) * layout.rows + c) * layout.width + lane)] = w;
+        }
+      }
+    }
+  }
+  return layout;
+}
+
+constexpr size_t kChunk = 8;  // event lists come in chunks of 8: loops of predictable length
+
+// The active channels of every pixel of one sample x [C, H, W], per group, ascending: those of
+// pixel p in group g are channel[start[p·G + g] …] in `chunks[p·G + g]` chunks of 8, padded with
+// the zero row C/g (adding its +0 leaves a sum unchanged), with their values (padding: 0).
+// Built from a bit mask of the active channels of each pixel (one vectorizable pass over x),
+// whose set bits are then listed pixel by pixel.
+template <typename X>
+struct PixelEvents {
+  std::vector<uint64_t> masks;  // [H·W][words]: bit c % 64 of word c / 64
+  std::vector<uint32_t> start, chunks;
+  std::vector<uint32_t> channel;
+  std::vector<Acc<X>> value;
+  bool unit = true;  // every active value is 1
+};
+
+template <typename X>
+void gather_pixels(const X* x, const ConvGeometry& s, bool every, PixelEvents<X>& events) {
+  const size_t pixels = s.pixels(), cells = pixels * s.groups, words = (s.channels + 63) / 64;
+  events.masks.assign(pixels * words, 0);
+  uint32_t not_unit = 0;  // some active value is not 1
+  for (size_t c = 0; c < s.channels; ++c) {
+    const X* __restrict plane = x + c * pixels;
+    uint64_t* __restrict word = events.masks.data() + c / 64;
+    const unsigned shift = static_cast<unsigned>(c % 64);
+    // Separate simple loops (no short circuits, no mixed reductions) vectorize.
+    if (words == 1) {
+      for (size_t p = 0; p < pixels; ++p) word[p] |= static_cast<uint64_t>(active(plane[p]) | every) << shift;
+    } else {
+      for (size_t p = 0; p < pixels; ++p) {
+        word[p * words] |= static_cast<uint64_t>(active(plane[p]) | every) << shift;
+      }
+    }
+    for (size_t p = 0; p < pixels; ++p) {
+      not_unit |= static_cast<uint32_t>((active(plane[p]) | every) & (plane[p] != X(1)));
+    }
+  }
+  const bool unit = not_unit == 0;
+  events.unit = unit;
+  events.start.resize(cells);
+  events.chunks.resize(cells);
+  const size_t room = (s.per_group + kChunk) * cells;  // the worst case: every channel, padded
+  if (events.channel.size() < room) {
+    events.channel.resize(room);
+    events.value.resize(room);
+  }
+  uint32_t* channel = events.channel.data();
+  Acc<X>* value = events.value.data();
+  const auto zero_row = static_cast<uint32_t>(s.per_group);
+  size_t n = 0;
+  for (size_t p = 0; p < pixels; ++p) {
+    const uint64_t* mask = events.masks.data() + p * words;
+    for (size_t g = 0; g < s.groups; ++g) {
+      const size_t first = n, c0 = g * s.per_group, c1 = c0 + s.per_group;
+      for (size_t w = c0 / 64; w * 64 < c1; ++w) {
+        uint64_t bits = mask[w];
+        if (w * 64 < c0) bits &= ~uint64_t{0} << (c0 - w * 64);
+        if (c1 < w * 64 + 64) bits &= ~(~uint64_t{0} << (c1 - w * 64));
+        while (bits) {
+          const size_t c = w * 64 + static_cast<size_t>(__builtin_ctzll(bits));
+          bits &= bits - 1;
+          channel[n] = static_cast<uint32_t>(c - c0);
+          value[n] = unit ? Acc<X>(1) : widen(x[c * pixels + p]);
+          ++n;
+        }
+      }
+      const size_t padded = first + (n - first + kChunk - 1) / kChunk * kChunk;
+      for (; n < padded; ++n) {
+        channel[n] = zero_row;
+        value[n] = Acc<X>(0);
+      }
+      events.start[p * s.groups + g] = static_cast<uint32_t>(first);
+      events.chunks[p * s.groups + g] = static_cast<uint32_t>((padded - first) / kChunk);
+    }
+  }
+}
+
+// Transpose 8 vectors of 8 lanes in place: v[k][l] ↔ v[l][k].
+template <typename V>
+inline void transpose8(V* v) {
+  typedef int32_t Index __attribute__((vector_size(32)));
+  V t[8], u[8];
+  for (int k = 0; k < 8; k += 2) {
+    t[k] = __builtin_shuffle(v[k], v[k + 1], Index{0, 8, 1, 9, 4, 12, 5, 13});
+    t[k + 1] = __builtin_shuffle(v[k], v[k + 1], Index{2, 10, 3, 11, 6, 14, 7, 15});
+  }
+  for (int k = 0; k < 8; k += 4) {
+    for (int h = 0; h < 2; ++h) {
+      u[k + 2 * h] = __builtin_shuffle(t[k + h], t[k + h + 2], Index{0, 1, 8, 9, 4, 5, 12, 13});
+      u[k + 2 * h + 1] = __builtin_shuffle(t[k + h], t[k + h + 2], Index{2, 3, 10, 11, 6, 7, 14, 15});
+    }
+  }
+  for (int k = 0; k < 4; ++k) {
+    v[k] = __builtin_shuffle(u[k], u[k + 4], Index{0, 1, 2, 3, 8, 9, 10, 11});
+    v[k + 4] = __builtin_shuffle(u[k], u[k + 4], Index{4, 5, 6, 7, 12, 13, 14, 15});
+  }
+}
+
+// Write a row of output pixels, row[ox][lane] (the sums), channel-major: y[m0 + lane][ox] =
+// sum + bias, for lanes < `lanes`; 8×8 blocks through transposes.
+template <typename X, size_t WIDTH>
+void write_row(const Acc<X>* row, size_t out_w, size_t lanes, size_t m0, size_t plane, const Out<X>* bias,
+               Out<X>* y) {
+  using V = Lanes<X>;
+  size_t ox = 0;
+  for (; ox + 8 <= out_w; ox += 8) {
+    for (size_t v = 0; v * kLanes < lanes; ++v) {
+      V block[8];
+      for (int k = 0; k < 8; ++k) std::memcpy(&block[k], row + (ox + k) * WIDTH + v * kLanes, sizeof(V));
+      transpose8(block);  // block[l] = lane v·8 + l of pixels ox … ox + 7
+      for (size_t l = 0; l < kLanes && v * kLanes + l < lanes; ++l) {
+        const size_t m = m0 + v * kLanes + l;
+        V sum = block[l];
+        if (bias) sum += splat<X>(static_cast<Acc<X>>(bias[m]));
+        std::memcpy(y + m * plane + ox, &sum, sizeof sum);
+      }
+    }
+  }
+  for (const Acc<X>* pixel = row + ox * WIDTH; ox < out_w; ++ox, pixel += WIDTH) {  // the last < 8 pixels
+    for (size_t lane = 0; lane < lanes; ++lane) y[(m0 + lane) * plane + ox] = finish<X>(pixel[lane], bias, m0 + lane);
+  }
+}
+
+// One sample: y [M, OH, OW] from its pixel events. For each output pixel and tile, NV lane
+// vectors sum over the kernel positions inside the input and the chunks of their active
+// channels, in the op's order; a row of output pixels is then written channel-major.
+template <typename X, int NV, bool UNIT>
+void conv_sample_tiles(const ConvLayout<X>& layout, const ConvGeometry& s, const PixelEvents<X>& events,
+                       const Out<X>* bias, Out<X>* y) {
+  using A = Acc<X>;
+  using V = Lanes<X>;
+  constexpr size_t width = NV * kLanes;
+  thread_local std::vector<A> row;
+  row.resize(s.out_w * width);
+  const size_t plane = s.out_h * s.out_w, position_size = layout.rows * width;
+  const uint32_t* channel = events.channel.data();
+  const A* value = events.value.data();
+  for (size_t g = 0; g < s.groups; ++g) {
+    for (size_t t = 0; t < layout.tiles; ++t) {
+      const X* tile = layout.tile(g, t);
+      const size_t m0 = g * s.out_per_group + t * width;
+      const size_t lanes = std::min(width, s.out_per_group - t * width);
+      for (size_t oy = 0; oy < s.out_h; ++oy) {
+        for (size_t ox = 0; ox < s.out_w; ++ox) {
+          V acc[NV];
+          for (int v = 0; v < NV; ++v) acc[v] = V{};  // +0
+          for (size_t ky = 0; ky < s.kernel_h; ++ky) {
+            const int64_t iy = static_cast<int64_t>(oy) * s.stride_h - s.pad_top + static_cast<int64_t>(ky) * s.dilation_h;
+            if (iy < 0 || iy >= static_cast<int64_t>(s.height)) continue;
+            for (size_t kx = 0; kx < s.kernel_w; ++kx) {
+              const int64_t ix =
+                  static_cast<int64_t>(ox) * s.stride_w - s.pad_left + static_cast<int64_t>(kx) * s.dilation_w;
+              if (ix < 0 || ix >= static_cast<int64_t>(s.width)) continue;
+              const size_t cell = (static_cast<size_t>(iy) * s.width + static_cast<size_t>(ix)) * s.groups + g;
+              const X* position = tile + (ky * s.kernel_w + kx) * position_size;
+              const uint32_t* list = channel + events.start[cell];
+              const A* values = value + events.start[cell];
+              for (uint32_t chunk = events.chunks[cell]; chunk > 0; --chunk, list += kChunk, values += kChunk) {
+                for (size_t e = 0; e < kChunk; ++e) {
+                  const X* w = position + static_cast<size_t>(list[e]) * width;
+                  if constexpr (UNIT) {
+                    for (int v = 0; v < NV; ++v) acc[v] += load_lanes(w + v * kLanes);
+                  } else {
+                    const V factor = splat<X>(values[e]);
+                    for (int v = 0; v < NV; ++v) acc[v] += factor * load_lanes(w + v * kLanes);
+                  }
+                }
+              }
+            }
+          }
+          std::memcpy(row.data() + ox * width, acc, sizeof acc);
+        }
+        write_row<X, width>(row.data(), s.out_w, lanes, m0, plane, bias, y + oy * s.out_w);
+      }
+    }
+  }
+}
+
+template <typename X, int NV>
+void conv_sample_unit(const ConvLayout<X>& layout, const ConvGeometry& s, const PixelEvents<X>& events,
+                      const Out<X>* bias, Out<X>* y) {
+  if (events.unit) {
+    conv_sample_tiles<X, NV, true>(layout, s, events, bias, y);
+  } else {
+    conv_sample_tiles<X, NV, false>(layout, s, events, bias, y);
+  }
+}
+
+// One sample x [C, H, W] → y [M, OH, OW].
+template <typename X>
+void conv_sample(const ConvLayout<X>& layout, const ConvGeometry& s, const X* x, bool every, const Out<X>* bias,
+                 Out<X>* y) {
+  thread_local PixelEvents<X> events;  // reused call after call: no allocation in steady state
+  gather_pixels(x, s, every, events);
+  switch (layout.width / kLanes) {
+    case 1:
+      return conv_sample_unit<X, 1>(layout, s, events, bias, y);
+    case 2:
+      return conv_sample_unit<X, 2>(layout, s, events, bias, y);
+    case 4:
+      return conv_sample_unit<X, 4>(layout, s, events, bias, y);
+    default:
+      return conv_sample_unit<X, 8>(layout, s, events, bias, y);
+  }
+}
+
+}  // namespace spike
+}  // namespace hnnx
