@@ -26,6 +26,7 @@ the model (an :class:`~hnnx.errors.HnnxError`) stops the run at once with that e
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import signal
@@ -195,6 +196,10 @@ class _LocalWorker:
         self.process = context.Process(target=_serve, args=(child_end,), name="hnnx-worker", daemon=True)
         self.process.start()
         child_end.close()  # the child holds the only other end: its death closes the pipe
+        global _EXIT_HOOK_REGISTERED
+        if not _EXIT_HOOK_REGISTERED:
+            atexit.register(_stop_idle_at_exit)
+            _EXIT_HOOK_REGISTERED = True
 
     def alive(self) -> bool:
         return self.process.is_alive() and not self.connection.closed
@@ -208,6 +213,20 @@ class _LocalWorker:
 
 _IDLE: list[_LocalWorker] = []
 """Worker processes between runs."""
+_EXIT_HOOK_REGISTERED = False
+"""Whether :func:`_stop_idle_at_exit` runs when this process ends (registered with the first worker)."""
+
+
+def _stop_idle_at_exit() -> None:
+    """Let the kept workers end as processes do (closing their pipe ends their loop), so that what
+    they hold is released by them rather than left to the interpreter's kill of daemon processes."""
+    for worker in _IDLE:
+        worker.connection.close()
+    for worker in _IDLE:
+        worker.process.join(timeout=5)
+        if worker.process.is_alive():
+            worker.process.kill()
+    _IDLE.clear()
 
 
 def _serve(connection: Any) -> None:
