@@ -100,6 +100,8 @@ def inspect(model: Path) -> None:
         click.echo(f"    inputs:  {', '.join(name or '-' for name in node.input)}")
         click.echo(f"    outputs: {', '.join(name or '-' for name in node.output)}")
         for key, value in view.attrs.items():
+            if isinstance(value, onnx.GraphProto):  # a custom neuron's step: its ops in order
+                value = f"graph of {len(value.node)} nodes: " + ", ".join(n.op_type for n in value.node)
             if value is not None:
                 click.echo(f"    {key} = {value}")
 

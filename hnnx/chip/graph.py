@@ -532,6 +532,19 @@ class _Builder:
         attrs = {k: v for k, v in view.attrs.items() if v is not None and k not in ("surrogate", "surrogate_width")}
         self.stage_on(node, x, {"op": "lif", "attrs": attrs, "node": view.name}, np.dtype(np.int32))
 
+    def on_Neuron(self, node: onnx.NodeProto) -> None:
+        """A custom neuron maps when its step is an ``hnnx.LIF`` (what the soma computes); otherwise
+        the error names the first operation of its step that the soma cannot compute."""
+        view = ops.Neuron.view(node)
+        if any(view.inputs[1:]) or view.n_outputs > 1:
+            raise self.fail(node, "custom neuron with initial-state inputs or final-state outputs cannot be mapped")
+        match = ops.Neuron.as_lif(view)
+        if isinstance(match, str):
+            raise self.fail(node, f"custom neuron cannot be mapped onto the soma, which computes hnnx.LIF steps: "
+                                  f"{match}")
+        self.on_LIF(ops.make_node("LIF", node.input[:1], node.output[:1], name=node.name or node.output[0],
+                                  **{key: value for key, value in match.attrs.items() if value is not None}))
+
     def synapse(self, node: onnx.NodeProto, x: Value, weights: np.ndarray, mask: np.ndarray, shape: tuple[int, ...],
                 conv: dict[str, int] | None) -> None:
         if x.dtype not in (np.int8, np.uint8):

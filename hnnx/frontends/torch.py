@@ -269,7 +269,8 @@ def _quiet_exporter() -> Iterator[None]:
 
 def export(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: str | os.PathLike | None = None, *,
            input_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None,
-           time_major_inputs: Sequence[int] | None = None, dynamic: bool = True) -> onnx.ModelProto:
+           time_major_inputs: Sequence[int] | None = None, dynamic: bool = True,
+           fold_neurons: bool = True) -> onnx.ModelProto:
     """Export ``model`` to ONNX with one hnnx node per op module, functions attached.
 
     ``example_inputs``: positional tensors for ``forward`` (use at least 2 samples and 2 steps
@@ -279,6 +280,8 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: str |
     ``TimeFold`` without an A2S in front; ``time_major_inputs`` (indices) states it instead, and
     HnnxError names an input it gets wrong. hnnx nodes are named by their module path. Writes
     ``path`` atomically when given; returns the model. The model is left in eval mode.
+    ``fold_neurons``: custom neurons (:class:`Neuron`) whose step is an ``hnnx.LIF`` are exported
+    as that LIF (the ``fold_neurons`` pass; the same bits, the LIF's kernel and lowering).
     """
     from hnnx.model import check, save
 
@@ -308,6 +311,10 @@ def export(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: str |
                             f"is time, not samples; {how}")
         layout = sorted(set(layout) | set(missing))
         proto = _export_once(model, example_inputs, input_names, output_names, layout, dynamic)
+    if fold_neurons and any(node.op_type == "Neuron" and node.domain == ops.DOMAIN for node in proto.graph.node):
+        from hnnx.passes import fold_neurons as fold, run_passes
+
+        proto = run_passes(proto, [fold])
     if path is not None:
         save(proto, path)
     else:
@@ -341,6 +348,9 @@ def _export_once(model: nn.Module, example_inputs: Sequence[torch.Tensor], input
             node.name = meta[NAME_KEY]
         del node.metadata_props[:]  # the exporter's stack traces
     _name_hnnx_outputs(proto.graph)
+    from hnnx.frontends.neuron import attach_steps  # custom neurons: each node gets its exported step graph
+
+    attach_steps(proto, model)
     return ops.attach_functions(proto)
 
 
@@ -386,3 +396,8 @@ def _time_layout_of_inputs(proto: onnx.ModelProto, count: int) -> dict[int, tupl
         if role is not None:
             found[index] = role
     return found
+
+
+# Custom neurons from HNN's primitives (hnnx.frontends.neuron), re-exported here.
+from hnnx.frontends.neuron import (Neuron, State, accumulate, fire, leak, product, refractory,  # noqa: E402
+                                   reset, saturate, threshold, threshold_dynamics)

@@ -37,13 +37,17 @@ from hnnx.ops.fire import Fire
 from hnnx.ops.hybrid import A2S, S2A, S2AState
 from hnnx.ops.integrator import LI, Integrator
 from hnnx.ops.lif import LIF, LIFState
+from hnnx.ops.neuron import Neuron
+from hnnx.ops.primitive_ops import (Accumulate, Leak, Product, Refractory, Reset, Saturate, Threshold,
+                                    ThresholdDynamics)
 from hnnx.ops.quant import Requantize
 from hnnx.ops.spike_layers import SpikeConv, SpikeMatMul
 
 __all__ = [
     "DOMAIN", "OPSET_VERSION", "ONNX_OPSET", "IR_VERSION", "REGISTRY", "OpDeclaration", "NodeView",
     "TIME_MAJOR", "NO_TIME", "SAME_TIME", "LIFState", "S2AState", "StateSpec", "view_of",
-    "LIF", "CubaLIF", "LI", "Integrator", "Fire", "A2S", "S2A", "Requantize", "make_node", "attach_functions", "register_schemas", "reference_ops",
+    "LIF", "CubaLIF", "LI", "Integrator", "Fire", "A2S", "S2A", "Requantize", "Accumulate", "Leak", "Saturate",
+    "Reset", "Threshold", "ThresholdDynamics", "Refractory", "Product", "Neuron", "make_node", "attach_functions", "register_schemas", "reference_ops",
     "run_reference", "declaration", "hnnx_nodes", "op_summary_markdown", "op_reference_markdown",
     "SpikeMatMul", "SpikeConv",
 ]
@@ -51,6 +55,9 @@ __all__ = [
 REGISTRY: dict[str, type[OpDeclaration]] = {decl.name: decl for decl in (LIF, CubaLIF, LI, Integrator, Fire, A2S,
                                                                            S2A, Requantize)}
 """Every hnnx op declaration by op type."""
+# Custom neurons: the single-step primitives and the neuron whose step graph composes them.
+REGISTRY.update({decl.name: decl for decl in (Accumulate, Leak, Saturate, Reset, Threshold, ThresholdDynamics,
+                                              Refractory, Product, Neuron)})
 REGISTRY.update({decl.name: decl for decl in (SpikeMatMul, SpikeConv)})  # spike-input layers
 
 
@@ -164,8 +171,16 @@ def reference_ops() -> list[type]:
             present = [x if flag else None for x, flag in zip(inputs, view.inputs)]
             return _decl.reference(view, *present)
 
-        kernels.append(type(decl.name, (OpRun,), {"op_domain": DOMAIN, "_run": _run}))
+        kernels.append(type(decl.name, (OpRun,), {"op_domain": DOMAIN, "_run": _run,
+                                                  "_load_attributes": _attributes_from_declaration}))
     return kernels
+
+
+def _attributes_from_declaration(kernel: Any) -> None:
+    """An hnnx kernel reads its node through the declaration (``view``): its attributes are not
+    loaded by ``onnx.reference`` (which would evaluate a custom neuron's step graph as a subgraph)."""
+    kernel.has_linked_attribute = False
+    kernel.attributes_names_ = []
 
 
 def op_summary_markdown() -> str:

@@ -126,6 +126,10 @@ class NumpyOps(EagerOps):
         """``floor(x·a / 256)`` for int32 ``x`` and int64 ``a``, exact (int64 product)."""
         return ((x.astype(np.int64) * a) >> 8).astype(np.int32)
 
+    def product_floor(self, a: np.ndarray, b: np.ndarray, shift: int, lo: int, hi: int) -> np.ndarray:
+        """``clamp(floor(a·b / 2^shift), lo, hi)`` for int32 ``a``, ``b``, exact (int64 product), int32."""
+        return np.clip((a.astype(np.int64) * b.astype(np.int64)) >> shift, lo, hi).astype(np.int32)
+
     def recurrent_input(self, spikes: np.ndarray, weight: np.ndarray, rows: int, lo: int, hi: int) -> np.ndarray:
         """The recurrent current of flat spikes ``[rows·F]`` through ``weight [F, F]``, flat:
         ``r[n, i] = Σ_j s[n, j]·W[j, i]``. Float: the float32 products summed in float64 in the
@@ -445,6 +449,14 @@ class OnnxOps:
         c256 = self.body.literal(256, INT64)
         floor_div = self.scope.op("Div", self.scope.op("Sub", wide, self.scope.op("Mod", wide, c256)), c256)
         return self.scope.op("Cast", floor_div, to=INT32)
+
+    def product_floor(self, a: str, b: str, shift: int, lo: int, hi: int) -> str:
+        wide = self.scope.op("Mul", self.scope.op("Cast", a, to=INT64), self.scope.op("Cast", b, to=INT64))
+        if shift:
+            divisor = self.body.literal(1 << shift, INT64)
+            wide = self.scope.op("Div", self.scope.op("Sub", wide, self.scope.op("Mod", wide, divisor)), divisor)
+        low, high = self.body.literal(lo, INT64), self.body.literal(hi, INT64)
+        return self.scope.op("Cast", self.scope.op("Min", self.scope.op("Max", wide, low), high), to=INT32)
 
     def recurrent_input(self, spikes: str, weight: str, rows: str, lo: int, hi: int) -> str:
         """See :meth:`NumpyOps.recurrent_input`; ``rows`` is a 1-D int64 tensor ``[N]``. Float sums

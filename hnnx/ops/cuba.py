@@ -12,8 +12,10 @@ import onnx
 from hnnx.errors import NodeError
 from hnnx.ops.arrays import FLOAT, INT32, FunctionBody, NumpyOps, OnnxOps, onnx_time_scan
 from hnnx.ops.declare import NO_TIME, TIME_MAJOR, Attribute, NodeView, OpDeclaration, Port, StateSpec, TypeConstraint
+from hnnx.ops import primitives as P
 from hnnx.ops.lif import (LIF, add_recurrence, check_recurrence, check_recurrent_ports, integer_neuron_attributes,
-                          membrane_step, neuron_flags, neuron_structure, saturate, scaled, validate_neuron)
+                          membrane_step, neuron_flags, neuron_structure, validate_neuron)
+from hnnx.ops.primitives import clamp_state
 
 MEMBRANE_CONSTANTS = ("threshold", "v_reset", "reset_decrement", "v_init", "beta", "v_lower", "i_init")
 """Attributes in the units of the current and the membrane: integers in integer mode."""
@@ -179,7 +181,7 @@ class CubaLIF(OpDeclaration):
         def step_for(rows: str | None) -> Callable:
             return _step_for(flags, weight=body.input(4) if flags.rec else None, rows=rows)
 
-        neuron_body(body, xp, ports, fills, lambda states: [saturate(xp, flags, s) for s in states[:2]] + states[2:],
+        neuron_body(body, xp, ports, fills, lambda states: [clamp_state(xp, flags, s) for s in states[:2]] + states[2:],
                     step_for, flags.rec)
 
 
@@ -251,8 +253,8 @@ def _flags(view: NodeView) -> SimpleNamespace:
 
 def _initial_states(xp: Any, flags: SimpleNamespace, neuron_shape: tuple[int, ...], v0: Any, i0: Any,
                     last_spikes0: Any) -> list[Any]:
-    states = [saturate(xp, flags, xp.initial_state(v0, xp.param("v_init"), neuron_shape)),
-              saturate(xp, flags, xp.initial_state(i0, xp.param("i_init"), neuron_shape))]
+    states = [clamp_state(xp, flags, xp.initial_state(v0, xp.param("v_init"), neuron_shape)),
+              clamp_state(xp, flags, xp.initial_state(i0, xp.param("i_init"), neuron_shape))]
     if flags.rec:
         states.append(xp.initial_state(last_spikes0, xp.literal(0), neuron_shape))
     return states
@@ -276,10 +278,10 @@ def _step_for(flags: SimpleNamespace, weight: Any = None, rows: Any = None) -> C
         if flags.rec:
             x = add_recurrence(xp, flags, x, states[2], weight, rows)
         else:
-            x = saturate(xp, flags, x)
-        i1 = saturate(xp, flags, xp.add(i, x))
+            x = clamp_state(xp, flags, x)
+        i1 = P.accumulate(xp, flags, i, x)  # the synaptic current accumulates (never gated)
         (v_next,), outputs = membrane(xp, [v], [i1])
-        i_next = scaled(xp, flags, i1, "alpha_syn") if flags.syn_leak else i1
+        i_next = P.scaled(xp, flags, i1, "alpha_syn") if flags.syn_leak else i1
         return [v_next, i_next] + ([outputs[0]] if flags.rec else []), outputs
 
     return step

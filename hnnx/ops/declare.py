@@ -39,10 +39,21 @@ MIN_ONNX_OPSET = 18
 IR_VERSION = 10
 """ONNX IR version of models hnnx writes (function overloads need IR 10)."""
 
+class Floats(tuple):
+    """The value type of a list-of-floats attribute (ONNX ``FLOATS``)."""
+
+
+class Strings(tuple):
+    """The value type of a list-of-strings attribute (ONNX ``STRINGS``)."""
+
+
 _ATTR_TYPES = {
     float: onnx.defs.OpSchema.AttrType.FLOAT,
     int: onnx.defs.OpSchema.AttrType.INT,
     str: onnx.defs.OpSchema.AttrType.STRING,
+    Floats: onnx.defs.OpSchema.AttrType.FLOATS,
+    Strings: onnx.defs.OpSchema.AttrType.STRINGS,
+    onnx.GraphProto: onnx.defs.OpSchema.AttrType.GRAPH,
 }
 
 
@@ -55,7 +66,7 @@ class Attribute:
     """
 
     name: str
-    type: type  # float, int or str
+    type: type  # float, int, str, Floats, Strings or onnx.GraphProto
     default: float | int | str | None
     doc: str
     choices: tuple[str, ...] = ()
@@ -63,6 +74,8 @@ class Attribute:
 
     def check(self, value: Any, node: str) -> float | int | str:
         """Return ``value`` converted to this attribute's type, or raise NodeError."""
+        if self.type in (Floats, Strings, onnx.GraphProto):
+            return _check_compound(self, value, node)
         if self.type is str:
             if not isinstance(value, str):
                 raise NodeError(node, f"attribute {self.name!r} must be a string, got {value!r}")
@@ -81,6 +94,32 @@ class Attribute:
         if not math.isfinite(value):
             raise NodeError(node, f"attribute {self.name!r} must be finite, got {value!r}")
         return value
+
+
+def _check_compound(attr: Attribute, value: Any, node: str) -> Any:
+    """A list or graph attribute value in its declared type: a graph may also be an
+    onnx-graphsurgeon graph (what a pass holds), exported to its GraphProto."""
+    if attr.type is onnx.GraphProto:
+        if isinstance(value, onnx.GraphProto):
+            return value
+        if type(value).__module__.startswith("onnx_graphsurgeon"):
+            import onnx_graphsurgeon as gs
+
+            return gs.export_onnx(value, do_type_check=False).graph
+        raise NodeError(node, f"attribute {attr.name!r} must be a graph, got {type(value).__name__}")
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple, np.ndarray)):
+        raise NodeError(node, f"attribute {attr.name!r} must be a list, got {value!r}")
+    if attr.type is Strings:
+        items = [v.decode() if isinstance(v, bytes) else v for v in value]
+        if not all(isinstance(v, str) for v in items):
+            raise NodeError(node, f"attribute {attr.name!r} must be a list of strings, got {value!r}")
+        return Strings(items)
+    numbers = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
+            raise NodeError(node, f"attribute {attr.name!r} must be a list of finite numbers, got {value!r}")
+        numbers.append(float(np.float32(v)))
+    return Floats(numbers)
 
 
 TIME_MAJOR = "major"

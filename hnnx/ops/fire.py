@@ -7,9 +7,11 @@ from typing import Any
 import numpy as np
 
 from hnnx.errors import NodeError
-from hnnx.ops.arrays import FunctionBody
+from hnnx.ops import primitives as P
+from hnnx.ops.arrays import FunctionBody, NumpyOps, OnnxOps
 from hnnx.ops.declare import Attribute, NodeView, OpDeclaration, Port, TypeConstraint
 from hnnx.ops.lif import SURROGATES
+from hnnx.ops.primitives import MEMBRANE, SPIKES
 
 
 class Fire(OpDeclaration):
@@ -27,6 +29,8 @@ class Fire(OpDeclaration):
         Port("threshold", "firing threshold, broadcastable to `v`"),
     )
     outputs = (Port("spikes", "0/1 spikes in the type of `v`"),)
+    port_units = ((MEMBRANE, MEMBRANE), (SPIKES,))
+    """Units of the ports in a custom neuron's step graph (see :mod:`hnnx.ops.primitive_ops`)."""
     type_constraints = (TypeConstraint("T", ("tensor(float)", "tensor(int32)"), "membrane type"),)
     attributes = (
         Attribute("surrogate", str, "rectangle", "training pseudo-derivative: rectangle, sigmoid or atan",
@@ -45,19 +49,18 @@ class Fire(OpDeclaration):
 
     @classmethod
     def reference(cls, view: NodeView, v: np.ndarray, threshold: np.ndarray) -> tuple[np.ndarray, ...]:
-        return (np.greater(v, threshold).astype(v.dtype),)
+        spikes = P.fire(NumpyOps(not np.issubdtype(v.dtype, np.floating), view.attrs), v, threshold)[1]
+        return (spikes.astype(v.dtype, copy=False),)
 
     @classmethod
     def torch_forward(cls, view: NodeView, v: Any, threshold: Any) -> tuple[Any, ...]:
         from hnnx.ops.torch_ops import TorchOps
 
-        xp = TorchOps(not v.dtype.is_floating_point, view.attrs, v.device)
-        return (xp.spike(v, threshold, xp.greater(v, threshold)),)
+        return (P.fire(TorchOps(not v.dtype.is_floating_point, view.attrs, v.device), v, threshold)[1],)
 
     @classmethod
     def build_body(cls, view: NodeView, body: FunctionBody) -> None:
-        fired = body.top.op("Greater", body.input(0), body.input(1))
-        body.set_output(0, body.top.op("CastLike", fired, body.input(0)))
+        body.set_output(0, P.fire(_AnyTypeOnnxOps(body.top, False), body.input(0), body.input(1))[1])
 
     @classmethod
     def output_shapes(cls, view: NodeView, shapes: list[list[Any] | None]) -> list[list[Any] | None]:
@@ -69,3 +72,10 @@ class Fire(OpDeclaration):
         threshold = [1] * (rank - len(threshold)) + list(threshold)
         # A dim of 1 broadcasts; otherwise the dims agree (by ONNX/numpy rules) and v's is kept.
         return [[t if isinstance(d, int) and d == 1 else d for d, t in zip(v, threshold)]]
+
+
+class _AnyTypeOnnxOps(OnnxOps):
+    """One Fire body serves float and int32 nodes: spikes take the type of ``v``."""
+
+    def spike(self, v: str, theta: str, fired: str) -> str:
+        return self.scope.op("CastLike", fired, v)

@@ -10,7 +10,9 @@ import numpy as np
 from hnnx.ops.arrays import FunctionBody, NumpyOps, OnnxOps
 from hnnx.ops.cuba import check_array_type, check_current_type, neuron_body, run_time_loop
 from hnnx.ops.declare import NO_TIME, TIME_MAJOR, NodeView, OpDeclaration, Port, StateSpec, TypeConstraint
-from hnnx.ops.lif import LIF, integer_neuron_attributes, leak, neuron_flags, neuron_structure, saturate, validate_neuron
+from hnnx.ops import primitives as P
+from hnnx.ops.lif import LIF, integer_neuron_attributes, neuron_flags, neuron_structure, validate_neuron
+from hnnx.ops.primitives import clamp_state
 
 
 class LI(OpDeclaration):
@@ -79,7 +81,7 @@ class LI(OpDeclaration):
         """The membrane before step 0, ``neuron_shape``: ``v0`` broadcast (else ``v_init``), saturated."""
         flags = _flags(view)
         xp = NumpyOps(flags.integer, view.attrs)
-        return saturate(xp, flags, xp.initial_state(v0, xp.param("v_init"), tuple(neuron_shape))).reshape(neuron_shape)
+        return clamp_state(xp, flags, xp.initial_state(v0, xp.param("v_init"), tuple(neuron_shape))).reshape(neuron_shape)
 
     @classmethod
     def step(cls, view: NodeView, v: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -115,7 +117,7 @@ class LI(OpDeclaration):
         def step_for(_: Any) -> Callable:
             return _step_for(flags)
 
-        neuron_body(body, xp, [1], [xp.param("v_init")], lambda states: [saturate(xp, flags, states[0])],
+        neuron_body(body, xp, [1], [xp.param("v_init")], lambda states: [clamp_state(xp, flags, states[0])],
                     step_for, recurrent=False)
 
 
@@ -141,7 +143,7 @@ def _flags(view: NodeView) -> SimpleNamespace:
 
 def _run_eager(view: NodeView, xp: Any, current: Any, v0: Any) -> tuple[Any, ...]:
     flags = _flags(view)
-    state = saturate(xp, flags, xp.initial_state(v0, xp.param("v_init"), tuple(current.shape[1:])))
+    state = clamp_state(xp, flags, xp.initial_state(v0, xp.param("v_init"), tuple(current.shape[1:])))
     return run_time_loop(xp, _step_for(flags), [state], current, view.n_outputs)
 
 
@@ -150,7 +152,7 @@ def _step_for(flags: SimpleNamespace) -> Callable:
 
     def step(xp: Any, states: list[Any], xs: list[Any]) -> tuple[list[Any], list[Any]]:
         (v,), (u,) = states, xs
-        v1 = saturate(xp, flags, xp.add(v, saturate(xp, flags, u)))
-        return [leak(xp, flags, v1)], [v1]
+        v1 = P.accumulate(xp, flags, v, clamp_state(xp, flags, u))
+        return [P.leak(xp, flags, v1)], [v1]
 
     return step

@@ -14,6 +14,10 @@ from hnnx.errors import NodeError
 from hnnx.ops.arrays import FLOAT, INT32, FunctionBody, NumpyOps, OnnxOps, onnx_time_scan
 from hnnx.ops.declare import (NO_TIME, TIME_MAJOR, Attribute, NodeView, OpDeclaration, Port, StateSpec,
                               TypeConstraint, port_key)
+from hnnx.ops import primitives as P
+from hnnx.ops.primitives import clamp_state, state_range
+
+__all__ = ["LIF", "LIFState", "state_range"]
 
 EXACT_ATTRIBUTE_LIMIT = 2**24
 """Integer-mode constants travel in float32 attributes, exact up to this magnitude."""
@@ -328,11 +332,6 @@ class LIF(OpDeclaration):
             body.set_output(index, top.op("Reshape", final, neuron_shape, allowzero=1))
 
 
-def state_range(bits: int) -> tuple[int, int]:
-    """The signed saturation range of a ``bits``-bit state: ``(−2^(bits−1), 2^(bits−1) − 1)``."""
-    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-
-
 def _state_of(flags: SimpleNamespace, arrays: list[Any]) -> LIFState:
     """A :class:`LIFState` from the carried arrays in port order."""
     arrays = list(arrays)
@@ -508,32 +507,6 @@ def check_recurrence(view: NodeView, recurrent: bool, current_shape: tuple[int, 
     return int(current_shape[1])
 
 
-def saturate(xp: Any, flags: SimpleNamespace, x: Any) -> Any:
-    """Integer mode: ``x`` clamped to the state range; float mode: ``x``."""
-    if not flags.integer:
-        return x
-    lo, hi = state_range(flags.bits)
-    return xp.clamp(x, lo, hi)
-
-
-def scaled(xp: Any, flags: SimpleNamespace, x: Any, factor: str) -> Any:
-    """``factor·x`` (float) or ``floor(round(256·factor)·x / 256)`` (integer) for attribute ``factor``."""
-    if flags.integer:
-        return xp.mul_q8_floor(x, xp.param_q8(factor))
-    return xp.mul(x, xp.param(factor))
-
-
-def leak(xp: Any, flags: SimpleNamespace, v: Any) -> Any:
-    """LIF step 5: ``alpha·v + beta`` (each part only when the node uses it), then ``max(·, v_lower)``."""
-    if flags.leak:
-        v = scaled(xp, flags, v, "alpha")
-    if flags.beta:
-        v = saturate(xp, flags, xp.add(v, xp.param("beta")))
-    if flags.sat:
-        v = xp.maximum(v, xp.param("v_lower"))
-    return v
-
-
 def add_recurrence(xp: Any, flags: SimpleNamespace, u: Any, last_spikes: Any, weight: Any, rows: Any) -> Any:
     """``u + last_spikes @ weight`` (see the LIF docstring; integer: ``u`` and the recurrent
     current saturated, then their sum)."""
@@ -575,42 +548,16 @@ def membrane_step(flags: SimpleNamespace, trace: bool = False):
         theta_a = states.pop(0) if flags.adapt else None
         refractory = states.pop(0) if flags.refr else None
         (u,) = xs
-        u = saturate(xp, flags, u)
-        # 1. threshold
+        u = clamp_state(xp, flags, u)
+        theta = P.threshold(xp, flags, theta_a)                   # 1. threshold
+        v1 = P.accumulate(xp, flags, v, u, refractory)            # 2. integrate, gated by the refractory counter
+        fired, spikes = P.fire(xp, v1, theta)                      # 3. fire
+        v2 = P.reset(xp, flags, v1, fired, theta)                  # 4. reset
+        new_states = [P.saturate_lower(xp, flags, P.leak(xp, flags, v2))]  # 5. leak and lower saturation
         if flags.adapt:
-            theta = saturate(xp, flags, xp.add(xp.param("threshold"), theta_a))
-        else:
-            theta = xp.param("threshold")
-        if flags.sat:
-            theta = xp.maximum(theta, xp.param("v_lower"))
-        # 2. integrate, gated by the refractory counter
-        v1 = saturate(xp, flags, xp.add(v, u))
+            new_states.append(P.threshold_dynamics(xp, flags, theta_a, fired))  # 6. threshold adaptation
         if flags.refr:
-            v1 = xp.where(xp.equal(refractory, xp.literal_int(0)), v1, v)
-        # 3. fire
-        fired = xp.greater(v1, theta)
-        spikes = xp.spike(v1, theta, fired)
-        # 4. reset
-        if flags.reset == "hard":
-            v2 = xp.where(fired, xp.param("v_reset"), v1)
-        elif flags.reset == "soft":
-            v2 = saturate(xp, flags, xp.where(fired, xp.sub(v1, theta), v1))
-        elif flags.reset == "soft_constant":
-            v2 = saturate(xp, flags, xp.where(fired, xp.sub(v1, xp.param("reset_decrement")), v1))
-        else:
-            v2 = v1
-        # 5. leak and lower saturation
-        new_states = [leak(xp, flags, v2)]
-        # 6. threshold adaptation
-        if flags.adapt:
-            decayed = scaled(xp, flags, theta_a, "theta_alpha") if flags.theta_leak else theta_a
-            decayed = xp.add(decayed, xp.param("theta_beta"))
-            increased = xp.add(decayed, xp.param("theta_increment"))
-            new_states.append(saturate(xp, flags, xp.where(fired, increased, decayed)))
-        # 7. refractory counter
-        if flags.refr:
-            counted_down = xp.maximum(xp.sub(refractory, xp.literal_int(1)), xp.literal_int(0))
-            new_states.append(xp.where(fired, xp.param_int("refractory"), counted_down))
+            new_states.append(P.refractory_count(xp, refractory, fired))  # 7. refractory counter
         return new_states, [spikes, v1] if trace else [spikes]
 
     return step

@@ -129,6 +129,10 @@ class TorchOps(EagerOps):
     def mul_q8_floor(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         return torch.div(x.to(torch.int64) * a, 256, rounding_mode="floor").to(torch.int32)
 
+    def product_floor(self, a: torch.Tensor, b: torch.Tensor, shift: int, lo: int, hi: int) -> torch.Tensor:
+        wide = torch.div(a.to(torch.int64) * b.to(torch.int64), 1 << shift, rounding_mode="floor")
+        return torch.clamp(wide, lo, hi).to(torch.int32)
+
     def recurrent_input(self, spikes: torch.Tensor, weight: torch.Tensor, rows: int, lo: int, hi: int
                         ) -> torch.Tensor:
         """See :meth:`hnnx.ops.arrays.NumpyOps.recurrent_input` (``torch.cumsum`` runs in order)."""

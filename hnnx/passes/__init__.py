@@ -7,6 +7,7 @@ Each pass declares what it works on (graph or model) and returns whether it chan
 |---|---|---|
 | ``infer_shapes`` | model | annotate every tensor with its type and shape |
 | ``remove_identities`` | graph | bypass Identity and inference-mode Dropout |
+| ``fold_neurons`` | graph | a custom ``hnnx.Neuron`` whose step is an ``hnnx.LIF`` becomes that LIF |
 | ``fold_constants`` | graph | precompute constant subgraphs (hnnx nodes kept) |
 | ``fold_batchnorm`` | graph | fold BatchNormalization into Conv/Gemm/MatMul |
 | ``decompose_batchnorm`` | graph | the BatchNormalizations left become a per-channel ``Mul`` + ``Add`` |
@@ -31,11 +32,12 @@ from hnnx.passes.intake import (Notes, check_hnnx_opset, drop_initializer_inputs
                                 upgrade_opset)
 from hnnx.passes.manager import (FixedPoint, Pass, apply_passes, export_graph, fixed_point, graph_pass,
                                  import_graph, model_pass, run_passes)
+from hnnx.passes.neurons import fold_neurons
 from hnnx.passes.stepwise import stepwise, stepwise_parts
 from hnnx.passes.time import fold_time
 
-PREPROCESS: tuple[Pass, ...] = (infer_shapes, remove_identities, fold_constants, fold_batchnorm, decompose_batchnorm,
-                                fold_time)
+PREPROCESS: tuple[Pass, ...] = (infer_shapes, remove_identities, fold_neurons, fold_constants, fold_batchnorm,
+                                decompose_batchnorm, fold_time)
 """The pre-processing pipeline that quantization starts with (after :func:`intake_passes`)."""
 
 
@@ -74,7 +76,8 @@ def preprocess_graph(model: onnx.ModelProto, *, min_opset: int | None = None, ch
 
 
 __all__ = ["FixedPoint", "Notes", "Pass", "PREPROCESS", "apply_passes", "check_hnnx_opset", "decompose_batchnorm",
-           "drop_initializer_inputs", "export_graph", "fixed_point", "fold_batchnorm", "fold_constants", "fold_time",
+           "drop_initializer_inputs", "export_graph", "fixed_point", "fold_batchnorm", "fold_constants", "fold_neurons",
+           "fold_time",
            "graph_pass", "import_graph", "infer_shapes", "intake_passes", "make_batch_symbolic", "model_pass",
            "preprocess", "preprocess_graph", "remove_identities", "run_passes", "standard_opset", "stepwise", "stepwise_parts",
            "upgrade_opset"]

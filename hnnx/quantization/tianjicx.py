@@ -524,6 +524,10 @@ class TianjicxQuantizer:
                                f"are not quantized")
         if view.attrs["mode"] == "integer":
             raise _Unsupported(f"already an integer {node.op}")
+        # Custom neurons (hnnx.Neuron): a step with an operation that has no integer form stays float.
+        integer_problem = getattr(declaration, "integer_problem", None)
+        if integer_problem is not None and (problem := integer_problem(view)) is not None:
+            raise _Unsupported(problem)
         sigma = 1.0 / current.scale
         attrs = declaration.integer_attributes(view, sigma)
         # The fake-quant form runs the same integer neuron on its (integer-valued) current.
