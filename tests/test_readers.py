@@ -148,3 +148,32 @@ def test_a_file_cut_short_after_opening_is_named(tmp_path: Path) -> None:
         handle.truncate(path.stat().st_size - 16)
     with pytest.raises(DataError, match=r"x.npy: cannot read samples 4:8 \(ValueError: "):
         list(stream)
+
+
+def test_quantize_reads_only_the_files_num_samples_uses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calibration and the report's comparison both stop at ``num_samples``: the corrupt file
+    after them is never opened."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import hnnx
+    from hnnx import ops
+
+    rng = np.random.default_rng(5)
+    weight = rng.normal(size=(3, 4)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                              initializer=[numpy_helper.from_array(weight, "w")])
+    model = ops.attach_functions(helper.make_model(graph, opset_imports=[helper.make_opsetid("", ops.ONNX_OPSET)]))
+    folder = tmp_path / "calib"
+    _folder_of_four_sample_files(folder, rng.normal(size=(40, 4)).astype(np.float32))
+    (folder / "part999.npz").write_bytes(b"not an archive")
+    opened: list[str] = []
+    original = readers.open_stored
+    monkeypatch.setattr(readers, "open_stored", lambda path: opened.append(path.name) or original(path))
+
+    quantized, report = hnnx.quantize(model, folder, target="qdq", num_samples=8, batch_size=4)
+
+    assert isinstance(quantized, onnx.ModelProto) and report.calibration_samples == 8
+    assert set(opened) == {"part000.npz", "part001.npz"}

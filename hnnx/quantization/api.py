@@ -280,7 +280,9 @@ def _compare(reference: Any, quantized: onnx.ModelProto, tensors: Mapping[str, t
     # Both models' probes of a batch are held at once: cut batches to the calibration's budget.
     batch = min(reference.batch_within(PROBE_MEMORY_BUDGET // 2, batch_size),
                 candidate.batch_within(PROBE_MEMORY_BUDGET // 2, batch_size))
-    for feeds in batches(calibration, candidate.inputs, batch, num_samples=COMPARISON_SAMPLES):
+    # Only samples calibration used: a source is read no further than ``num_samples`` asked.
+    compared = min(COMPARISON_SAMPLES, report.calibration_samples)
+    for feeds in batches(calibration, candidate.inputs, batch, num_samples=compared):
         expected, _ = reference.run(feeds)
         got, counts = candidate.run(feeds)
         samples += next(iter(feeds.values())).shape[candidate.inputs[0].batch_axis]
