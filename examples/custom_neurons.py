@@ -185,7 +185,8 @@ def main() -> None:
         except HnnxError as exc:
             lowered = str(exc)
         rows.append((name, seconds, torch_accuracy, float(np.abs(got - expected).max()),
-                     float(np.mean(got.argmax(1) == expected.argmax(1))), simulated.accuracy, integer.accuracy, lowered))
+                     float(np.mean(got.argmax(1) == expected.argmax(1))), simulated.accuracy, integer.accuracy,
+                     lowered))
     print("| neuron | train s | torch | max abs(onnxruntime − torch) | same class | hnnx simulate | tianjicx int |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, seconds, acc, diff, same, sim, integer_acc, _ in rows:

@@ -218,7 +218,8 @@ def test_product_integer_attributes_keep_the_gain_per_unit() -> None:
     sigma = 913.25
     view = hnnx.ops.Product.view_for({"gain": 0.04}, [True, True], 1)
     attrs = hnnx.ops.Product.integer_attributes(view, sigma)
-    assert attrs["mode"] == "integer" and 0.5 <= attrs["gain"] <= 1.0 and attrs["gain"] * 256 == int(attrs["gain"] * 256)
+    assert attrs["mode"] == "integer" and 0.5 <= attrs["gain"] <= 1.0
+    assert attrs["gain"] * 256 == int(attrs["gain"] * 256)
     per_unit = attrs["gain"] * 2.0 ** -attrs["shift"]
     assert abs(per_unit - 0.04 / sigma) <= 0.04 / sigma / 256  # 8 significant bits
     real = np.linspace(-3, 3, 25).astype(np.float32)
@@ -379,3 +380,58 @@ def test_integer_primitive_refuses_float_input() -> None:
     node = hnnx.ops.make_node("Leak", ["v"], ["y"], name="leak", mode="integer", alpha=0.5)
     with pytest.raises(NodeError, match="leak.*int32"):
         hnnx.ops.run_reference(node, np.zeros(3, np.float32))
+
+
+def _edited(graph: Any, edit: Callable[[Any], None]) -> Any:
+    copy = helper.make_graph([], "step", [], [])
+    copy.CopyFrom(graph)
+    edit(copy)
+    return copy
+
+
+def _node_of(graph: Any, op: str) -> Any:
+    return next(node for node in graph.node if node.op_type == op)
+
+
+def _set_attr(node: Any, name: str, value: Any) -> None:
+    kept = [a for a in node.attribute if a.name != name]
+    del node.attribute[:]
+    node.attribute.extend(kept + [helper.make_attribute(name, value)])
+
+
+def _soft_reset_of_a_constant(graph: Any) -> None:
+    graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), "theta0"))
+    _node_of(graph, "Reset").input[2] = "theta0"  # θ0 alone, not θ0 + θa
+
+
+def _extra_relu(graph: Any) -> None:
+    """Relu between the reset and the leak (inserted in order: a graph is topologically sorted)."""
+    leak = _node_of(graph, "Leak")
+    index = list(graph.node).index(leak)
+    leak.input[0] = "v2_relu"
+    graph.node.insert(index, helper.make_node("Relu", ["v2"], ["v2_relu"], name="extra"))
+
+
+@pytest.mark.parametrize("edit, reason", [
+    (_soft_reset_of_a_constant, "another threshold"),
+    (lambda g: _set_attr(_node_of(g, "Saturate"), "v_lower", -2.0), "lower bound"),
+    (_extra_relu, "Relu"),
+    (lambda g: g.output[0].__setattr__("name", "theta"), "not the fired membrane"),
+])
+def test_steps_that_are_not_the_lif_do_not_fold(edit: Callable[[Any], None], reason: str) -> None:
+    config = {"threshold": 1.0, "reset_mode": "soft", "alpha": 0.5, "v_lower": -1.0, "theta_alpha": 0.75,
+              "theta_increment": 0.25}
+    step, names, init = lif_step_graph(config)
+    assert not isinstance(hnnx.ops.Neuron.as_lif(hnnx.ops.Neuron.view_for(
+        {"step": step, "state_names": names, "state_init": init}, [True], 1)), str)
+    changed = _edited(step, edit)
+    view = hnnx.ops.Neuron.view_for({"step": changed, "state_names": names, "state_init": init}, [True], 1)
+    match = hnnx.ops.Neuron.as_lif(view)
+    assert isinstance(match, str) and reason in match, match
+
+
+def test_a_nonzero_adaptive_start_does_not_fold() -> None:
+    step, names, _ = lif_step_graph({"threshold": 1.0, "theta_increment": 0.5})
+    view = hnnx.ops.Neuron.view_for({"step": step, "state_names": names, "state_init": [0.0, 0.25]}, [True], 1)
+    match = hnnx.ops.Neuron.as_lif(view)
+    assert isinstance(match, str) and "starts at 0.25" in match

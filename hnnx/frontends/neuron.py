@@ -242,13 +242,15 @@ class Neuron(HnnxModule):
             pass  # something the tracer does not translate: the torch exporter takes it
         wrapper = _StepModule(self)
         if x.dim() == 0 or x.shape[0] < 2:
-            raise HnnxError(f"{type(self).__name__}: export with at least 2 samples (the step's sample dim is symbolic)")
+            raise HnnxError(f"{type(self).__name__}: export with at least 2 samples (the step's sample dim is "
+                            f"symbolic)")
         batch = torch.export.Dim("N")
         example = (*[state[name] for name in names], x)
         try:
             with _quiet_exporter():
                 program = torch.onnx.export(wrapper, example, dynamo=True, opset_version=ops.ONNX_OPSET,
-                                            input_names=[*names, "x"], output_names=[*[f"{n}_next" for n in names], "y"],
+                                            input_names=[*names, "x"],
+                                            output_names=[*[f"{n}_next" for n in names], "y"],
                                             dynamic_shapes=(tuple({0: batch} for _ in example),), verbose=False)
         except Exception as exc:
             raise HnnxError(f"{type(self).__name__}: exporting the step failed: "

@@ -81,7 +81,8 @@ class LI(OpDeclaration):
         """The membrane before step 0, ``neuron_shape``: ``v0`` broadcast (else ``v_init``), saturated."""
         flags = _flags(view)
         xp = NumpyOps(flags.integer, view.attrs)
-        return clamp_state(xp, flags, xp.initial_state(v0, xp.param("v_init"), tuple(neuron_shape))).reshape(neuron_shape)
+        v = clamp_state(xp, flags, xp.initial_state(v0, xp.param("v_init"), tuple(neuron_shape)))
+        return v.reshape(neuron_shape)
 
     @classmethod
     def step(cls, view: NodeView, v: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,7 @@ from hnnx.ops.declare import (DOMAIN, NO_TIME, ONNX_OPSET, OPSET_VERSION, TIME_M
                               OpDeclaration, Port, StateSpec, Strings, TypeConstraint, port_key)
 from hnnx.ops.fire import Fire
 from hnnx.ops.lif import EXACT_ATTRIBUTE_LIMIT, LIF, state_range
-from hnnx.ops.primitive_ops import PRIMITIVES, Primitive
+from hnnx.ops.primitive_ops import PRIMITIVES
 from hnnx.ops.primitives import COUNT, MEMBRANE, SPIKES
 
 MAX_STATES = 8
@@ -43,7 +43,8 @@ SHAPE = "shape"
 
 
 class Neuron(OpDeclaration):
-    """Custom neuron over time axis 0: current ``[T, N, ...]`` → ``y [T, N, ...]``, each step computed by the graph `step`.
+    """Custom neuron over time axis 0: current ``[T, N, ...]`` → ``y [T, N, ...]``, each step computed by
+    the graph `step`.
 
     ``step`` is a graph with inputs ``(state_0, …, state_{K−1}, x)`` and outputs ``(state_0', …,
     state_{K−1}', y)``: the K states before the step, the input of the step ``x = current[t]``
@@ -382,7 +383,8 @@ def canonical_step(step: onnx.GraphProto) -> onnx.GraphProto:
 
     out = onnx.GraphProto(name="step")
     for value in step.input:
-        out.input.add().CopyFrom(helper.make_tensor_value_info(name(value.name), value.type.tensor_type.elem_type, None))
+        elem = value.type.tensor_type.elem_type
+        out.input.add().CopyFrom(helper.make_tensor_value_info(name(value.name), elem, None))
     for init in step.initializer:
         tensor = onnx.TensorProto()
         tensor.CopyFrom(init)
@@ -841,7 +843,8 @@ def match_lif(view: NodeView) -> LIFMatch | str:
 
     # the membrane: Saturate? ∘ Leak? ∘ Reset? ∘ v1
     lif: dict[str, Any] = {"mode": mode, "threshold": threshold, "reset_mode": "none", "state_bits": bits,
-                           "surrogate": attrs_of(fire)["surrogate"], "surrogate_width": attrs_of(fire)["surrogate_width"]}
+                           "surrogate": attrs_of(fire)["surrogate"],
+                           "surrogate_width": attrs_of(fire)["surrogate_width"]}
     tensor = step.output[v_state].name
     saturate = producer(tensor, "Saturate")
     if saturate is not None:
@@ -859,8 +862,10 @@ def match_lif(view: NodeView) -> LIFMatch | str:
         lif.update(reset_mode=reset_attrs["reset_mode"], v_reset=reset_attrs["v_reset"],
                    reset_decrement=reset_attrs["reset_decrement"])
         if reset_attrs["reset_mode"] == "soft":
-            subtracted = source(reset.input[2])
-            if subtracted != theta_source and scalar(reset.input[2]) != threshold:
+            # The very threshold tensor the spikes fired at, or (a constant threshold) the same value.
+            same = source(reset.input[2]) == theta_source or (theta_node is None
+                                                              and scalar(reset.input[2]) == threshold)
+            if not same:
                 return unlike("hnnx.Reset subtracts another threshold than the one the spikes fired at")
         tensor = reset.input[0]
     if source(tensor) != source(fire.input[0]):
@@ -870,6 +875,9 @@ def match_lif(view: NodeView) -> LIFMatch | str:
         return unlike(f"the threshold's lower bound ({theta_lower}) differs from the membrane's ({lower})")
     if theta_node is None and lower is not None and threshold < lower:
         return unlike(f"the constant threshold {threshold} lies below the lower bound {lower}")
+    roles = [k for k in (v_state, theta_state, refr_state) if k is not None]
+    if len(set(roles)) != len(roles):
+        return unlike("one state plays two parts (membrane, adaptive threshold, refractory counter)")
     ports = {v_state: 1}
     if theta_state is not None:
         dynamics = producer(step.output[theta_state].name, "ThresholdDynamics")

@@ -181,7 +181,8 @@ class Leak(Primitive):
 
 
 class Saturate(Primitive):
-    """Saturate, one step: ``y = max(x, v_lower)`` (lower bound), in integer mode after saturating ``x`` to the state range.
+    """Saturate, one step: ``y = max(x, v_lower)`` (lower bound), in integer mode after saturating ``x``
+    to the state range.
 
     HNN's Saturate (the end of LIF step 5); without ``v_lower`` only the integer state width.
     """
@@ -200,7 +201,8 @@ class Saturate(Primitive):
 
 
 class Reset(Primitive):
-    """Reset after a spike, one step: where ``spikes = 1``, ``hard`` → ``v_reset``, ``soft`` → ``v − threshold``, ``soft_constant`` → ``v − reset_decrement``, ``none`` → ``v``.
+    """Reset after a spike, one step: where ``spikes = 1``, ``hard`` → ``v_reset``, ``soft`` →
+    ``v − threshold``, ``soft_constant`` → ``v − reset_decrement``, ``none`` → ``v``.
 
     HNN's ResetAfterSpike (LIF step 4); integer mode saturates the subtractions. Input
     ``threshold`` (the firing threshold, broadcastable) is needed by the ``soft`` mode only. The
@@ -234,7 +236,8 @@ class Reset(Primitive):
 
 
 class Threshold(Primitive):
-    """Threshold accumulate, one step: ``θ = max(threshold + theta_a, v_lower)`` (the base threshold plus its adaptive component).
+    """Threshold accumulate, one step: ``θ = max(threshold + theta_a, v_lower)`` (the base threshold
+    plus its adaptive component).
 
     HNN's ThresholdAccumulateWithSaturate (LIF step 1); the lower bound only when ``v_lower`` is
     set; integer mode saturates the sum.
@@ -304,7 +307,8 @@ class Refractory(Primitive):
 
 
 class Product(Primitive):
-    """Product of two membrane values, one step: ``y = gain·(a·b)`` (integer: ``floor(round(256·gain)·clamp(floor(a·b / 2^shift)) / 256)``).
+    """Product of two membrane values, one step: ``y = gain·(a·b)`` (integer:
+    ``floor(round(256·gain)·clamp(floor(a·b / 2^shift)) / 256)``).
 
     Not one of HNN's primitives: the non-linear term of neurons such as the quadratic
     integrate-and-fire (``gain·(v − v_rest)·(v − v_crit)``). In membrane units the product has
