@@ -375,7 +375,8 @@ class OpDeclaration:
     # ------------------------------------------------------------------ derived
     @classmethod
     def summary(cls) -> str:
-        return (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        """The docstring's first paragraph on one line."""
+        return " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
 
     @classmethod
     def schema(cls) -> onnx.defs.OpSchema:
