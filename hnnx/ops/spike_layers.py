@@ -5,7 +5,7 @@ spikes when it only adds the weight rows of the active inputs. These ops are suc
 function bodies are the dense form (``MatMul``/``Conv``, or ``MatMulInteger``/``ConvInteger`` and
 an ``Add`` in integer mode), so a file runs in any onnxruntime; the native kernels
 (``custom_ops/spike_layers.h``) gather the active inputs of every row and accumulate only their
-weights. :mod:`hnnx.passes.event_driven` rewrites the layers of a graph that spikes feed into them.
+weights. :mod:`hnnx.passes.events` rewrites the layers of a graph that spikes feed into them.
 
 Integer mode (int8 input and weights, int32 bias and output) is exact: every executor gives the
 results of the dense integer layer. Float mode fixes the summation order (see each op's
@@ -35,12 +35,12 @@ _NUMPY_INPUT = {"float": np.dtype(np.float32), "integer": np.dtype(np.int8)}
 _NUMPY_OUTPUT = {"float": np.dtype(np.float32), "integer": np.dtype(np.int32)}
 
 
-def _check_elem_types(view: NodeView, elem_types: list[int | None]) -> None:
+def _check_elem_types(view: NodeView, elem_types: list[int | None], op: str) -> None:
     mode = view.attrs["mode"]
     wanted = (_INPUT_TYPE[mode], _INPUT_TYPE[mode], _OUTPUT_TYPE[mode])
     for index, (port, elem) in enumerate(zip(("x", "weight", "bias"), elem_types)):
         if elem and elem != wanted[index]:
-            raise NodeError(view.name, f"{port} of a {mode}-mode {view.name.split('(')[0]} must be "
+            raise NodeError(view.name, f"{port} of a {mode}-mode {op} must be "
                                        f"{onnx.TensorProto.DataType.Name(wanted[index]).lower()}, got "
                                        f"{onnx.TensorProto.DataType.Name(elem).lower()}")
 
@@ -75,7 +75,7 @@ class _SpikeLayer(OpDeclaration):
 
     @classmethod
     def check_types(cls, view: NodeView, elem_types: list[int | None]) -> None:
-        _check_elem_types(view, elem_types)
+        _check_elem_types(view, elem_types, cls.name)
 
     @classmethod
     def output_elem_types(cls, view: NodeView, elem_types: list[Any]) -> list[Any]:

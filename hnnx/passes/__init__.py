@@ -13,6 +13,8 @@ Each pass declares what it works on (graph or model) and returns whether it chan
 | ``decompose_batchnorm`` | graph | the BatchNormalizations left become a per-channel ``Mul`` + ``Add`` |
 | ``fold_time`` | graph | run per-frame ops on ``[T, N, ...]`` as ``[T·N, ...]`` |
 | ``stepwise`` | model | the stateful form: K steps per call, every node's state a graph input/output |
+| ``event_driven(rates, mode)`` | graph | spike-input layers become ``hnnx.SpikeMatMul``/``hnnx.SpikeConv`` where the firing rate pays (not in ``preprocess``: simulation applies it) |
+| ``integer_as_float(keep)`` | graph | integer layers whose sums stay below 2^24 run as exact float layers (simulation) |
 
 ``preprocess(model)`` runs them all, in that order, after the intake passes
 (:mod:`hnnx.passes.intake`: hnnx opset check, initializers listed as inputs, opset upgrade,
@@ -26,6 +28,7 @@ import onnx_graphsurgeon as gs
 
 from hnnx import ops
 from hnnx.passes.batchnorm import decompose_batchnorm, fold_batchnorm
+from hnnx.passes.events import event_driven, integer_as_float
 from hnnx.passes.cleanup import remove_identities
 from hnnx.passes.constants import fold_constants, infer_shapes
 from hnnx.passes.intake import (Notes, check_hnnx_opset, drop_initializer_inputs, make_batch_symbolic, standard_opset,
@@ -80,4 +83,4 @@ __all__ = ["FixedPoint", "Notes", "Pass", "PREPROCESS", "apply_passes", "check_h
            "fold_time",
            "graph_pass", "import_graph", "infer_shapes", "intake_passes", "make_batch_symbolic", "model_pass",
            "preprocess", "preprocess_graph", "remove_identities", "run_passes", "standard_opset", "stepwise", "stepwise_parts",
-           "upgrade_opset"]
+           "upgrade_opset", "event_driven", "integer_as_float"]

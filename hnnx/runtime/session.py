@@ -39,12 +39,19 @@ class Simulator:
     False: never. ``self.native`` tells whether the session uses it. ``memory_pattern``:
     onnxruntime's memory pattern (one block planned per input shape; off for sessions called
     again and again on chunks of a sequence, where it only raises the peak).
+    ``event_driven`` (``"off"``, ``"auto"``, ``"on"``) and ``event_rates`` (firing rates by
+    spiking node): spike-input layers on the event-driven native kernels and integer layers as
+    exact float layers (:func:`hnnx.passes.events.for_simulation`); ``self.event_layers``
+    holds the decisions and ``self.event_rates_wanted`` whether measured rates could change them.
     """
 
     def __init__(self, model: onnx.ModelProto, probes: Sequence[str] = (), firing_rates: bool = True,
-                 threads: int | None = None, native: bool | None = None, memory_pattern: bool = True) -> None:
+                 threads: int | None = None, native: bool | None = None, memory_pattern: bool = True,
+                 event_driven: str = "off", event_rates: Mapping[str, float] | None = None) -> None:
         model = _copy(model)
         ops.attach_functions(model)
+        model, self.event_layers, self.event_rates_wanted = _event_driven(model, event_driven, event_rates, probes,
+                                                                          native)
         self.inputs = [spec_of(vi) for vi in model.graph.input if vi.name not in _initializer_names(model)]
         self.outputs = [spec_of(vi) for vi in model.graph.output]
         # One shape inference answers both questions: tensor types and sample axes.
@@ -112,12 +119,27 @@ class Simulator:
 
 
 def _register_native(options: ort.SessionOptions, model: onnx.ModelProto, native: bool | None) -> bool:
-    """Register the native LIF kernel in ``options`` as ``native`` asks; True if registered."""
-    if native is False or (native is None and not any(n.op_type == "LIF" for n in ops.hnnx_nodes(model.graph))):
-        return False
+    """Register the native kernels in ``options`` as ``native`` asks; True if registered."""
     from hnnx.runtime import native as native_kernels
 
+    if native is False or (native is None and not any(n.op_type in native_kernels.NATIVE_OPS
+                                                      for n in ops.hnnx_nodes(model.graph))):
+        return False
     return native_kernels.register(options, required=bool(native))
+
+
+def _event_driven(model: onnx.ModelProto, mode: str, rates: Mapping[str, float] | None, probes: Sequence[str],
+                  native: bool | None) -> tuple[onnx.ModelProto, list, bool]:
+    """The model rewritten for ``mode`` (spike-input layers only when the native kernels run),
+    the decisions, and whether measured firing rates are wanted."""
+    if mode == "off":
+        return model, [], False
+    from hnnx.passes.events import for_simulation, rates_wanted
+    from hnnx.runtime import native as native_kernels
+
+    kernels = native is not False and native_kernels.status().active
+    model, decisions = for_simulation(model, mode, rates, keep=probes, spike_layers=kernels)
+    return model, decisions, rates_wanted(decisions)
 
 
 def _is_fakequant(model: onnx.ModelProto) -> bool:

@@ -44,6 +44,9 @@ class SimulationResult:
     """The arg-max class of every sample ``[N]`` (as :attr:`accuracy` counts it), when labels were given."""
     workers: str = ""
     """Where the samples ran when they were sharded over workers (e.g. ``2 worker processes``)."""
+    event_layers: list = field(default_factory=list)
+    """What the event-driven rewrite decided for each spike-input layer
+    (:class:`hnnx.passes.events.EventLayer`)."""
 
     def summary(self) -> str:
         """A short human-readable report."""
@@ -53,6 +56,9 @@ class SimulationResult:
                  + (f"   on {self.workers}" if self.workers else "")]
         for node, reason in self.whole_sequence.items():
             lines.append(f"note: {node} ran on the whole sequence: {reason}")
+        for layer in self.event_layers:
+            lines.append(f"{'event-driven' if layer.rewritten else 'dense'}: {layer.name} "
+                         f"({'hnnx.' + layer.op if layer.rewritten else layer.reason})")
         if self.accuracy is not None:
             lines.append(f"accuracy: {100 * self.accuracy:.2f} %")
         if self.firing_rates:
@@ -95,6 +101,8 @@ def simulate(
     memory_limit: int | None = None,
     workers: int | None = None,
     ray: bool | str | None = None,
+    event_driven: str = "auto",
+    event_rates: Mapping[str, float] | None = None,
 ) -> SimulationResult:
     """Run ``model`` over every sample of ``data`` in batches of ``batch_size``.
 
@@ -110,6 +118,11 @@ def simulate(
     ``ray``: run the shards on a Ray cluster (True: the running one, else a local one; a string:
     its address). Either way the result equals one process's bit for bit
     (:mod:`hnnx.runtime.parallel`); ``threads`` is then per worker and ``memory_limit`` is shared.
+    ``event_driven``: ``"auto"`` runs integer spike-input layers on the event-driven kernels when
+    their firing rate pays (``event_rates`` by spiking node, else measured on the first batch) and
+    integer layers as exact float layers; ``"on"`` every spike-input layer, float ones too (their
+    summation order changes); ``"off"`` none (:mod:`hnnx.passes.events`). Whole-sequence
+    runs in one process only; chunked and sharded runs use the layers as they are.
     """
     from hnnx.model import load
 
@@ -127,7 +140,7 @@ def simulate(
                                  memory_limit=memory_limit, workers=workers, ray=ray)
     return joined(collect_batches(model, data, labels=labels, batch_size=batch_size, probes=probes, threads=threads,
                                   progress=progress, native=native, chunk_steps=chunk_steps,
-                                  memory_limit=memory_limit))
+                                  memory_limit=memory_limit, event_driven=event_driven, event_rates=event_rates))
 
 
 @dataclass
@@ -148,12 +161,14 @@ class Batches:
     batch_axes: dict[str, int]
     chunk_steps: int | None = None
     whole_sequence: dict[str, str] = field(default_factory=dict)
+    event_layers: list = field(default_factory=list)
 
 
 def collect_batches(model: onnx.ModelProto, data: str | os.PathLike | Mapping[str, np.ndarray], *,
                     labels: str | os.PathLike | np.ndarray | None, batch_size: int, probes: Sequence[str],
                     threads: int | None, progress: bool, native: bool | None, chunk_steps: int | None,
-                    memory_limit: int | None) -> Batches:
+                    memory_limit: int | None, event_driven: str = "off",
+                    event_rates: Mapping[str, float] | None = None) -> Batches:
     """Run ``model`` over ``data`` in one process (arguments as :func:`simulate`); the batches' results."""
     parts = None
     if chunk_steps is None:
@@ -172,7 +187,8 @@ def collect_batches(model: onnx.ModelProto, data: str | os.PathLike | Mapping[st
         return Batches(run.tensors, run.spike_sums, run.batch_sizes, run.labels, run.samples, run.seconds,
                        outputs, probe_specs, batch_axes, run.chunk_steps,
                        run.whole_sequence if run.chunk_steps else {})
-    simulator = Simulator(model, probes=probes, threads=threads, native=native)
+    simulator = Simulator(model, probes=probes, threads=threads, native=native, event_driven=event_driven,
+                          event_rates=event_rates)
     dataset = load_dataset(data, simulator.inputs, labels)
     collected: dict[str, list[np.ndarray]] = {}
     spike_sums = {layer.name: [0.0, 0] for layer in simulator.spiking_layers}
@@ -189,10 +205,19 @@ def collect_batches(model: onnx.ModelProto, data: str | os.PathLike | Mapping[st
             for name, (total, count) in counts.items():
                 spike_sums[name][0] += total
                 spike_sums[name][1] += count
+            if simulator.event_rates_wanted and stop < dataset.size:  # decide on the rates just measured
+                from hnnx.passes.events import decide_on_measured
+
+                rates, layers, rewrite = decide_on_measured(simulator.event_layers, counts, event_rates)
+                if rewrite:
+                    simulator = Simulator(model, probes=probes, threads=threads, native=native,
+                                          event_driven=event_driven, event_rates=rates)
+                else:
+                    simulator.event_layers, simulator.event_rates_wanted = layers, False
             bar.update(stop - start)
     seconds = time.perf_counter() - started
     return Batches(collected, spike_sums, batch_sizes, dataset.labels, dataset.size, seconds, simulator.outputs,
-                   simulator.probes, simulator.batch_axes)
+                   simulator.probes, simulator.batch_axes, event_layers=simulator.event_layers)
 
 
 def joined(batches: Batches) -> SimulationResult:
@@ -209,6 +234,7 @@ def joined(batches: Batches) -> SimulationResult:
         seconds=batches.seconds,
         chunk_steps=batches.chunk_steps,
         whole_sequence=dict(batches.whole_sequence),
+        event_layers=list(batches.event_layers),
     )
     if batches.labels is not None:
         first = batches.outputs[0]
