@@ -309,11 +309,11 @@ struct ConvGeometry {
 
 // Weights [M, C/g, kh, kw] as tiles of `width` outputs of a group: tile (g, t) holds
 // W[g·Mg + t·width + lane, c, ky, kx] at [ky][kx][c][lane], zero past the group's outputs, in
-// the input type; row C/g of every kernel position is all zeros (the padding of event lists).
+// the input type.
 template <typename X>
 struct ConvLayout {
   size_t width = 0, tiles = 0;  // per group
-  size_t rows = 0;              // weight rows per kernel position: C/g + the zero row
+  size_t rows = 0;              // weight rows per kernel position: C/g
   size_t tile_size = 0;         // kh·kw·rows·width
   std::vector<X> data;
   bool finite = true;
@@ -329,7 +329,7 @@ ConvLayout<X> lay_out_conv(const X* weight, const ConvGeometry& s) {
   while (vectors < 8 && vectors * kLanes < s.out_per_group) vectors *= 2;
   layout.width = vectors * kLanes;
   layout.tiles = (s.out_per_group + layout.width - 1) / layout.width;
-  layout.rows = s.per_group + 1;
+  layout.rows = s.per_group;
   layout.tile_size = s.kernel_h * s.kernel_w * layout.rows * layout.width;
   layout.data.assign(s.groups * layout.tiles * layout.tile_size, X(0));
   for (size_t m = 0; m < s.outputs; ++m) {
@@ -349,24 +349,24 @@ ConvLayout<X> lay_out_conv(const X* weight, const ConvGeometry& s) {
   return layout;
 }
 
-constexpr size_t kChunk = 8;  // event lists come in chunks of 8: loops of predictable length
+constexpr size_t kChunk = 8;  // event lists are padded to multiples of 8: copied 8 at a time
 
-// The active channels of every pixel of one sample x [C, H, W], per group, ascending: those of
-// pixel p in group g are channel[start[p·G + g] …] in `chunks[p·G + g]` chunks of 8, padded with
-// the zero row C/g (adding its +0 leaves a sum unchanged), with their values (padding: 0).
-// Built from a bit mask of the active channels of each pixel (one vectorizable pass over x),
-// whose set bits are then listed pixel by pixel.
+// The active channels of every pixel of one sample x [C, H, W], per group, ascending, as
+// weight-row offsets (channel · `width`): those of pixel p in group g are row[start[p·G + g] …],
+// `count[p·G + g]` of them, padded to a multiple of 8 entries (so they can be copied 8 at a
+// time), with their values. Built from a bit mask of the active channels of each pixel (one
+// vectorizable pass over x), whose set bits are then listed pixel by pixel.
 template <typename X>
 struct PixelEvents {
   std::vector<uint64_t> masks;  // [H·W][words]: bit c % 64 of word c / 64
-  std::vector<uint32_t> start, chunks;
-  std::vector<uint32_t> channel;
+  std::vector<uint32_t> start, count;
+  std::vector<uint32_t> row;
   std::vector<Acc<X>> value;
   bool unit = true;  // every active value is 1
 };
 
 template <typename X>
-void gather_pixels(const X* x, const ConvGeometry& s, bool every, PixelEvents<X>& events) {
+void gather_pixels(const X* x, const ConvGeometry& s, bool every, size_t width, PixelEvents<X>& events) {
   const size_t pixels = s.pixels(), cells = pixels * s.groups, words = (s.channels + 63) / 64;
   events.masks.assign(pixels * words, 0);
   uint32_t not_unit = 0;  // some active value is not 1
@@ -389,15 +389,14 @@ void gather_pixels(const X* x, const ConvGeometry& s, bool every, PixelEvents<X>
   const bool unit = not_unit == 0;
   events.unit = unit;
   events.start.resize(cells);
-  events.chunks.resize(cells);
+  events.count.resize(cells);
   const size_t room = (s.per_group + kChunk) * cells;  // the worst case: every channel, padded
-  if (events.channel.size() < room) {
-    events.channel.resize(room);
+  if (events.row.size() < room) {
+    events.row.resize(room);
     events.value.resize(room);
   }
-  uint32_t* channel = events.channel.data();
+  uint32_t* row = events.row.data();
   Acc<X>* value = events.value.data();
-  const auto zero_row = static_cast<uint32_t>(s.per_group);
   size_t n = 0;
   for (size_t p = 0; p < pixels; ++p) {
     const uint64_t* mask = events.masks.data() + p * words;
@@ -410,18 +409,17 @@ void gather_pixels(const X* x, const ConvGeometry& s, bool every, PixelEvents<X>
         while (bits) {
           const size_t c = w * 64 + static_cast<size_t>(__builtin_ctzll(bits));
           bits &= bits - 1;
-          channel[n] = static_cast<uint32_t>(c - c0);
+          row[n] = static_cast<uint32_t>((c - c0) * width);
           value[n] = unit ? Acc<X>(1) : widen(x[c * pixels + p]);
           ++n;
         }
       }
-      const size_t padded = first + (n - first + kChunk - 1) / kChunk * kChunk;
-      for (; n < padded; ++n) {
-        channel[n] = zero_row;
+      events.start[p * s.groups + g] = static_cast<uint32_t>(first);
+      events.count[p * s.groups + g] = static_cast<uint32_t>(n - first);
+      for (const size_t padded = first + (n - first + kChunk - 1) / kChunk * kChunk; n < padded; ++n) {
+        row[n] = 0;
         value[n] = Acc<X>(0);
       }
-      events.start[p * s.groups + g] = static_cast<uint32_t>(first);
-      events.chunks[p * s.groups + g] = static_cast<uint32_t>((padded - first) / kChunk);
     }
   }
 }
@@ -472,20 +470,27 @@ void write_row(const Acc<X>* row, size_t out_w, size_t lanes, size_t m0, size_t 
   }
 }
 
-// One sample: y [M, OH, OW] from its pixel events. For each output pixel and tile, NV lane
-// vectors sum over the kernel positions inside the input and the chunks of their active
-// channels, in the op's order; a row of output pixels is then written channel-major.
+// One sample: y [M, OH, OW] from its pixel events. For each output pixel and tile, the weight
+// rows to add are listed first — the active channels of the input pixel under each kernel
+// position, positions ascending, copied 8 at a time with the position's offset — and then
+// summed in NV lane vectors in one loop: the op's order (kernel positions, then channels,
+// ascending), with one loop of unpredictable length per output pixel rather than one per kernel
+// position. A row of output pixels is then written channel-major.
 template <typename X, int NV, bool UNIT>
 void conv_sample_tiles(const ConvLayout<X>& layout, const ConvGeometry& s, const PixelEvents<X>& events,
                        const Out<X>* bias, Out<X>* y) {
   using A = Acc<X>;
   using V = Lanes<X>;
+  typedef uint32_t Rows __attribute__((vector_size(32)));
   constexpr size_t width = NV * kLanes;
   thread_local std::vector<A> row;
+  thread_local std::vector<uint32_t> rows;  // the weight rows of one output pixel (+ room for a copy of 8)
+  thread_local std::vector<A> values;
   row.resize(s.out_w * width);
+  const size_t room = s.kernel_h * s.kernel_w * s.per_group + kChunk;
+  rows.resize(room);
+  if (!UNIT) values.resize(room);
   const size_t plane = s.out_h * s.out_w, position_size = layout.rows * width;
-  const uint32_t* channel = events.channel.data();
-  const A* value = events.value.data();
   for (size_t g = 0; g < s.groups; ++g) {
     for (size_t t = 0; t < layout.tiles; ++t) {
       const X* tile = layout.tile(g, t);
@@ -493,8 +498,7 @@ void conv_sample_tiles(const ConvLayout<X>& layout, const ConvGeometry& s, const
       const size_t lanes = std::min(width, s.out_per_group - t * width);
       for (size_t oy = 0; oy < s.out_h; ++oy) {
         for (size_t ox = 0; ox < s.out_w; ++ox) {
-          V acc[NV];
-          for (int v = 0; v < NV; ++v) acc[v] = V{};  // +0
+          size_t n = 0;
           for (size_t ky = 0; ky < s.kernel_h; ++ky) {
             const int64_t iy = static_cast<int64_t>(oy) * s.stride_h - s.pad_top + static_cast<int64_t>(ky) * s.dilation_h;
             if (iy < 0 || iy >= static_cast<int64_t>(s.height)) continue;
@@ -503,20 +507,27 @@ void conv_sample_tiles(const ConvLayout<X>& layout, const ConvGeometry& s, const
                   static_cast<int64_t>(ox) * s.stride_w - s.pad_left + static_cast<int64_t>(kx) * s.dilation_w;
               if (ix < 0 || ix >= static_cast<int64_t>(s.width)) continue;
               const size_t cell = (static_cast<size_t>(iy) * s.width + static_cast<size_t>(ix)) * s.groups + g;
-              const X* position = tile + (ky * s.kernel_w + kx) * position_size;
-              const uint32_t* list = channel + events.start[cell];
-              const A* values = value + events.start[cell];
-              for (uint32_t chunk = events.chunks[cell]; chunk > 0; --chunk, list += kChunk, values += kChunk) {
-                for (size_t e = 0; e < kChunk; ++e) {
-                  const X* w = position + static_cast<size_t>(list[e]) * width;
-                  if constexpr (UNIT) {
-                    for (int v = 0; v < NV; ++v) acc[v] += load_lanes(w + v * kLanes);
-                  } else {
-                    const V factor = splat<X>(values[e]);
-                    for (int v = 0; v < NV; ++v) acc[v] += factor * load_lanes(w + v * kLanes);
-                  }
-                }
+              const size_t first = events.start[cell], count = events.count[cell];
+              const Rows offset = static_cast<uint32_t>((ky * s.kernel_w + kx) * position_size) - Rows{};
+              for (size_t k = 0; k < count; k += kChunk) {  // whole padded chunks: the excess is overwritten
+                Rows chunk;
+                std::memcpy(&chunk, events.row.data() + first + k, sizeof chunk);
+                chunk += offset;
+                std::memcpy(rows.data() + n + k, &chunk, sizeof chunk);
+                if constexpr (!UNIT) std::memcpy(values.data() + n + k, events.value.data() + first + k, kChunk * sizeof(A));
               }
+              n += count;
+            }
+          }
+          V acc[NV];
+          for (int v = 0; v < NV; ++v) acc[v] = V{};  // +0
+          for (size_t e = 0; e < n; ++e) {
+            const X* w = tile + rows[e];
+            if constexpr (UNIT) {
+              for (int v = 0; v < NV; ++v) acc[v] += load_lanes(w + v * kLanes);
+            } else {
+              const V factor = splat<X>(values[e]);
+              for (int v = 0; v < NV; ++v) acc[v] += factor * load_lanes(w + v * kLanes);
             }
           }
           std::memcpy(row.data() + ox * width, acc, sizeof acc);
@@ -542,7 +553,7 @@ template <typename X>
 void conv_sample(const ConvLayout<X>& layout, const ConvGeometry& s, const X* x, bool every, const Out<X>* bias,
                  Out<X>* y) {
   thread_local PixelEvents<X> events;  // reused call after call: no allocation in steady state
-  gather_pixels(x, s, every, events);
+  gather_pixels(x, s, every, layout.width, events);
   switch (layout.width / kLanes) {
     case 1:
       return conv_sample_unit<X, 1>(layout, s, events, bias, y);

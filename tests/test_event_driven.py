@@ -253,6 +253,22 @@ def test_native_many_rows_over_threads_and_no_bias(library: Path, op: str) -> No
     same_bits(run_native(model, {"x": x}, library, op, threads=2), expected, f"{op} many rows")
 
 
+@pytest.mark.parametrize("integer", [False, True], ids=["float", "integer"])
+def test_native_conv_over_many_channels(library: Path, integer: bool) -> None:
+    """130 channels (active-channel masks of three words), dense firing (long event lists per
+    pixel, over several copies of 8), signed values, stride 2, two groups."""
+    rng = np.random.default_rng(12)
+    dtype = np.int8 if integer else np.float32
+    x = ((rng.random((3, 130, 9, 10)) < 0.7) * rng.integers(-2, 3, (3, 130, 9, 10))).astype(dtype)
+    w = (rng.integers(-128, 128, (24, 65, 3, 3)).astype(np.int8) if integer
+         else rng.normal(0, 1, (24, 65, 3, 3)).astype(np.float32))
+    node = ops.make_node("SpikeConv", ["x", "w"], ["y"], name="many", mode="integer" if integer else "float", group=2,
+                         stride_h=2, stride_w=2, pad_top=1, pad_left=1, pad_bottom=1, pad_right=1)
+    (expected,) = ops.run_reference(node, x, w)
+    model = layer_model(node, {"x": x}, {"w": w}, ELEM[expected.dtype])
+    same_bits(run_native(model, {"x": x}, library, "SpikeConv", threads=2), expected, "SpikeConv, 130 channels")
+
+
 @pytest.mark.parametrize("op", ["SpikeMatMul", "SpikeConv"])
 def test_native_counts_every_input_when_a_weight_is_not_finite(library: Path, op: str) -> None:
     """0·inf = NaN: with an infinite weight the kernel cannot skip zero inputs, and does not."""
