@@ -349,13 +349,29 @@ ConvLayout<X> lay_out_conv(const X* weight, const ConvGeometry& s) {
   return layout;
 }
 
-constexpr size_t kChunk = 8;  // event lists are padded to multiples of 8: copied 8 at a time
+constexpr size_t kChunk = 8;  // event lists are read 8 entries at a time (past their end too)
+
+// The positions of the set bits of every byte value, ascending (8 slots), and how many there are.
+struct BytePositions {
+  uint8_t index[256][8] = {};
+  uint8_t count[256] = {};
+  constexpr BytePositions() {
+    for (int byte = 0; byte < 256; ++byte) {
+      for (int bit = 0; bit < 8; ++bit) {
+        if (byte >> bit & 1) index[byte][count[byte]++] = static_cast<uint8_t>(bit);
+      }
+    }
+  }
+};
+inline constexpr BytePositions kBytePositions{};
 
 // The active channels of every pixel of one sample x [C, H, W], per group, ascending, as
 // weight-row offsets (channel · `width`): those of pixel p in group g are row[start[p·G + g] …],
-// `count[p·G + g]` of them, padded to a multiple of 8 entries (so they can be copied 8 at a
-// time), with their values. Built from a bit mask of the active channels of each pixel (one
-// vectorizable pass over x), whose set bits are then listed pixel by pixel.
+// `count[p·G + g]` of them, with their values (only when some value is not 1). The lists follow
+// each other, and the buffers hold 8 entries more than the last list: a list may be read 8
+// entries at a time, past its end. Built from a bit mask of the active channels of each pixel
+// (one vectorizable pass over x), whose set bits are then listed 8 channels at a time through a
+// table of the set bits of every byte (no branch on the number of events).
 template <typename X>
 struct PixelEvents {
   std::vector<uint64_t> masks;  // [H·W][words]: bit c % 64 of word c / 64
@@ -390,11 +406,9 @@ void gather_pixels(const X* x, const ConvGeometry& s, bool every, size_t width, 
   events.unit = unit;
   events.start.resize(cells);
   events.count.resize(cells);
-  const size_t room = (s.per_group + kChunk) * cells;  // the worst case: every channel, padded
-  if (events.row.size() < room) {
-    events.row.resize(room);
-    events.value.resize(room);
-  }
+  const size_t room = s.channels * pixels + 64 + kChunk;  // every channel, a byte's 8 slots, a read past the end
+  if (events.row.size() < room) events.row.resize(room);
+  if (!unit && events.value.size() < room) events.value.resize(room);
   uint32_t* row = events.row.data();
   Acc<X>* value = events.value.data();
   size_t n = 0;
@@ -402,24 +416,42 @@ void gather_pixels(const X* x, const ConvGeometry& s, bool every, size_t width, 
     const uint64_t* mask = events.masks.data() + p * words;
     for (size_t g = 0; g < s.groups; ++g) {
       const size_t first = n, c0 = g * s.per_group, c1 = c0 + s.per_group;
-      for (size_t w = c0 / 64; w * 64 < c1; ++w) {
-        uint64_t bits = mask[w];
-        if (w * 64 < c0) bits &= ~uint64_t{0} << (c0 - w * 64);
-        if (c1 < w * 64 + 64) bits &= ~(~uint64_t{0} << (c1 - w * 64));
-        while (bits) {
-          const size_t c = w * 64 + static_cast<size_t>(__builtin_ctzll(bits));
-          bits &= bits - 1;
-          row[n] = static_cast<uint32_t>((c - c0) * width);
-          value[n] = unit ? Acc<X>(1) : widen(x[c * pixels + p]);
-          ++n;
+      if (unit && s.groups == 1) {
+        // 8 channels at a time: the byte's set bits from the table, 8 slots written, n advanced by their number.
+        for (size_t w = 0; w < words; ++w) {
+          const uint64_t bits = mask[w];
+          for (size_t k = 0; k < 8 && w * 64 + k * 8 < c1; ++k) {
+            const unsigned byte = static_cast<unsigned>(bits >> (8 * k)) & 0xffu;
+            const uint8_t* slots = kBytePositions.index[byte];
+            const uint32_t base = static_cast<uint32_t>(w * 64 + k * 8);
+#if defined(__AVX2__)
+            const __m256i channels = _mm256_add_epi32(
+                _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(slots))),
+                _mm256_set1_epi32(static_cast<int>(base)));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + n),
+                                _mm256_mullo_epi32(channels, _mm256_set1_epi32(static_cast<int>(width))));
+#else
+            for (size_t j = 0; j < 8; ++j) row[n + j] = (base + slots[j]) * static_cast<uint32_t>(width);
+#endif
+            n += kBytePositions.count[byte];
+          }
+        }
+      } else {
+        for (size_t w = c0 / 64; w * 64 < c1; ++w) {
+          uint64_t bits = mask[w];
+          if (w * 64 < c0) bits &= ~uint64_t{0} << (c0 - w * 64);
+          if (c1 < w * 64 + 64) bits &= ~(~uint64_t{0} << (c1 - w * 64));
+          while (bits) {
+            const size_t c = w * 64 + static_cast<size_t>(__builtin_ctzll(bits));
+            bits &= bits - 1;
+            row[n] = static_cast<uint32_t>((c - c0) * width);
+            if (!unit) value[n] = widen(x[c * pixels + p]);
+            ++n;
+          }
         }
       }
       events.start[p * s.groups + g] = static_cast<uint32_t>(first);
       events.count[p * s.groups + g] = static_cast<uint32_t>(n - first);
-      for (const size_t padded = first + (n - first + kChunk - 1) / kChunk * kChunk; n < padded; ++n) {
-        row[n] = 0;
-        value[n] = Acc<X>(0);
-      }
     }
   }
 }
@@ -509,7 +541,7 @@ void conv_sample_tiles(const ConvLayout<X>& layout, const ConvGeometry& s, const
               const size_t cell = (static_cast<size_t>(iy) * s.width + static_cast<size_t>(ix)) * s.groups + g;
               const size_t first = events.start[cell], count = events.count[cell];
               const Rows offset = static_cast<uint32_t>((ky * s.kernel_w + kx) * position_size) - Rows{};
-              for (size_t k = 0; k < count; k += kChunk) {  // whole padded chunks: the excess is overwritten
+              for (size_t k = 0; k < count; k += kChunk) {  // 8 at a time: the excess is overwritten
                 Rows chunk;
                 std::memcpy(&chunk, events.row.data() + first + k, sizeof chunk);
                 chunk += offset;
