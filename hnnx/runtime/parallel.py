@@ -198,7 +198,7 @@ class _LocalWorker:
         child_end.close()  # the child holds the only other end: its death closes the pipe
         global _EXIT_HOOK_REGISTERED
         if not _EXIT_HOOK_REGISTERED:
-            atexit.register(_stop_idle_at_exit)
+            atexit.register(_end_idle)
             _EXIT_HOOK_REGISTERED = True
 
     def alive(self) -> bool:
@@ -214,12 +214,12 @@ class _LocalWorker:
 _IDLE: list[_LocalWorker] = []
 """Worker processes between runs."""
 _EXIT_HOOK_REGISTERED = False
-"""Whether :func:`_stop_idle_at_exit` runs when this process ends (registered with the first worker)."""
+"""Whether :func:`_end_idle` runs when this process ends (registered with the first worker)."""
 
 
-def _stop_idle_at_exit() -> None:
+def _end_idle() -> None:
     """Let the kept workers end as processes do (closing their pipe ends their loop), so that what
-    they hold is released by them rather than left to the interpreter's kill of daemon processes."""
+    they hold is released by them (no leaked semaphore) rather than by a kill."""
     for worker in _IDLE:
         worker.connection.close()
     for worker in _IDLE:
@@ -290,10 +290,8 @@ def _run_locally(function: Callable[..., Any], common: Any, payloads: Sequence[A
 def stop_workers() -> int:
     """Stop the local worker processes kept between runs (they hold memory while idle); returns how
     many were stopped. The next run starts new ones."""
-    stopped = 0
-    while _IDLE:
-        _IDLE.pop().stop()
-        stopped += 1
+    stopped = len(_IDLE)
+    _end_idle()
     return stopped
 
 
