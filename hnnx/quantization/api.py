@@ -28,6 +28,12 @@ FORMATS = {name: target.formats for name, target in TARGET_CLASSES.items()}
 """The output formats of each target; the first is the default."""
 OUTPUT_SCALE_KEY = "hnnx.output_scale."
 COMPARISON_SAMPLES = 128
+COMPARISON_VALUES = 1 << 26
+"""The report compares float and quantized tensors on samples up to about this many float values
+(every compared tensor of a sample counts): 128 samples of a digits model, the floor of
+:data:`MIN_COMPARISON_SAMPLES` on an ImageNet-size CNN, whose tens of millions of activation values
+per sample give each tensor's SQNR without running both models over many samples."""
+MIN_COMPARISON_SAMPLES = 8
 """Calibration samples the report's float-vs-quantized comparison runs on."""
 QUANTIZED_KEY = "hnnx.quantized"
 QDQ_MIN_OPSET = 13
@@ -59,6 +65,8 @@ class QuantizationReport:
     synops_per_sample: float = 0.0
     tensor_errors: list[dict[str, Any]] = field(default_factory=list)
     preprocessing: list[dict[str, Any]] = field(default_factory=list)
+    compared_samples: int = 0
+    """How many of the calibration samples the float-vs-quantized comparison ran on."""
     note: str = ""
 
     def to_json(self) -> str:
@@ -78,7 +86,8 @@ class QuantizationReport:
             details = ", ".join(f"{k}={_short(v)}" for k, v in layer["details"].items())
             lines.append(f"| {layer['name']} | {layer['op']} | {layer['role']} | {details} |")
         if self.sqnr_db:
-            lines += ["", "| output | scale | SQNR (dB) |", "|---|---|---|"]
+            lines += ["", f"float against quantized on {self.compared_samples:,} of the calibration samples:", "",
+                      "| output | scale | SQNR (dB) |", "|---|---|---|"]
             lines += [f"| {name} | {self.output_scales.get(name, float('nan')):.6g} | {_db(db)} |"
                       for name, db in self.sqnr_db.items()]
         if self.firing_rates:
@@ -256,7 +265,8 @@ def _parameter_bytes(model: onnx.ModelProto) -> int:
 
 def _compare(reference: Any, quantized: onnx.ModelProto, tensors: Mapping[str, tuple[str, float]],
              calibration: Any, report: QuantizationReport, float_rates: Mapping[str, float], batch_size: int) -> None:
-    """On (up to :data:`COMPARISON_SAMPLES` of) the calibration samples, the float model (``reference``:
+    """On (up to :data:`COMPARISON_SAMPLES` of, and about :data:`COMPARISON_VALUES` float values of)
+    the calibration samples, the float model (``reference``:
     the calibration's session, which probes every float tensor) and the quantized model side by side:
     SQNR of every output and of every quantized tensor (``tensors``: float name → quantized name and
     real value per unit), saturated values, firing-rate drift and SynOps per sample."""
@@ -281,7 +291,9 @@ def _compare(reference: Any, quantized: onnx.ModelProto, tensors: Mapping[str, t
     batch = min(reference.batch_within(PROBE_MEMORY_BUDGET // 2, batch_size),
                 candidate.batch_within(PROBE_MEMORY_BUDGET // 2, batch_size))
     # Only samples calibration used: a source is read no further than ``num_samples`` asked.
-    compared = min(COMPARISON_SAMPLES, report.calibration_samples)
+    per_sample = max(1, reference.bytes_per_sample() // 4)
+    compared = min(COMPARISON_SAMPLES, report.calibration_samples,
+                   max(MIN_COMPARISON_SAMPLES, COMPARISON_VALUES // per_sample))
     for feeds in batches(calibration, candidate.inputs, batch, num_samples=compared):
         expected, _ = reference.run(feeds)
         got, counts = candidate.run(feeds)
@@ -302,6 +314,7 @@ def _compare(reference: Any, quantized: onnx.ModelProto, tensors: Mapping[str, t
             saturated[name] += int(np.sum((got[name] == 127) | (got[name] == -128)))
         for name, fan_out in fan_outs.items():
             synops += float(np.count_nonzero(got[name])) * fan_out
+    report.compared_samples = samples
     report.sqnr_db = {name: _sqnr(*errors[name][:2]) for name in outputs}
     report.tensor_errors = sorted(({"tensor": name, "quantized_tensor": pairs[name][0], "unit": pairs[name][1],
                                     "sqnr_db": _sqnr(signal, noise), "saturated": sat, "elements": size}
