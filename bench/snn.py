@@ -24,10 +24,19 @@ onnxruntime intra-op threads and ``torch.set_num_threads``), inference only:
    attached; the repetition over T and the mean over T as standard ops), run by
    ``hnnx.Simulator(native=True, firing_rates=False)``: onnxruntime with the fused kernel.
 2. ``hnnx function body`` — the same model, ``native=False``: the LIF bodies are Scans.
+2b. ``hnnx native, event-driven`` — the same model with the spike-input layers (Conv 16→32 and
+   the Linear) on the event-driven kernels (``Simulator(event_driven="on")``: float layers opted
+   in; the dyadic weights make every summation order exact, so spikes and scores stay identical).
 3. ``SpikingJelly`` — ``spikingjelly.activation_based`` ``layer.Conv2d``/``layer.Linear``/
    ``neuron.LIFNode`` in multi-step mode (``step_mode="m"``), CPU, ``torch.no_grad()``.
 4. ``snnTorch`` — ``nn.Conv2d``/``nn.Linear``/``snntorch.Leaky`` stepped over T as in its
    tutorials, ``torch.no_grad()``.
+
+Integer mode (second table): the network quantized by ``hnnx.quantize`` (``tianjicx`` int,
+calibrated on 64 other images) and run three ways — onnxruntime's integer ops
+(``event_driven="off"``), the integer layers as exact float layers (``integer_as_float``) and
+with the spike-input layers event-driven (``"on"``); their outputs must be bit-identical, and
+the float model's native time gives the integer-to-float ratio.
 
 Time: median of ``--repeats`` (default 7) runs of one batch after a warm-up. Peak memory:
 each contender runs once more in a fresh child process, which reports how far its resident
@@ -74,12 +83,20 @@ THRESHOLD = 1.0 + 2.0**-20
 """Off the grid of reachable membrane values (multiples of 2⁻¹⁸ at the finest)."""
 SPEEDUP_TARGET = 3.0
 """Issue target: hnnx native ≥ 3× SpikingJelly on CPU."""
+EVENT_TARGET = 6.0
+"""Issue target: hnnx with event-driven layers ≥ 6× SpikingJelly on CPU."""
 
 NATIVE = "hnnx native (onnxruntime + fused LIF)"
 BODY = "hnnx function body (onnxruntime Scan)"
+EVENT = "hnnx native, event-driven layers"
 SPIKINGJELLY = "SpikingJelly 2, multi-step"
 SNNTORCH = "snnTorch, stepped"
-CONTENDERS = (NATIVE, BODY, SPIKINGJELLY, SNNTORCH)
+CONTENDERS = (NATIVE, BODY, EVENT, SPIKINGJELLY, SNNTORCH)
+INTEGER_DENSE = "tianjicx int, onnxruntime integer ops"
+INTEGER_FLOAT = "tianjicx int, exact float layers"
+INTEGER_EVENT = "tianjicx int, event-driven layers"
+INTEGER_MODES = {INTEGER_DENSE: "off", INTEGER_FLOAT: "auto", INTEGER_EVENT: "on"}
+"""``event_driven`` of each integer contender ("auto" without firing rates: the exact float layers only)."""
 NATIVE_SIMULATION = "hnnx native with firing-rate taps"
 """Memory only: the Simulator as ``hnnx.simulate`` runs it (spike counts reduced in the graph)."""
 
@@ -160,13 +177,16 @@ def export_hnnx(weights: Weights, path: Path) -> onnx.ModelProto:
 
 
 def hnnx_forward(model_path: Path, images: np.ndarray, threads: int, native: bool, probes: bool = False,
-                 firing_rates: bool = False) -> Forward:
+                 firing_rates: bool = False, event_driven: str = "off") -> Forward:
     """``hnnx.Simulator`` over the exported model; with ``probes`` also the spikes of both LIF layers."""
     import hnnx
 
-    names = ["lif1.spikes", "lif2.spikes"] if probes else []
-    simulator = hnnx.Simulator(hnnx.load(model_path), probes=names, firing_rates=firing_rates, threads=threads,
-                               native=native)
+    model = hnnx.load(model_path)
+    names = [node.output[0] for node in model.graph.node if node.op_type == "LIF"] if probes else []
+    simulator = hnnx.Simulator(model, probes=names, firing_rates=firing_rates, threads=threads,
+                               native=native, event_driven=event_driven, event_rates={})
+    if event_driven == "on" and not any(layer.rewritten for layer in simulator.event_layers):
+        raise RuntimeError("no layer became event-driven")
 
     def run() -> tuple[np.ndarray, ...]:
         tensors, _ = simulator.run({"images": images})
@@ -237,6 +257,11 @@ def make_forward(name: str, weights: Weights, images: np.ndarray, model_path: Pa
         return hnnx_forward(model_path, images, threads, native=True, probes=probes)
     if name == BODY:
         return hnnx_forward(model_path, images, threads, native=False, probes=probes)
+    if name == EVENT:
+        return hnnx_forward(model_path, images, threads, native=True, probes=probes, event_driven="on")
+    if name in INTEGER_MODES:
+        return hnnx_forward(model_path.with_name("snn_int.onnx"), images, threads, native=True, probes=probes,
+                            event_driven=INTEGER_MODES[name])
     if name == NATIVE_SIMULATION:
         return hnnx_forward(model_path, images, threads, native=True, firing_rates=True)
     if name == SPIKINGJELLY:
@@ -317,7 +342,7 @@ def compare(row: Row, reference: Row, index: int) -> str:
 
 
 def report(rows: dict[str, Row], simulation_peak: float | None) -> str:
-    native, jelly = rows[NATIVE], rows[SPIKINGJELLY]
+    native, jelly, event = rows[NATIVE], rows[SPIKINGJELLY], rows[EVENT]
     headers = ["contender", "median s", "× hnnx native", "peak memory", "scores vs hnnx native",
                "spikes vs hnnx native"]
     table = []
@@ -334,6 +359,10 @@ def report(rows: dict[str, Row], simulation_peak: float | None) -> str:
         speedup = jelly.seconds / native.seconds
         lines.append(f"target: hnnx native ≥ {SPEEDUP_TARGET:.0f}× SpikingJelly (CPU): {speedup:.2f}× — "
                      f"{'met' if speedup >= SPEEDUP_TARGET else 'NOT met'}")
+    if event.seconds and jelly.seconds:
+        speedup = jelly.seconds / event.seconds
+        lines.append(f"target: hnnx with event-driven layers ≥ {EVENT_TARGET:.0f}× SpikingJelly (CPU): {speedup:.2f}× — "
+                     f"{'met' if speedup >= EVENT_TARGET else 'NOT met'}")
     if native.outputs:
         rates = [float(s.mean()) for s in native.outputs[1:]]
         lines.append(f"firing rates (hnnx native): lif1 {rates[0]:.3f}, lif2 {rates[1]:.3f}")
@@ -344,6 +373,41 @@ def report(rows: dict[str, Row], simulation_peak: float | None) -> str:
         lines.append(f"peak memory of hnnx native with the firing-rate taps of hnnx.simulate: "
                      f"{simulation_peak:.0f} MiB")
     return "\n".join(lines)
+
+
+def integer_report(rows: dict[str, Row], float_native: Row, jelly: Row) -> str:
+    """The quantized network three ways: time, × the float model on the native kernel, equality."""
+    dense = rows[INTEGER_DENSE]
+    headers = ["contender", "median s", "× float hnnx native", "× SpikingJelly speed", "outputs vs integer ops"]
+    table = []
+    for row in rows.values():
+        if row.seconds is None:
+            table.append([row.name, row.missing, "", "", ""])
+            continue
+        versus = f"{row.seconds / float_native.seconds:.2f}×" if float_native.seconds else ""
+        jelly_ratio = f"{jelly.seconds / row.seconds:.2f}×" if jelly.seconds else ""
+        same = {compare(row, dense, index) for index in range(3)}
+        table.append([row.name, f"{row.seconds:.4f}", versus, jelly_ratio, " / ".join(sorted(same))])
+    lines = [format_table(headers, table)]
+    event = rows[INTEGER_EVENT]
+    if event.seconds and jelly.seconds:
+        speedup = jelly.seconds / event.seconds
+        lines.append(f"target: integer mode with event-driven layers ≥ {EVENT_TARGET:.0f}× SpikingJelly: {speedup:.2f}× — "
+                     f"{'met' if speedup >= EVENT_TARGET else 'NOT met'} (outputs identical to the integer ops: "
+                     f"{'yes' if compare(event, dense, 0) == 'bit-identical' else 'NO'})")
+    if event.outputs:
+        rates = [float(s.mean()) for s in event.outputs[1:]]
+        lines.append(f"firing rates (integer): lif1 {rates[0]:.3f}, lif2 {rates[1]:.3f}")
+    return "\n".join(lines)
+
+
+def quantize_model(model_path: Path) -> None:
+    """The tianjicx integer model, written next to the float one as ``snn_int.onnx``."""
+    import hnnx
+
+    calibration = {"images": make_images(seed=SEED + 2, batch=64)}
+    quantized, _ = hnnx.quantize(hnnx.load(model_path), calibration, target="tianjicx", progress=False)
+    hnnx.save(quantized, model_path.with_name("snn_int.onnx"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -381,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
         model_path = Path(tmp) / "snn.onnx"
         export_hnnx(weights, model_path)
         for name in CONTENDERS:
-            if name == NATIVE and not status.active:
+            if name in (NATIVE, EVENT) and not status.active:
                 rows[name] = Row(name, missing="unavailable (see hnnx doctor)")
                 continue
             try:
@@ -393,6 +457,16 @@ def main(argv: list[str] | None = None) -> None:
             outputs = tuple(np.array(a, copy=True) for a in checked())
             del checked
             rows[name] = Row(name, median_seconds(timed, args.repeats), outputs=outputs)
+        quantize_model(model_path)
+        integer_rows: dict[str, Row] = {}
+        for name in INTEGER_MODES:
+            if not status.active:
+                integer_rows[name] = Row(name, missing="unavailable (see hnnx doctor)")
+                continue
+            outputs = tuple(np.array(a, copy=True) for a in
+                            make_forward(name, weights, images, model_path, args.threads, probes=True)())
+            timed = make_forward(name, weights, images, model_path, args.threads, probes=False)
+            integer_rows[name] = Row(name, median_seconds(timed, args.repeats), outputs=outputs)
         simulation_peak = None
         if not args.no_memory:
             for row in rows.values():
@@ -401,6 +475,10 @@ def main(argv: list[str] | None = None) -> None:
             if rows[NATIVE].seconds is not None:
                 simulation_peak = child_peak(NATIVE_SIMULATION, model_path, args.threads)
     print(report(rows, simulation_peak), flush=True)
+    print()
+    print("Integer mode (the same network quantized, tianjicx int):")
+    print()
+    print(integer_report(integer_rows, rows[NATIVE], rows[SPIKINGJELLY]), flush=True)
 
 
 if __name__ == "__main__":

@@ -29,3 +29,12 @@ def median_seconds(fn: Callable[[], object], repeats: int, warm_up: bool = True)
         fn()
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def require_native_kernels() -> None:
+    """Stop the benchmark with the reason when the hnnx native kernels are not active."""
+    from hnnx.runtime import native
+
+    status = native.status()
+    if not status.active:
+        raise SystemExit(f"the native kernels are not active ({status.reason}): run hnnx doctor --build")
