@@ -52,7 +52,7 @@ from hnnx import ops
 from hnnx.passes.events import integer_as_float
 from hnnx.passes.manager import run_passes
 from hnnx.runtime import native
-from tables import format_table, median_seconds
+from tables import format_table, median_seconds, require_native_kernels
 
 SEED = 11
 RATES = (0.01, 0.02, 0.05, 0.10, 0.20, 0.50)
@@ -238,9 +238,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    status = native.status()
-    if not status.active:
-        raise SystemExit(f"the native kernels are not active ({status.reason}): run hnnx doctor --build")
+    require_native_kernels()
     torch.set_num_threads(args.threads)
     print(f"hnnx event-driven layers — onnxruntime {ort.__version__}, torch {torch.__version__}, python "
           f"{platform.python_version()}, {os.cpu_count()} CPUs, {args.threads} threads; median of {args.repeats} "
