@@ -100,8 +100,22 @@ def preactivation() -> onnx.ModelProto:
                    helper.make_node("Relu", ["shifted"], ["r"]), c2, *head], {**w1, **w2, **wh, **affine}, ["N", 3])
 
 
+def dense_block() -> onnx.ModelProto:
+    """A DenseNet block: every layer's output joins every later Concat (the stem's in both), each
+    input on its own scale."""
+    c1, w1 = _conv("stem", "x", "s")
+    c2, w2 = _conv("layer1", "r", "l1", C, C)
+    c3, w3 = _conv("layer2", "cat1", "l2", 2 * C, C)
+    w2["layer1.w"] *= 8  # another scale than the stem's: the Concats align their inputs
+    head, wh = _head("cat2", 3 * C * 36)
+    return _model([c1, helper.make_node("Relu", ["s"], ["r"]), c2,
+                   helper.make_node("Concat", ["r", "l1"], ["cat1"], axis=1, name="concat1"), c3,
+                   helper.make_node("Concat", ["r", "l1", "l2"], ["cat2"], axis=1, name="concat2"), *head],
+                  {**w1, **w2, **w3, **wh}, ["N", 3])
+
+
 MODELS = {"residual": residual, "inception": inception, "global_pool_clip": global_pool_clip,
-          "preactivation": preactivation}
+          "preactivation": preactivation, "dense_block": dense_block}
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +128,7 @@ def test_integer_form_is_exact_and_close_to_float(name: str, data: np.ndarray) -
     model = MODELS[name]()
     quantized, report = quantize(model, {"x": data})
     assert report.excluded == {}, report.excluded
+    onnx.checker.check_model(quantized, full_check=True)  # sorted, one producer per tensor name
     assert not [n.op_type for n in quantized.graph.node if n.op_type in ("Cast",) and
                 any(a.name == "to" and a.i == TensorProto.FLOAT for a in n.attribute)], "a float island is left"
     x = data[:16]

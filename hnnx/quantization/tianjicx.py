@@ -83,6 +83,9 @@ class TianjicxQuantizer:
     output_scales: dict[str, float] = field(default_factory=dict)
     _consumed: set[int] = field(default_factory=set)
     _requantized: dict[str, QValue] = field(default_factory=dict)
+    _integer_casts: dict[tuple[str, str], gs.Variable] = field(default_factory=dict)
+    """The integer tensor already made of (value tensor, dtype): a value used by several ops (a
+    DenseNet block output feeding every later Concat) is cast once, under one name."""
 
     # ------------------------------------------------------------------ driver
     def run(self) -> Rewrite:
@@ -498,11 +501,7 @@ class TianjicxQuantizer:
         return out
 
     def _to_int32(self, value: QValue, name: str) -> gs.Variable:
-        if value.tensor.dtype == np.int32:
-            return value.tensor
-        out = self._variable(name, np.int32)
-        self._node("Cast", [value.tensor], [out], {"to": onnx.TensorProto.INT32})
-        return out
+        return self._to_integer(value, np.int32, name)
 
     # ------------------------------------------------------------------ spiking ops
     def _neuron(self, node: gs.Node) -> None:
@@ -632,9 +631,16 @@ class TianjicxQuantizer:
     def _to_integer(self, value: QValue, dtype: Any, name: str) -> gs.Variable:
         """The integer tensor of ``value``: itself in the integer graph; ``value / fake`` cast in
         the fake-quant graph (exact: the float tensor holds an integer times a power of two)."""
+        if not self.fakequant and value.tensor.dtype == np.dtype(dtype):
+            return value.tensor
+        key = (value.tensor.name, np.dtype(dtype).name)
+        if key in self._integer_casts:
+            return self._integer_casts[key]
+        self._integer_casts[key] = out = self._cast_to_integer(value, dtype, name)
+        return out
+
+    def _cast_to_integer(self, value: QValue, dtype: Any, name: str) -> gs.Variable:
         if not self.fakequant:
-            if value.tensor.dtype == np.dtype(dtype):
-                return value.tensor
             out = self._variable(name, dtype)
             self._node("Cast", [value.tensor], [out], {"to": onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))})
             return out
