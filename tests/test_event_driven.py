@@ -476,10 +476,18 @@ def test_quantized_bundled_models_are_bit_identical_event_driven(library: Path, 
         for key, value in off.outputs.items():
             same_bits(result.outputs[key], value, f"{name} {key}")
         assert result.firing_rates == off.firing_rates
-    # auto measured the neurons' rates on the first batch; a layer fed by the A2S coder needs a given rate
+    # auto measured every source's rate on the first batch: the neurons', and the A2S coder's
+    # (counted for the decision, not listed among the firing rates)
     measured = {layer.name: layer.rate for layer in auto.event_layers}
-    assert [layer for layer, rate in measured.items() if rate is None] == (
-        ["node_linear.acc.MatMulInteger"] if name == "hybrid_a2s" else [])
+    assert measured and all(rate is not None for rate in measured.values())
+    assert set(auto.firing_rates) == set(off.firing_rates)
+    if name == "hybrid_a2s":
+        coder = next(layer for layer in auto.event_layers if layer.name == "node_linear.acc.MatMulInteger")
+        assert coder.sources == ("a2s",) and 0 < coder.rate < 1
+        model = hnnx.load(quantized_models[name])
+        coded = next(node.output[0] for node in model.graph.node if node.name == "a2s")
+        first = hnnx.simulate(model, {"pixels": data["pixels"][:40]}, probes=[coded], event_driven="off")
+        assert coder.rate == pytest.approx(float(np.mean(first.probes[coded], dtype=np.float64)), rel=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -15,6 +15,7 @@ from hnnx.errors import HnnxError, ModelError
 from hnnx.runtime.data import TensorSpec, spec_of
 
 RATE_PREFIX = "hnnx.firing_rate."
+EVENT_RATE_PREFIX = "hnnx.event_source_rate."
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,12 @@ class Simulator:
             if name not in {o.name for o in self.outputs}:
                 model.graph.output.append(_value_info(name, types[name]))
             self.probes.append(spec_of(_value_info(name, types[name])))
-        self.spiking_layers = _add_rate_taps(model) if firing_rates else []
+        self.spiking_layers = _add_rate_taps(model, spiking_neurons(model.graph)) if firing_rates else []
+        # Spike sources that are not neurons (a rate-coding A2S) feeding a layer whose event-driven
+        # decision waits for a rate: counted too, in last_event_counts, not among the firing rates.
+        self.event_sources = (_add_rate_taps(model, _undecided_sources(model.graph, self.event_layers),
+                                             EVENT_RATE_PREFIX, as_int32=True) if self.event_rates_wanted else [])
+        self.last_event_counts: dict[str, tuple[float, int]] = {}
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.enable_mem_pattern = memory_pattern
@@ -105,16 +111,16 @@ class Simulator:
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, tuple[float, int]]]:
         """Run one batch. Returns ``(tensors by name, {layer: (spike sum, element count)})``."""
-        names = self._output_names + [t for layer in self.spiking_layers
-                                      for t in (layer.sum_output, layer.count_output)]
+        tapped = [*self.spiking_layers, *self.event_sources]
+        names = self._output_names + [t for layer in tapped for t in (layer.sum_output, layer.count_output)]
         try:
             values = self.session.run(names, dict(feeds))
         except Exception as exc:
             raise HnnxError(f"onnxruntime failed: {_first_line(exc)}") from None
         tensors = dict(zip(names[: len(self._output_names)], values))
         taps = values[len(self._output_names):]
-        counts = {layer.name: (float(taps[2 * i]), int(taps[2 * i + 1]))
-                  for i, layer in enumerate(self.spiking_layers)}
+        counts = {layer.name: (float(taps[2 * i]), int(taps[2 * i + 1])) for i, layer in enumerate(tapped)}
+        self.last_event_counts = {layer.name: counts.pop(layer.name) for layer in self.event_sources}
         return tensors, counts
 
 
@@ -157,16 +163,32 @@ def spiking_neurons(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     return found
 
 
-def _add_rate_taps(model: onnx.ModelProto) -> list[SpikingLayer]:
+def _undecided_sources(graph: onnx.GraphProto, decisions: Sequence[Any]) -> list[onnx.NodeProto]:
+    """The spike-emitting hnnx nodes that are not neurons and feed an undecided event-driven layer."""
+    from hnnx.passes.events import RATE_UNKNOWN
+
+    wanted = {source for d in decisions if not d.rewritten and d.reason == RATE_UNKNOWN for source in d.sources}
+    neurons = {id(node) for node in spiking_neurons(graph)}
+    return [node for node in graph.node if node.domain == ops.DOMAIN and (node.name or node.output[0]) in wanted
+            and id(node) not in neurons]
+
+
+def _add_rate_taps(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], prefix: str = RATE_PREFIX,
+                   as_int32: bool = False) -> list[SpikingLayer]:
+    """Count the spikes of ``nodes``' first outputs ``[T, N, ...]`` in the graph (two scalar outputs
+    each); ``as_int32``: cast them first (an A2S may emit int8 spikes, which ReduceSum does not take)."""
     layers = []
-    for index, node in enumerate(spiking_neurons(model.graph)):
+    for index, node in enumerate(nodes):
         label = node.name or node.output[0]
         spikes = node.output[0]
-        time_axis = f"{RATE_PREFIX}{index}.axis0"
-        per_neuron = f"{RATE_PREFIX}{index}.per_neuron"
-        as_double = f"{RATE_PREFIX}{index}.double"
-        total = f"{RATE_PREFIX}{index}.sum"
-        count = f"{RATE_PREFIX}{index}.count"
+        if as_int32:
+            model.graph.node.append(helper.make_node("Cast", [spikes], [f"{prefix}{index}.int32"], to=TensorProto.INT32))
+            spikes = f"{prefix}{index}.int32"
+        time_axis = f"{prefix}{index}.axis0"
+        per_neuron = f"{prefix}{index}.per_neuron"
+        as_double = f"{prefix}{index}.double"
+        total = f"{prefix}{index}.sum"
+        count = f"{prefix}{index}.count"
         # Sum over time in the spike type first (exact: each count ≤ T), so no [T, N, ...]
         # double copy of the spikes is ever held; then the exact total in double.
         model.graph.node.extend([

@@ -208,7 +208,8 @@ def collect_batches(model: onnx.ModelProto, data: str | os.PathLike | Mapping[st
             if simulator.event_rates_wanted and stop < dataset.size:  # decide on the rates just measured
                 from hnnx.passes.events import decide_on_measured
 
-                rates, layers, rewrite = decide_on_measured(simulator.event_layers, counts, event_rates)
+                rates, layers, rewrite = decide_on_measured(simulator.event_layers,
+                                                            {**counts, **simulator.last_event_counts}, event_rates)
                 if rewrite:
                     simulator = Simulator(model, probes=probes, threads=threads, native=native,
                                           event_driven=event_driven, event_rates=rates)
