@@ -112,7 +112,8 @@ class SpikeMatMulKernel {
       node_.fail("x " + shape_text(shape) + " does not end in the weight's " + std::to_string(layout->inputs) +
                  " inputs");
     }
-    DenseRun<X> run{};
+    // Kept per thread between calls: its buffers are reused (no allocation, no fresh pages per call).
+    thread_local DenseRun<X> run;
     run.layout = layout.get();
     run.x = x.GetTensorData<X>();
     run.rows = element_count(std::vector<int64_t>(shape.begin(), shape.end() - 1));

@@ -74,6 +74,19 @@ inline Lanes<X> load_lanes(const X* p) {
   }
 }
 
+// A vector of lanes from memory, and back (register values, not a copy through the stack).
+template <typename V, typename T>
+inline V load_vector(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+template <typename V, typename T>
+inline void store_vector(T* p, V v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
 // a in every lane (a − (+0) is a exactly, −0 included: a broadcast).
 template <typename X>
 inline Lanes<X> splat(Acc<X> a) {
@@ -151,10 +164,12 @@ template <typename X>
 EventRow<X> gather_row(const X* x, size_t k, bool every, uint32_t* index, Acc<X>* value) {
   size_t n = 0;
   uint32_t not_unit = 0;  // some active value is not 1
-  for (size_t i = 0; i < k; ++i) not_unit |= static_cast<uint32_t>((active(x[i]) | every) & (x[i] != X(1)));
-  for (size_t base = 0; base < k; base += 64) {
+  for (size_t base = 0; base < k; base += 64) {  // one pass over x, 64 inputs at a time
     const size_t span = std::min<size_t>(64, k - base);
     uint64_t bits = every ? (span == 64 ? ~uint64_t{0} : (uint64_t{1} << span) - 1) : active_mask(x + base, span);
+    for (size_t i = base; i < base + span; ++i) {
+      not_unit |= static_cast<uint32_t>((active(x[i]) | every) & (x[i] != X(1)));
+    }
     while (bits) {
       const size_t i = base + static_cast<size_t>(__builtin_ctzll(bits));
       bits &= bits - 1;
@@ -570,13 +585,100 @@ void conv_sample_tiles(const ConvLayout<X>& layout, const ConvGeometry& s, const
   }
 }
 
+// The partial sums of a whole sample fit the L1 cache up to this size: small layers are then
+// summed input pixel by input pixel (conv_sample_scatter), which touches only the events.
+constexpr size_t kScatterSumsBytes = size_t{32} << 10;
+
+// One sample, input-driven: every active input pixel adds, for each kernel position that reaches
+// an output pixel, the weight rows of its active channels to that output pixel's NV lane
+// vectors in `sums` (the whole sample's partial sums, L1-resident). Input pixels come in
+// row-major order, so an output pixel receives its positions (ky, kx) ascending — the input row
+// and column grow with them — and each position's channels ascending: the op's order, sums
+// starting at +0 (storing a float32 sum leaves it as it is). Work follows the events only; the
+// sums are then written channel-major, a row of output pixels at a time.
+template <typename X, int NV, bool UNIT>
+void conv_sample_scatter(const ConvLayout<X>& layout, const ConvGeometry& s, const PixelEvents<X>& events,
+                         const Out<X>* bias, Out<X>* y) {
+  using A = Acc<X>;
+  using V = Lanes<X>;
+  constexpr size_t width = NV * kLanes;
+  const size_t plane = s.out_h * s.out_w, position_size = layout.rows * width;
+  thread_local std::vector<A> sums;
+  sums.resize(plane * width);
+  // The (kernel offset, output index) pairs each input row and column reaches, in kernel order.
+  struct Reach {
+    uint32_t kernel, output;
+  };
+  auto reaches = [](size_t inputs, size_t kernel, size_t outputs, int64_t stride, int64_t pad, int64_t dilation,
+                    std::vector<uint32_t>& first, std::vector<Reach>& pairs) {
+    first.assign(inputs + 1, 0);
+    pairs.clear();
+    for (size_t i = 0; i < inputs; ++i) {
+      first[i] = static_cast<uint32_t>(pairs.size());
+      for (size_t k = 0; k < kernel; ++k) {
+        const int64_t scaled = static_cast<int64_t>(i) + pad - static_cast<int64_t>(k) * dilation;
+        if (scaled < 0 || scaled % stride != 0 || static_cast<size_t>(scaled / stride) >= outputs) continue;
+        pairs.push_back({static_cast<uint32_t>(k), static_cast<uint32_t>(scaled / stride)});
+      }
+    }
+    first[inputs] = static_cast<uint32_t>(pairs.size());
+  };
+  thread_local std::vector<uint32_t> row_first, col_first;
+  thread_local std::vector<Reach> row_reach, col_reach;
+  reaches(s.height, s.kernel_h, s.out_h, s.stride_h, s.pad_top, s.dilation_h, row_first, row_reach);
+  reaches(s.width, s.kernel_w, s.out_w, s.stride_w, s.pad_left, s.dilation_w, col_first, col_reach);
+  for (size_t g = 0; g < s.groups; ++g) {
+    for (size_t t = 0; t < layout.tiles; ++t) {
+      const X* tile = layout.tile(g, t);
+      const size_t m0 = g * s.out_per_group + t * width;
+      const size_t lanes = std::min(width, s.out_per_group - t * width);
+      std::fill(sums.begin(), sums.end(), A(0));  // +0
+      for (size_t iy = 0; iy < s.height; ++iy) {
+        for (size_t ix = 0; ix < s.width; ++ix) {
+          const size_t cell = (iy * s.width + ix) * s.groups + g;
+          const size_t count = events.count[cell];
+          if (count == 0) continue;
+          const uint32_t* list = events.row.data() + events.start[cell];
+          const A* values = events.value.data() + events.start[cell];
+          for (uint32_t r = row_first[iy]; r < row_first[iy + 1]; ++r) {
+            const Reach vertical = row_reach[r];
+            for (uint32_t c = col_first[ix]; c < col_first[ix + 1]; ++c) {
+              const Reach horizontal = col_reach[c];
+              const X* position = tile + (vertical.kernel * s.kernel_w + horizontal.kernel) * position_size;
+              A* out = sums.data() + (vertical.output * s.out_w + horizontal.output) * width;
+              V acc[NV];  // vector loads into registers (a copy of the array goes through the stack, and stalls)
+              for (int v = 0; v < NV; ++v) acc[v] = load_vector<V>(out + v * kLanes);
+              for (size_t e = 0; e < count; ++e) {
+                const X* w = position + list[e];
+                if constexpr (UNIT) {
+                  for (int v = 0; v < NV; ++v) acc[v] += load_lanes(w + v * kLanes);
+                } else {
+                  const V factor = splat<X>(values[e]);
+                  for (int v = 0; v < NV; ++v) acc[v] += factor * load_lanes(w + v * kLanes);
+                }
+              }
+              for (int v = 0; v < NV; ++v) store_vector(out + v * kLanes, acc[v]);
+            }
+          }
+        }
+      }
+      for (size_t oy = 0; oy < s.out_h; ++oy) {
+        write_row<X, width>(sums.data() + oy * s.out_w * width, s.out_w, lanes, m0, plane, bias, y + oy * s.out_w);
+      }
+    }
+  }
+}
+
 template <typename X, int NV>
 void conv_sample_unit(const ConvLayout<X>& layout, const ConvGeometry& s, const PixelEvents<X>& events,
                       const Out<X>* bias, Out<X>* y) {
+  const bool scatter = s.out_h * s.out_w * layout.width * sizeof(Acc<X>) <= kScatterSumsBytes;
   if (events.unit) {
-    conv_sample_tiles<X, NV, true>(layout, s, events, bias, y);
+    scatter ? conv_sample_scatter<X, NV, true>(layout, s, events, bias, y)
+            : conv_sample_tiles<X, NV, true>(layout, s, events, bias, y);
   } else {
-    conv_sample_tiles<X, NV, false>(layout, s, events, bias, y);
+    scatter ? conv_sample_scatter<X, NV, false>(layout, s, events, bias, y)
+            : conv_sample_tiles<X, NV, false>(layout, s, events, bias, y);
   }
 }
 
