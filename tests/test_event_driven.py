@@ -361,7 +361,9 @@ def test_spike_sources_follow_shape_ops_and_casts() -> None:
 
 
 @pytest.mark.parametrize("integer", [False, True], ids=["float", "integer"])
-def test_event_driven_rewrites_the_spike_input_layers(library: Path, integer: bool) -> None:
+def test_event_driven_rewrites_the_spike_input_layers(library: Path, integer: bool,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ev, "EVENT_MIN_OUTPUTS", 1)  # the dense layer here has 7 outputs
     model = snn_graph(integer)
     decisions: list[ev.EventLayer] = []
     changes: dict[str, bool] = {}
@@ -384,7 +386,9 @@ def test_event_driven_rewrites_the_spike_input_layers(library: Path, integer: bo
             np.testing.assert_allclose(event[name], dense[name], rtol=1e-6, atol=1e-3)
 
 
-def test_decisions_follow_the_rates_and_the_float_opt_in() -> None:
+def test_decisions_follow_the_rates_and_the_float_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ev, "EVENT_MIN_OUTPUTS", 1)  # the dense layer here has 7 outputs
+
     def decide(model: onnx.ModelProto, **kwargs: Any) -> list[tuple[str, bool, str]]:
         decisions: list[ev.EventLayer] = []
         hnnx.passes.run_passes(model, [ev.event_driven(decisions=decisions, **kwargs)])
@@ -399,6 +403,11 @@ def test_decisions_follow_the_rates_and_the_float_opt_in() -> None:
     assert {d[2] for d in decide(floating, rates={"lif": 0.01})} == {
         "a float layer (its summation order would change; opt in)"}
     assert decide(integer, rates={"lif": 0.01}, mode="off") == []
+    # a narrow dense layer (7 outputs) stays dense in auto, whatever its rate; "on" still takes it
+    monkeypatch.setattr(ev, "EVENT_MIN_OUTPUTS", 32)
+    assert [d[1] for d in decide(integer, rates={"lif": 0.01}, mode="on")] == [True, True]
+    assert decide(integer, rates={"lif": 0.01})[1] == (
+        "dense", False, f"7 outputs < {ev.EVENT_MIN_OUTPUTS}: dense is as fast (the layer is bound by reading its input)")
     with pytest.raises(HnnxError, match="event-driven mode must be one of auto, on, off"):
         ev.event_driven(mode="always")
 
@@ -478,8 +487,8 @@ def test_quantized_bundled_models_are_bit_identical_event_driven(library: Path, 
         assert result.firing_rates == off.firing_rates
     # auto measured every source's rate on the first batch: the neurons', and the A2S coder's
     # (counted for the decision, not listed among the firing rates)
-    measured = {layer.name: layer.rate for layer in auto.event_layers}
-    assert measured and all(rate is not None for rate in measured.values())
+    measured = {layer.name: layer.rate for layer in auto.event_layers if "outputs <" not in layer.reason}
+    assert measured and all(rate is not None for rate in measured.values())  # (narrow layers need no rate)
     assert set(auto.firing_rates) == set(off.firing_rates)
     if name == "hybrid_a2s":
         coder = next(layer for layer in auto.event_layers if layer.name == "node_linear.acc.MatMulInteger")
@@ -498,6 +507,7 @@ def test_simulate_measures_rates_on_the_first_batch_then_goes_event_driven(libra
     """With no rates given, batch 1 runs dense and its measured rates decide for the others."""
     monkeypatch.setitem(ev.PAYS_BELOW, "SpikeConv", 1.0)
     monkeypatch.setitem(ev.PAYS_BELOW, "SpikeMatMul", 1.0)
+    monkeypatch.setattr(ev, "EVENT_MIN_OUTPUTS", 1)
     model = snn_graph(integer=True)
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
     x = np.random.default_rng(9).integers(0, 4, (24, 3, 6, 6)).astype(np.float32)
