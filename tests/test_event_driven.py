@@ -407,7 +407,7 @@ def test_decisions_follow_the_rates_and_the_float_opt_in(monkeypatch: pytest.Mon
     monkeypatch.setattr(ev, "EVENT_MIN_OUTPUTS", 32)
     assert [d[1] for d in decide(integer, rates={"lif": 0.01}, mode="on")] == [True, True]
     assert decide(integer, rates={"lif": 0.01})[1] == (
-        "dense", False, f"7 outputs < {ev.EVENT_MIN_OUTPUTS}: dense is as fast (the layer is bound by reading its input)")
+        "dense", False, f"7 outputs < {ev.EVENT_MIN_OUTPUTS}: dense is as fast for a layer bound by reading its input")
     with pytest.raises(HnnxError, match="event-driven mode must be one of auto, on, off"):
         ev.event_driven(mode="always")
 

@@ -270,7 +270,7 @@ def event_driven(rates: Mapping[str, float] | None = None, mode: str = "auto", f
                 rewrite, reason = True, "event-driven: on"
             elif layer.op == "SpikeMatMul" and layer.weight.shape[1] < EVENT_MIN_OUTPUTS:
                 rewrite, reason = False, (f"{layer.weight.shape[1]} outputs < {EVENT_MIN_OUTPUTS}: dense is as fast "
-                                          f"(the layer is bound by reading its input)")
+                                          f"for a layer bound by reading its input")
             elif rate is None:
                 rewrite, reason = False, RATE_UNKNOWN
             elif rate <= limit:
