@@ -168,9 +168,8 @@ def _undecided_sources(graph: onnx.GraphProto, decisions: Sequence[Any]) -> list
     from hnnx.passes.events import RATE_UNKNOWN
 
     wanted = {source for d in decisions if not d.rewritten and d.reason == RATE_UNKNOWN for source in d.sources}
-    neurons = {id(node) for node in spiking_neurons(graph)}
-    return [node for node in graph.node if node.domain == ops.DOMAIN and (node.name or node.output[0]) in wanted
-            and id(node) not in neurons]
+    return [node for node in graph.node if node.domain == ops.DOMAIN and node.op_type in ops.REGISTRY
+            and not ops.declaration(node.op_type).neuron and (node.name or node.output[0]) in wanted]
 
 
 def _add_rate_taps(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], prefix: str = RATE_PREFIX,
