@@ -113,6 +113,18 @@ inline Out<X> finish(Acc<X> sum, const Out<X>* bias, size_t m) {
   }
 }
 
+// acc += the weight row w (NV lane vectors): as it is for a spike (UNIT), else times *value —
+// the product rounded, then the sum, as the ops define. `value` is read only when not UNIT.
+template <typename X, int NV, bool UNIT>
+inline void add_row(Lanes<X>* acc, const X* w, const Acc<X>* value) {
+  if constexpr (UNIT) {
+    for (int v = 0; v < NV; ++v) acc[v] += load_lanes(w + v * kLanes);
+  } else {
+    const Lanes<X> factor = splat<X>(*value);
+    for (int v = 0; v < NV; ++v) acc[v] += factor * load_lanes(w + v * kLanes);
+  }
+}
+
 template <typename X>
 inline bool active(X x) {
   return x != X(0);  // float −0 is inactive, NaN active
@@ -233,13 +245,7 @@ void accumulate_rows(const X* tile, const EventRow<X>* const* rows, Acc<X>* out)
   size_t common = rows[0]->count;
   for (int r = 1; r < RI; ++r) common = std::min(common, rows[r]->count);
   auto add = [&](int r, size_t j) {
-    const X* w = tile + static_cast<size_t>(rows[r]->index[j]) * width;
-    if constexpr (UNIT) {
-      for (int v = 0; v < NV; ++v) acc[r][v] += load_lanes(w + v * kLanes);
-    } else {
-      const V s = splat<X>(rows[r]->value[j]);
-      for (int v = 0; v < NV; ++v) acc[r][v] += s * load_lanes(w + v * kLanes);  // product, then sum
-    }
+    add_row<X, NV, UNIT>(acc[r], tile + static_cast<size_t>(rows[r]->index[j]) * width, rows[r]->value + j);
   };
   for (size_t j = 0; j < common; ++j) {
     for (int r = 0; r < RI; ++r) add(r, j);
@@ -568,15 +574,7 @@ void conv_sample_tiles(const ConvLayout<X>& layout, const ConvGeometry& s, const
           }
           V acc[NV];
           for (int v = 0; v < NV; ++v) acc[v] = V{};  // +0
-          for (size_t e = 0; e < n; ++e) {
-            const X* w = tile + rows[e];
-            if constexpr (UNIT) {
-              for (int v = 0; v < NV; ++v) acc[v] += load_lanes(w + v * kLanes);
-            } else {
-              const V factor = splat<X>(values[e]);
-              for (int v = 0; v < NV; ++v) acc[v] += factor * load_lanes(w + v * kLanes);
-            }
-          }
+          for (size_t e = 0; e < n; ++e) add_row<X, NV, UNIT>(acc, tile + rows[e], UNIT ? nullptr : values.data() + e);
           std::memcpy(row.data() + ox * width, acc, sizeof acc);
         }
         write_row<X, width>(row.data(), s.out_w, lanes, m0, plane, bias, y + oy * s.out_w);
@@ -639,7 +637,7 @@ void conv_sample_scatter(const ConvLayout<X>& layout, const ConvGeometry& s, con
           const size_t count = events.count[cell];
           if (count == 0) continue;
           const uint32_t* list = events.row.data() + events.start[cell];
-          const A* values = events.value.data() + events.start[cell];
+          const A* values = UNIT ? nullptr : events.value.data() + events.start[cell];  // (none for spikes)
           for (uint32_t r = row_first[iy]; r < row_first[iy + 1]; ++r) {
             const Reach vertical = row_reach[r];
             for (uint32_t c = col_first[ix]; c < col_first[ix + 1]; ++c) {
@@ -648,15 +646,7 @@ void conv_sample_scatter(const ConvLayout<X>& layout, const ConvGeometry& s, con
               A* out = sums.data() + (vertical.output * s.out_w + horizontal.output) * width;
               V acc[NV];  // vector loads into registers (a copy of the array goes through the stack, and stalls)
               for (int v = 0; v < NV; ++v) acc[v] = load_vector<V>(out + v * kLanes);
-              for (size_t e = 0; e < count; ++e) {
-                const X* w = position + list[e];
-                if constexpr (UNIT) {
-                  for (int v = 0; v < NV; ++v) acc[v] += load_lanes(w + v * kLanes);
-                } else {
-                  const V factor = splat<X>(values[e]);
-                  for (int v = 0; v < NV; ++v) acc[v] += factor * load_lanes(w + v * kLanes);
-                }
-              }
+              for (size_t e = 0; e < count; ++e) add_row<X, NV, UNIT>(acc, position + list[e], UNIT ? nullptr : values + e);
               for (int v = 0; v < NV; ++v) store_vector(out + v * kLanes, acc[v]);
             }
           }

@@ -124,8 +124,17 @@ def _constant(tensor: gs.Tensor) -> np.ndarray | None:
     return tensor.values if isinstance(tensor, gs.Constant) else None
 
 
-def _zero_points_absent(node: gs.Node) -> bool:
-    return all(_constant(t) is not None and not np.any(_constant(t)) for t in node.inputs[2:] if t.name)
+def _int8_weight(node: gs.Node) -> np.ndarray | None:
+    """The constant weight of a ``MatMulInteger``/``ConvInteger`` of int8 operands without zero
+    points (as :mod:`hnnx.quantization.tianjicx` writes them), else None."""
+    if node.op not in ("MatMulInteger", "ConvInteger") or node.domain not in (None, "", "ai.onnx"):
+        return None
+    weight = _constant(node.inputs[1]) if len(node.inputs) > 1 else None
+    if weight is None or weight.dtype != np.int8 or node.inputs[0].dtype not in (None, np.int8):
+        return None
+    if not all(_constant(t) is not None and not np.any(_constant(t)) for t in node.inputs[2:] if t.name):
+        return None  # a zero point
+    return weight
 
 
 def _bias_add(graph: gs.Graph, tensor: gs.Variable, outputs: int, dtype: type, kept: set[str],
@@ -174,7 +183,8 @@ def _find_layer(graph: gs.Graph, node: gs.Node, spikes: Mapping[str, tuple[str, 
     if weight is None:
         return None
     if node.op in ("MatMulInteger", "ConvInteger"):
-        if weight.dtype != np.int8 or x.dtype not in (None, np.int8) or not _zero_points_absent(node):
+        weight = _int8_weight(node)
+        if weight is None:
             return None
         conv = node.op == "ConvInteger"
         attrs = _conv_attrs(node, weight) if conv else {}
@@ -312,12 +322,10 @@ def _integer_layers_as_float(graph: gs.Graph, kept: set[str]) -> bool:
     spikes = spike_sources(graph)
     changed = False
     for node in list(graph.nodes):
-        if node.op not in ("ConvInteger", "MatMulInteger") or node.domain not in (None, "", "ai.onnx") or not node.outputs:
-            continue  # (a node without outputs was replaced by an earlier pass, before the clean-up)
-        weight = _constant(node.inputs[1])
-        x = node.inputs[0]
-        if weight is None or weight.dtype != np.int8 or x.dtype not in (None, np.int8) or not _zero_points_absent(node):
+        weight = _int8_weight(node)
+        if weight is None or not node.outputs:  # (no outputs: replaced by an earlier pass, before the clean-up)
             continue
+        x = node.inputs[0]
         conv = node.op == "ConvInteger"
         if not conv and (weight.ndim != 2 or weight.shape[1] < FLOAT_GEMM_MIN_OUTPUTS):
             continue
