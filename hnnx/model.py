@@ -7,13 +7,16 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, TypeVar
 
 import onnx
+from google.protobuf.message import Message
 from onnx import external_data_helper
 
 from hnnx import ops
 from hnnx.errors import HnnxError, ModelError, NodeError
+
+M = TypeVar("M", bound=Message)
 
 PathLike = str | os.PathLike
 
@@ -65,6 +68,22 @@ def load(path: PathLike, *, size_limit: int = PROTOBUF_LIMIT) -> onnx.ModelProto
     else:
         check(model, source=str(path))
     return model
+
+
+def copy_except(message: M, skipped: str) -> M:
+    """A copy of protobuf ``message`` without its field ``skipped`` (e.g. a model without its
+    graph, a graph without its initializers): the other fields are copied, that one never is."""
+    copy = type(message)()
+    for descriptor, value in message.ListFields():
+        if descriptor.name == skipped:
+            continue
+        if hasattr(value, "extend"):  # a repeated field
+            getattr(copy, descriptor.name).extend(value)
+        elif descriptor.message_type is not None:
+            getattr(copy, descriptor.name).CopyFrom(value)
+        else:
+            setattr(copy, descriptor.name, value)
+    return copy
 
 
 def check_opset_imports(model: onnx.ModelProto, source: str = "model") -> None:

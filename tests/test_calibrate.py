@@ -714,7 +714,7 @@ def test_errors_are_raised_before_any_model_run(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_calibrate_rejects_unknown_names(samples: np.ndarray) -> None:
-    with pytest.raises(ModelError, match="probe 'nope': the model has no tensor of that name"):
+    with pytest.raises(ModelError, match="'nope': the model has no tensor of that name"):
         calibrate(hybrid_model(), {"x": samples}, ["nope"])
     with pytest.raises(HnnxError, match="per-channel axis given for tensor 'logits'"):
         calibrate(hybrid_model(), {"x": samples}, ["current_n"], per_channel={"logits": 1})
@@ -777,3 +777,51 @@ def test_batches_are_cut_to_the_probe_memory_budget(monkeypatch: pytest.MonkeyPa
     assert sizes == [2] * 6 and cut.samples == whole.samples == 12
     for name in names:
         assert cut.range(name) == whole.range(name)
+
+
+def test_minmax_ranges_are_reduced_in_the_graph_per_tensor_and_per_channel(samples: np.ndarray) -> None:
+    """A min/max statistic never copies its tensor out: the graph reduces it (per channel on any
+    axis), with the same result as observing the values themselves."""
+    current = samples @ WEIGHT.T + BIAS
+
+    result = calibrate(hybrid_model(), {"x": samples}, ["current_n", "current_1", "x"], batch_size=7,
+                       per_channel={"current_1": 2, "x": -1})
+
+    taps = {tap.tensor: tap for tap in result.simulator.range_taps}
+    assert set(taps) == {"current_n", "current_1", "x"} and not any(tap.probed for tap in taps.values())
+    assert not result.simulator.probes[:-1]  # only the neuron current is probed
+    assert result.range("current_n") == (float(current.min()), float(current.max()))
+    np.testing.assert_array_equal(result.range("current_1")[0], current.min(axis=0))
+    np.testing.assert_array_equal(result.range("current_1")[1], current.max(axis=0))
+    low, high = result.range("x")  # a negative axis counts from the end
+    np.testing.assert_array_equal(low, samples.min(axis=0))
+    np.testing.assert_array_equal(high, samples.max(axis=0))
+    assert result.observers["current_n"].count == current.size
+
+
+def test_nan_in_a_range_reduced_tensor_is_named(samples: np.ndarray) -> None:
+    """ReduceMin/ReduceMax may pass over a NaN: the in-graph range carries a NaN check of its own."""
+    nodes = [helper.make_node("Sqrt", ["x"], ["root"]), helper.make_node("ReduceSum", ["root"], ["y"], keepdims=0)]
+    graph = helper.make_graph(nodes, "nan", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ops.ONNX_OPSET)], ir_version=ops.IR_VERSION)
+    positive = np.abs(samples) + 1
+    positive[5, 2] = -1.0  # one NaN among finite roots
+    with pytest.raises(DataError, match="tensor 'root': .*NaN or infinite"):
+        calibrate(model, {"x": positive}, ["root"])
+    assert calibrate(model, {"x": np.abs(samples)}, ["root"]).range("root")[1] == float(np.sqrt(np.abs(samples)).max())
+
+
+def test_integer_and_float16_tensors_are_range_reduced(samples: np.ndarray) -> None:
+    nodes = [helper.make_node("Cast", ["x"], ["ints"], to=TensorProto.INT32),
+             helper.make_node("Cast", ["x"], ["halves"], to=TensorProto.FLOAT16),
+             helper.make_node("Cast", ["halves"], ["y"], to=TensorProto.FLOAT)]
+    graph = helper.make_graph(nodes, "types", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4]),
+                               helper.make_tensor_value_info("ints", TensorProto.INT32, ["N", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ops.ONNX_OPSET)], ir_version=ops.IR_VERSION)
+    large = np.abs(samples) * 4000 + 1000  # float16 holds each value; their sum (> 148,000) would overflow it
+    result = calibrate(model, {"x": large}, ["ints", "halves"], per_channel={"ints": 1})
+    assert not any(tap.probed for tap in result.simulator.range_taps)
+    np.testing.assert_array_equal(result.range("ints")[1], large.astype(np.int32).max(axis=0))
+    assert result.range("halves") == (float(large.astype(np.float16).min()), float(large.astype(np.float16).max()))

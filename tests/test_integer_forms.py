@@ -216,7 +216,7 @@ def test_report_gives_every_quantized_tensor_its_error_worst_first(data: np.ndar
     float_sum = probe(model, "sum", TensorProto.FLOAT).astype(np.float64)
     int_sum = probe(quantized, entry["quantized_tensor"], TensorProto.INT32).astype(np.float64)
     expected = 10 * np.log10(np.sum(float_sum**2) / np.sum((int_sum * entry["unit"] - float_sum) ** 2))
-    assert abs(entry["sqnr_db"] - expected) < 1e-6
+    assert abs(entry["sqnr_db"] - expected) < 1e-3  # float32 sums: far below the hundredths the report shows
     assert entry["elements"] == float_sum.size
     assert "| quantized tensor (worst first) |" in report.markdown()
     assert all(e["saturated"] <= e["elements"] for e in errors)

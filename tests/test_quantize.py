@@ -341,11 +341,12 @@ def test_comparison_runs_on_the_samples_its_value_budget_allows(digits, monkeypa
     """The report compares on all calibration samples of a small model (up to 128), and on the floor of
     samples when a sample's tensors exceed the value budget; the report says on how many."""
     from hnnx.quantization import api
+    from hnnx.quantization import compare as compare_module
 
     calibration = {"pixels": digits.x_train[:40].reshape(-1, 1, 8, 8)}
     _, report = quantize(models.path("ann_cnn"), calibration)
     assert report.compared_samples == 40 and "on 40 of the calibration samples" in report.markdown()
-    monkeypatch.setattr(api, "COMPARISON_VALUES", 1000)  # fewer values than one sample's tensors hold
+    monkeypatch.setattr(compare_module, "COMPARISON_VALUES", 1000)  # fewer values than one sample's tensors hold
     _, small = quantize(models.path("ann_cnn"), calibration)
     assert small.compared_samples == api.MIN_COMPARISON_SAMPLES
     assert math.isfinite(small.sqnr_db["scores"]) and small.tensor_errors

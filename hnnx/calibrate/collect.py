@@ -142,14 +142,18 @@ def calibrate(
     observers = {name: make_observer(observer, per_channel.get(name), **dict(observer_options or {}))
                  for name in names}
     current_of_spikes = _neuron_currents(model)
-    simulator = Simulator(model, probes=[*names, *current_of_spikes.values()], threads=threads)
+    # A min/max statistic is reduced inside the graph: only histograms and neuron currents (whose
+    # membrane is replayed) copy their tensors out.
+    probed = [name for name in names if observers[name].needs_values or name in current_of_spikes.values()]
+    ranged = {name: per_channel.get(name) for name in names if name not in probed}
+    simulator = Simulator(model, probes=[*probed, *current_of_spikes.values()], threads=threads, ranges=ranged)
     # Layer names as the Simulator's firing-rate taps report them, so rates and ranges share keys.
     currents = {layer.name: current_of_spikes[layer.spikes] for layer in simulator.spiking_layers}
     current_observers = {layer: MinMaxObserver() for layer in currents}
     membrane_observers = {layer: MinMaxObserver() for layer in currents}
     membrane_views = {layer.name: _membrane_view(model, layer.spikes) for layer in simulator.spiking_layers}
     spikes = {layer.name: [0.0, 0] for layer in simulator.spiking_layers}
-    # Every float tensor of a batch is copied out at once: cut batches to the memory budget.
+    # Every probed tensor of a batch is copied out at once: cut batches to the memory budget.
     stream = batches(data, simulator.inputs, simulator.batch_within(memory_budget, batch_size), num_samples)
     samples = 0
     started = time.perf_counter()
@@ -157,8 +161,10 @@ def calibrate(
     with (tqdm(total=stream.total, unit="sample", leave=False) if progress else contextlib.nullcontext()) as bar:
         for feeds in stream:
             tensors_of_batch, counts = simulator.run(feeds)
-            for name, obs in observers.items():
-                _observe(obs, name, tensors_of_batch[name])
+            for name in probed:
+                _observe(observers[name], name, tensors_of_batch[name])
+            for name, (low, high, count) in simulator.last_ranges.items():
+                _observe_range(observers[name], name, low, high, count)
             for layer, current in currents.items():
                 _observe(current_observers[layer], current, tensors_of_batch[current])
                 if membrane_views[layer] is not None:
@@ -206,5 +212,13 @@ def _observe(observer: Observer, name: str, values: np.ndarray) -> None:
     """Update ``observer``; its errors name tensor ``name``."""
     try:
         observer.update(values)
+    except DataError as exc:
+        raise DataError(f"tensor {name!r}: {exc}") from None
+
+
+def _observe_range(observer: Observer, name: str, low: np.ndarray, high: np.ndarray, count: int) -> None:
+    """Update ``observer`` with a batch's range; its errors name tensor ``name``."""
+    try:
+        observer.update_range(low, high, count)
     except DataError as exc:
         raise DataError(f"tensor {name!r}: {exc}") from None

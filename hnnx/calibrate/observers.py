@@ -45,6 +45,9 @@ class Observer:
     """
 
     name: ClassVar[str] = "minmax"
+    needs_values: ClassVar[bool] = False
+    """Whether the statistic needs the values themselves; if not, their per-channel minimum, maximum
+    and number suffice (:meth:`update_range`: an in-graph reduction is all calibration copies out)."""
 
     def __init__(self, axis: int | None = None) -> None:
         self.axis = axis
@@ -71,15 +74,21 @@ class Observer:
         rows = self._rows(array)
         if rows.shape[1] == 0:
             return
-        low, high = rows.min(axis=1).astype(np.float64), rows.max(axis=1).astype(np.float64)
-        if not (np.isfinite(low).all() and np.isfinite(high).all()):
-            raise DataError(f"{self._what()}: the data holds NaN or infinite values")
-        if self._min is None:
-            self._min, self._max = low, high
-        else:
-            self._min, self._max = np.minimum(self._min, low), np.maximum(self._max, high)
+        self._add_range(rows.min(axis=1), rows.max(axis=1))
         self._observe(rows)
         self.count += rows.size
+
+    def update_range(self, low: np.ndarray | float, high: np.ndarray | float, count: int) -> None:
+        """Add ``count`` values known only by their minimum ``low`` and maximum ``high`` (floats per
+        tensor, arrays ``[channels]`` per channel; NaN if a value was NaN or infinite). Only for an
+        observer that does not need the values (:attr:`needs_values` False): the same state as
+        :meth:`update` on the values themselves."""
+        if self.needs_values:
+            raise HnnxError(f"{self._what()} needs the values themselves, not only their range")
+        if count == 0:
+            return
+        self._add_range(np.atleast_1d(low).ravel(), np.atleast_1d(high).ravel())
+        self.count += int(count)
 
     def merge(self, other: "Observer") -> None:
         """Add what ``other`` observed: an observer of the same kind with the same options and channel
@@ -120,6 +129,18 @@ class Observer:
         threshold = np.minimum(self._thresholds(), largest)
         threshold = np.where(threshold > 0, threshold, np.where(largest > 0, largest, 1.0))
         return self._shaped(threshold)
+
+    def _add_range(self, low: np.ndarray, high: np.ndarray) -> None:
+        """Widen the running range by a batch's ``[channels]`` minimum and maximum."""
+        low, high = low.astype(np.float64), high.astype(np.float64)
+        if not (np.isfinite(low).all() and np.isfinite(high).all()):
+            raise DataError(f"{self._what()}: the data holds NaN or infinite values")
+        if self._min is None:
+            self._min, self._max = low, high
+        elif len(low) != len(self._min):
+            raise DataError(f"{self._what()}: a batch has {len(low)} channels, earlier batches had {len(self._min)}")
+        else:
+            self._min, self._max = np.minimum(self._min, low), np.maximum(self._max, high)
 
     # -- hooks for subclasses
     def _observe(self, rows: np.ndarray) -> None:
@@ -177,6 +198,8 @@ class MinMaxObserver(Observer):
 class HistogramObserver(Observer):
     """Base of the histogram observers: a histogram of ``|x|`` per channel, ``bins`` equal bins
     over ``[0, E]`` (see the module docstring for how ``E`` grows)."""
+
+    needs_values = True
 
     def __init__(self, axis: int | None = None, bins: int = DEFAULT_BINS) -> None:
         super().__init__(axis)

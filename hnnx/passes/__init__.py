@@ -61,11 +61,16 @@ def preprocess(model: onnx.ModelProto, *, min_opset: int | None = None, changes:
 
 
 def preprocess_graph(model: onnx.ModelProto, *, min_opset: int | None = None, changes: dict[str, bool] | None = None,
-                     notes: Notes | None = None) -> gs.Graph:
+                     notes: Notes | None = None, in_place: bool = False) -> gs.Graph:
     """:func:`preprocess`, kept as the graph a pipeline goes on rewriting: the model passes on a
-    copy of the protobuf, one import, the graph passes, one cleanup (no export)."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
+    copy of the protobuf, one import, the graph passes, one cleanup (no export). ``in_place``:
+    the model passes change ``model`` itself and the graph shares its tensors (no copy of the
+    weights, for a caller that owns the model and is done with it)."""
+    if in_place:
+        copy = model
+    else:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
     check_hnnx_opset(copy)  # before the hnnx nodes are read
     ops.attach_functions(copy)  # validates hnnx nodes
     changes = {} if changes is None else changes

@@ -12,7 +12,13 @@ from hnnx.passes.manager import graph_pass, model_pass
 @model_pass
 def infer_shapes(model: onnx.ModelProto) -> bool:
     """Annotate every tensor with its inferred type and shape (hnnx ops included)."""
-    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
+    from hnnx.passes.intake import shape_skeleton
+
+    # Inferred on the graph without its float weights (never read for shapes): copying 100 MB
+    # of weights in and out of onnx's C++ inference cost more than the inference itself.
+    skeleton = shape_skeleton(model)
+    skeleton.graph.value_info.extend(model.graph.value_info)
+    inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True).graph
     changed = len(inferred.value_info) != len(model.graph.value_info) or any(
         a != b for a, b in zip(inferred.output, model.graph.output))
     for ours, theirs in ((model.graph.value_info, inferred.value_info), (model.graph.output, inferred.output)):

@@ -120,7 +120,7 @@ def make_batch_symbolic(notes: Notes | None = None) -> Pass:
             _note(notes, f"batch stays fixed: inputs {names} fix different batch sizes {sorted(sizes)}")
             return False
         batch = sizes.pop()
-        trial = _shape_skeleton(model)
+        trial = shape_skeleton(model)
         _set_batch_dims(trial, fixed)
         _infer(trial)
         reshapes = _batch_leading_reshapes(trial, batch)
@@ -177,7 +177,7 @@ def _set_batch_dims(model: onnx.ModelProto, fixed: dict[str, int]) -> None:
             dim.dim_param = BATCH_DIM_NAME
 
 
-def _shape_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+def shape_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` for shape inference (see :func:`_infer`): float initializers become graph inputs
     of their type and shape (their values are never needed for shapes, and copying them is what
     costs), and output and intermediate shapes are left out so that inference decides them."""

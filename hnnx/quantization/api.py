@@ -15,11 +15,14 @@ import onnx_graphsurgeon as gs
 
 from hnnx import ops
 from hnnx.errors import HnnxError
-from hnnx.model import load
+from hnnx.model import copy_except, load
 from hnnx.passes import export_graph, import_graph, preprocess_graph
+from hnnx.quantization.compare import (COMPARISON_SAMPLES, COMPARISON_VALUES,  # noqa: F401
+                                       MIN_COMPARISON_SAMPLES, compare)
 from hnnx.quantization.common import QuantizationTarget, Statistics, TargetOptions
 from hnnx.quantization.qdq import QdqTarget
 from hnnx.quantization.tianjicx import TianjicxTarget
+from hnnx.runtime.session import release_freed_memory
 
 TARGET_CLASSES: dict[str, type[QuantizationTarget]] = {t.name: t for t in (TianjicxTarget, QdqTarget)}
 """Every quantization target by name."""
@@ -27,14 +30,6 @@ TARGETS = tuple(TARGET_CLASSES)
 FORMATS = {name: target.formats for name, target in TARGET_CLASSES.items()}
 """The output formats of each target; the first is the default."""
 OUTPUT_SCALE_KEY = "hnnx.output_scale."
-COMPARISON_SAMPLES = 128
-COMPARISON_VALUES = 1 << 26
-"""The report compares float and quantized tensors on samples up to about this many float values
-(every compared tensor of a sample counts): 128 samples of a digits model, the floor of
-:data:`MIN_COMPARISON_SAMPLES` on an ImageNet-size CNN, whose tens of millions of activation values
-per sample give each tensor's SQNR without running both models over many samples."""
-MIN_COMPARISON_SAMPLES = 8
-"""Calibration samples the report's float-vs-quantized comparison runs on."""
 QUANTIZED_KEY = "hnnx.quantized"
 QDQ_MIN_OPSET = 13
 """QuantizeLinear/DequantizeLinear take a per-channel ``axis`` from ai.onnx opset 13 on."""
@@ -164,7 +159,8 @@ def quantize(
         raise HnnxError(f"bit_shift_unit must be 1 or 2, got {bit_shift_unit}")
     if spiking not in ("tianjicx", "float"):
         raise HnnxError(f"spiking parts are quantized as 'tianjicx' or left 'float', got {spiking!r}")
-    if not isinstance(model, onnx.ModelProto):
+    loaded_here = not isinstance(model, onnx.ModelProto)
+    if loaded_here:
         model = load(model)
     done = quantized_as(model)
     if done == f"{target}/{format}":  # idempotent: nothing is left to quantize
@@ -179,24 +175,32 @@ def quantize(
                         f"needs the float model")
     changes: dict[str, bool] = {}
     notes: dict[str, str] = {}
-    graph = preprocess_graph(model, min_opset=MIN_OPSETS[target], changes=changes, notes=notes)
-    float_model = export_graph(graph, model)
+    # A model loaded here is nobody else's: the graph takes it over instead of a copy, and only its
+    # header (IR version, opsets, metadata) is kept apart from it.
+    graph = preprocess_graph(model, min_opset=MIN_OPSETS[target], changes=changes, notes=notes, in_place=loaded_here)
+    header = copy_except(model, "graph")
+    del model
+    float_model = export_graph(graph, header)
+    float_bytes = _parameter_bytes(float_model)
+    release_freed_memory(float_bytes)  # pre-processing's garbage, before calibration's sessions and batches
     options = TargetOptions(format, frozenset(_excluded_names(graph, exclude)), bit_shift_unit, per_channel, spiking)
     quantizer = TARGET_CLASSES[target](options)
     stats = calibrate(float_model, calibration, quantizer.calibration_tensors(graph), observer=observer,
                       observer_options=observer_options, batch_size=batch_size, num_samples=num_samples,
                       progress=progress, workers=workers, ray=ray)
+    stats.simulator = None  # calibration's session is done with: free it before the comparison's
     rewrite = quantizer.rewrite(graph, Statistics.of(stats))
-    quantized = _quantized_model(graph, float_model, f"{target}/{format}", rewrite.output_scales)
+    quantized = _quantized_model(graph, header, f"{target}/{format}", rewrite.output_scales)
+    del graph
 
     report = QuantizationReport(target, format, observer, stats.samples,
                                 layers=[asdict(record) for record in rewrite.records],
                                 excluded=dict(rewrite.excluded), output_scales=dict(rewrite.output_scales),
-                                size_bytes={"float": _parameter_bytes(float_model),
-                                            "quantized": _parameter_bytes(quantized)})
+                                size_bytes={"float": float_bytes, "quantized": _parameter_bytes(quantized)})
     report.preprocessing = [{"pass": name, "changed": flag, "detail": notes.get(name, "")}
                             for name, flag in changes.items()]
-    _compare(stats.simulator, quantized, rewrite.tensors, calibration, report, stats.firing_rates, batch_size)
+    release_freed_memory(float_bytes)  # calibration's session and the rewrite's garbage, before the comparison's sessions
+    compare(float_model, quantized, rewrite.tensors, calibration, report, stats.firing_rates, batch_size)
     return quantized, report
 
 
@@ -253,85 +257,11 @@ def _excluded_names(graph: gs.Graph, patterns: Sequence[str]) -> set[str]:
 
 
 def _parameter_bytes(model: onnx.ModelProto) -> int:
-    total = 0
-    for init in model.graph.initializer:
-        total += onnx.numpy_helper.to_array(init).nbytes
-    for node in model.graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                total += onnx.numpy_helper.to_array(attr.t).nbytes
-    return total
-
-
-def _compare(reference: Any, quantized: onnx.ModelProto, tensors: Mapping[str, tuple[str, float]],
-             calibration: Any, report: QuantizationReport, float_rates: Mapping[str, float], batch_size: int) -> None:
-    """On (up to :data:`COMPARISON_SAMPLES` of, and about :data:`COMPARISON_VALUES` float values of)
-    the calibration samples, the float model (``reference``:
-    the calibration's session, which probes every float tensor) and the quantized model side by side:
-    SQNR of every output and of every quantized tensor (``tensors``: float name → quantized name and
-    real value per unit), saturated values, firing-rate drift and SynOps per sample."""
-    from hnnx.calibrate import batches
-    from hnnx.calibrate.collect import PROBE_MEMORY_BUDGET
-    from hnnx.runtime.session import Simulator
-
-    requantized = [n.output[0] for n in quantized.graph.node if n.domain == ops.DOMAIN and n.op_type == "Requantize"]
-    fan_outs = _spike_fan_outs(quantized)
-    float_names = {spec.name for spec in [*reference.outputs, *reference.probes]}
-    quantized_names = _tensor_names(quantized)
-    pairs = {name: pair for name, pair in tensors.items() if name in float_names and pair[0] in quantized_names}
-    candidate = Simulator(quantized, probes=[*requantized, *fan_outs, *(q for q, _ in pairs.values())])
-    scales = output_scales(quantized)
-    outputs = {name: (name, scales.get(name, 1.0)) for name in (o.name for o in reference.outputs)}
-    errors = {name: [0.0, 0.0, 0, 0] for name in {**pairs, **outputs}}  # signal, noise, saturated, elements
-    spikes: dict[str, list[float]] = {}
-    saturated = dict.fromkeys(requantized, 0)
-    synops = 0.0
-    samples = 0
-    # Both models' probes of a batch are held at once: cut batches to the calibration's budget.
-    batch = min(reference.batch_within(PROBE_MEMORY_BUDGET // 2, batch_size),
-                candidate.batch_within(PROBE_MEMORY_BUDGET // 2, batch_size))
-    # Only samples calibration used: a source is read no further than ``num_samples`` asked.
-    per_sample = max(1, reference.bytes_per_sample() // 4)
-    compared = min(COMPARISON_SAMPLES, report.calibration_samples,
-                   max(MIN_COMPARISON_SAMPLES, COMPARISON_VALUES // per_sample))
-    for feeds in batches(calibration, candidate.inputs, batch, num_samples=compared):
-        expected, _ = reference.run(feeds)
-        got, counts = candidate.run(feeds)
-        samples += next(iter(feeds.values())).shape[candidate.inputs[0].batch_axis]
-        for name, (quantized_name, unit) in {**pairs, **outputs}.items():
-            value, real = expected[name].astype(np.float64), got[quantized_name]
-            entry = errors[name]
-            entry[0] += float(np.sum(value**2))
-            entry[1] += float(np.sum((real.astype(np.float64) * unit - value) ** 2))
-            if real.dtype == np.int8:
-                entry[2] += int(np.count_nonzero((real == 127) | (real == -128)))
-            entry[3] += int(real.size)
-        for name, (total, count) in counts.items():
-            spikes.setdefault(name, [0.0, 0.0])
-            spikes[name][0] += total
-            spikes[name][1] += count
-        for name in requantized:
-            saturated[name] += int(np.sum((got[name] == 127) | (got[name] == -128)))
-        for name, fan_out in fan_outs.items():
-            synops += float(np.count_nonzero(got[name])) * fan_out
-    report.compared_samples = samples
-    report.sqnr_db = {name: _sqnr(*errors[name][:2]) for name in outputs}
-    report.tensor_errors = sorted(({"tensor": name, "quantized_tensor": pairs[name][0], "unit": pairs[name][1],
-                                    "sqnr_db": _sqnr(signal, noise), "saturated": sat, "elements": size}
-                                   for name, (signal, noise, sat, size) in errors.items() if name in pairs),
-                                  key=lambda e: e["sqnr_db"])
-    report.firing_rates = {name: {"float": float(float_rates.get(name, float("nan"))),
-                                  "quantized": total / count if count else 0.0}
-                           for name, (total, count) in spikes.items()}
-    report.saturated = {name.rsplit(".", 1)[0]: count for name, count in saturated.items()}
-    report.synops_per_sample = synops / max(samples, 1)
-
-
-def _sqnr(signal: float, noise: float) -> float:
-    """Signal-to-quantization-noise ratio in dB; infinite where the quantized tensor is exact."""
-    if noise == 0.0:
-        return math.inf
-    return float(10 * np.log10(max(signal, 1e-30) / noise))
+    """Bytes of the model's initializers and constant tensors (from their shapes: nothing is decoded)."""
+    tensors = [*model.graph.initializer,
+               *(attr.t for node in model.graph.node for attr in node.attribute if attr.type == onnx.AttributeProto.TENSOR)]
+    return sum(int(np.prod(t.dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+               for t in tensors)
 
 
 def _db(value: float) -> str:
@@ -347,40 +277,6 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list):
         return [_finite(v) for v in value]
     return value
-
-
-def _tensor_names(model: onnx.ModelProto) -> set[str]:
-    return {name for node in model.graph.node for name in node.output} | {i.name for i in model.graph.input}
-
-
-def _spike_fan_outs(model: onnx.ModelProto) -> dict[str, int]:
-    """Spike tensors that feed a synaptic layer, with the synapses each spike drives.
-
-    A spike into a MatMul drives its output features; into a Conv, ``C_out · kh · kw``
-    (interior positions). Spike tensors are the outputs of LIF and rate-coding A2S nodes,
-    followed through reshapes and casts.
-    """
-    producers = {out: node for node in model.graph.node for out in node.output}
-    initializers = {init.name: init for init in model.graph.initializer}
-
-    def is_spikes(tensor: str) -> bool:
-        node = producers.get(tensor)
-        while node is not None and node.op_type in ("Reshape", "Cast", "Flatten", "Transpose", "Squeeze", "Unsqueeze"):
-            tensor = node.input[0]
-            node = producers.get(tensor)
-        if node is None or node.domain != ops.DOMAIN:
-            return False
-        declaration = ops.declaration(node.op_type)
-        return declaration.emits_spikes(declaration.view(node))
-
-    fan_outs = {}
-    for node in model.graph.node:
-        if node.op_type in ("MatMulInteger", "ConvInteger", "MatMul", "Conv") and node.input[1] in initializers:
-            dims = list(initializers[node.input[1]].dims)
-            fan_out = dims[-1] if node.op_type.startswith("MatMul") else dims[0] * int(np.prod(dims[2:]))
-            if is_spikes(node.input[0]):
-                fan_outs[node.input[0]] = fan_out
-    return fan_outs
 
 
 def _short(value: Any) -> str:
