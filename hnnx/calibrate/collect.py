@@ -19,8 +19,9 @@ from hnnx.errors import DataError, HnnxError
 from hnnx.runtime.session import Simulator, spiking_neurons
 
 
-PROBE_MEMORY_BUDGET = 256 << 20
-"""Bytes the probed tensors of one calibration batch may take by default."""
+PROBE_MEMORY_BUDGET = 128 << 20
+"""Bytes the probed and range-reduced tensors of one calibration batch may take by default (a
+reduced tensor is not copied out, but onnxruntime's working memory grows with the batch)."""
 
 
 @dataclass

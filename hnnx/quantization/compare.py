@@ -20,13 +20,13 @@ from hnnx import ops
 from hnnx.runtime.session import append_side_branches
 
 COMPARISON_SAMPLES = 128
-COMPARISON_VALUES = 1 << 26
+COMPARISON_VALUES = 1 << 25
 """The report compares float and quantized tensors on samples up to about this many float values
 (every compared tensor of a sample counts): 128 samples of a digits model, the floor of
-:data:`MIN_COMPARISON_SAMPLES` on an ImageNet-size CNN, whose tens of millions of activation values
-per sample give each tensor's SQNR without running both models over many samples."""
-MIN_COMPARISON_SAMPLES = 8
-"""Calibration samples the report's float-vs-quantized comparison runs on."""
+:data:`MIN_COMPARISON_SAMPLES` on an ImageNet-size CNN, whose millions of activation values
+per tensor and sample give each tensor's SQNR without running both models over many samples."""
+MIN_COMPARISON_SAMPLES = 4
+"""The fewest calibration samples the report's float-vs-quantized comparison runs on."""
 COMPARE_PREFIX = "hnnx.compare."
 
 
@@ -61,10 +61,11 @@ def compare(float_model: onnx.ModelProto, quantized: onnx.ModelProto, tensors: M
     saturated = dict.fromkeys(requantized, 0)
     synops = 0.0
     samples = 0
-    # One batch of the quantized probes is held (counted at float size: the float side's working
-    # memory grows with the batch as well).
+    # One batch of the quantized probes is held, and the float side computes q·unit and the error
+    # of every tensor in float32 (each freed in turn, but onnxruntime's arena keeps its high-water
+    # mark): batches hold a quarter of the probe budget at float size.
     per_sample = candidate.values_per_sample()  # 0 if no shape is known: then counted on the first batch
-    batch = max(1, min(batch_size, PROBE_MEMORY_BUDGET // 2 // (4 * max(1, per_sample))))
+    batch = max(1, min(batch_size, PROBE_MEMORY_BUDGET // 4 // (4 * max(1, per_sample))))
     # Only samples calibration used (a source is read no further than ``num_samples`` asked), and
     # no more than the value budget allows.
     wanted = min(COMPARISON_SAMPLES, report.calibration_samples,

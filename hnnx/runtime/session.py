@@ -128,7 +128,7 @@ class Simulator:
             raise ModelError(f"onnxruntime cannot load the model: {_first_line(exc)}") from None
         del serialized
         # Building a session leaves a few times the model's size freed on the heap.
-        release_freed_memory(sum(array.nbytes for array in self._weights.values()))
+        release_freed_memory(sum(array.nbytes for array in self._weights.values()), collect=False)
         self._output_names = [o.name for o in self.outputs] + [p.name for p in self.probes if
                                                                  p.name not in {o.name for o in self.outputs}]
         self._range_outputs = [name for tap in self.range_taps for name in
@@ -183,14 +183,15 @@ class Simulator:
         return tensors, counts
 
 
-RELEASE_FROM_BYTES = 32 << 20
+RELEASE_FROM_BYTES = 8 << 20
 """Models with at least this many bytes of weights get their pipeline's freed memory released."""
 
 
-def release_freed_memory(weight_bytes: int) -> None:
+def release_freed_memory(weight_bytes: int, collect: bool = True) -> None:
     """For a model with ``weight_bytes`` of weights from :data:`RELEASE_FROM_BYTES` on (below, the
-    tens of milliseconds a collection takes outweigh what it frees): collect garbage cycles (a dropped onnx-graphsurgeon graph is one: nodes and tensors refer to
-    each other) and hand the heap's freed pages back to the system (glibc's ``malloc_trim``).
+    tens of milliseconds a collection takes outweigh what it frees): collect garbage cycles if
+    ``collect`` (a dropped onnx-graphsurgeon graph is one: nodes and tensors refer to each
+    other), then hand the heap's freed pages back to the system (glibc's ``malloc_trim``).
 
     Parsing and optimising a model frees a few times its weights' size in pieces that glibc keeps
     for reuse; the later, differently sized allocations of a pipeline do not reuse them, so they
@@ -198,7 +199,8 @@ def release_freed_memory(weight_bytes: int) -> None:
     """
     if weight_bytes < RELEASE_FROM_BYTES:
         return
-    gc.collect()
+    if collect:
+        gc.collect()
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
