@@ -248,3 +248,44 @@ def test_residual_digits_model_loses_at_most_half_a_point() -> None:
     float_accuracy = hnnx.simulate(models.path("ann_residual"), {"pixels": pixels}, labels=digits.y_test).accuracy
     accuracy = hnnx.simulate(quantized, {"pixels": pixels}, labels=digits.y_test).accuracy
     assert accuracy >= float_accuracy - 0.005
+
+
+def test_a_layer_only_layers_read_fits_its_int8_range_to_the_calibrated_one(data: np.ndarray) -> None:
+    """conv1 → ReLU → MaxPool → conv2 → ReLU → head: conv1's activation is read by a layer only,
+    so conv1 folds a factor c ∈ [1, 4) into its weights and bias, and its int8 activation spans the
+    calibrated range (127·scale = absmax, up to the floor of the shift); so does conv2."""
+    c1, w1 = _conv("conv1", "x", "c1")
+    c2, w2 = _conv("conv2", "p1", "c2", C, C)
+    head, wh = _head("r2", C * 9)
+    model = _model([c1, helper.make_node("Relu", ["c1"], ["r1"]),
+                    helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]), c2,
+                    helper.make_node("Relu", ["c2"], ["r2"]), *head], {**w1, **w2, **wh}, ["N", 3])
+    quantized, report = quantize(model, {"x": data})
+    assert report.excluded == {}
+    details = {r["name"]: r["details"] for r in report.layers}
+    assert all(r["details"]["shift"] % 2 == 0 for r in report.layers if r["op"] == "Requantize")
+    # c1: where conv1's accumulator becomes int8 (before the ReLU)
+    absmax = float(np.abs(_tensor(model, {"x": data}, "c1", TensorProto.FLOAT)).max())
+    octaves = 2 * math.ceil(math.log2(absmax / 127) / 2)
+    assert details["conv1"]["range_fit"] == pytest.approx(127 * 2.0**octaves / absmax, rel=1e-6)
+    assert 1 <= details["conv1"]["range_fit"] < 4 and "range_fit" in details["conv2"]
+    assert "range_fit" not in details["head"]  # a graph output keeps a power-of-two scale
+    top = int(np.abs(_tensor(quantized, {"x": data}, "c1.i8", TensorProto.INT8).astype(np.int32)).max())
+    assert top >= 126  # the top of the int8 grid is used
+    x = data[:16]
+    got = _run(quantized, {"x": x})
+    reference = ReferenceEvaluator(quantized, new_ops=ops.reference_ops())
+    np.testing.assert_array_equal(got, reference.run(None, {"x": x})[0])
+    fake, _ = quantize(model, {"x": data}, format="fakequant")
+    ratio = output_scales(quantized)["y"] / output_scales(fake)["y"]
+    assert ratio == 2.0 ** round(math.log2(ratio))
+    np.testing.assert_array_equal(_run(fake, {"x": x}).astype(np.float64), got.astype(np.float64) * ratio)
+
+
+def _tensor(model: onnx.ModelProto, feeds: dict[str, np.ndarray], name: str, elem: int) -> np.ndarray:
+    """Tensor ``name`` (element type ``elem``) of ``model`` on ``feeds``, made an output."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.append(helper.make_tensor_value_info(name, elem, None))
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run([name], feeds)[0]

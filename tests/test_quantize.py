@@ -95,17 +95,25 @@ def test_ann_layers_follow_the_shift_only_equations() -> None:
     x = RNG.normal(0, 1, (40, 4)).astype(np.float32)
     quantized, report = quantize(model, {"x": x})
 
-    # The scheme by hand: power-of-two input, weights folded with the input scale, floor requantization.
+    # The scheme by hand: power-of-two input, weights folded with the input scale, floor requantization
+    # by an even shift; fc1, which only fc2 reads, folds the range fit c into its weights and bias so
+    # that 127·scale is h's calibrated absmax (h: where its accumulator becomes int8, before the ReLU).
     f_x = math.floor(math.log2(127 / np.abs(x).max()))
     big_x = np.clip(np.round(x.astype(np.float64) * 2.0**f_x), -128, 127)
-    w1_eff = w1.astype(np.float64) * 2.0**-f_x
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, ["N", 6]))
+    absmax_h = float(np.abs(_run(probe, {"x": x})[1]).max())  # as calibration sees it (onnxruntime's Gemm)
+    octaves = 2 * math.ceil(math.log2(absmax_h / 127) / 2)
+    c = 127 * 2.0**octaves / absmax_h
+    assert 1 <= c < 4
+    w1_eff = w1.astype(np.float64) * 2.0**-f_x * c
     f_w1 = _shift_exponent(np.abs(w1_eff).max())
-    acc1 = big_x @ np.clip(np.round(w1_eff * 2.0**f_w1), -128, 127).T + np.round(b1 * 2.0**f_w1)
-    relu = np.maximum(acc1, 0)
-    r_float = np.maximum(x @ w1.T + b1, 0)
-    f_y = min(2 * math.floor(math.floor(math.log2(127 / np.abs(r_float).max())) / 2), f_w1)
-    big_r = np.clip(np.floor(relu / 2.0 ** (f_w1 - f_y)), -128, 127)
-    w2_eff = w2.astype(np.float64) * 2.0**-f_y
+    acc1 = big_x @ np.clip(np.round(w1_eff * 2.0**f_w1), -128, 127).T + np.round(b1 * c * 2.0**f_w1)
+    shift = octaves + f_w1
+    assert shift >= 0 and shift % 2 == 0
+    big_r = np.clip(np.floor(np.maximum(acc1, 0) / 2.0**shift), -128, 127)
+    w2_eff = w2.astype(np.float64) * 2.0**octaves / c  # fc2 takes fc1's activation scale, 2^octaves / c
     f_w2 = _shift_exponent(np.abs(w2_eff).max())
     acc2 = big_r @ np.clip(np.round(w2_eff * 2.0**f_w2), -128, 127).T + np.round(b2 * 2.0**f_w2)
 

@@ -136,7 +136,8 @@ def _add_error_sums(model: onnx.ModelProto, compared: Mapping[str, tuple[str, fl
         fed, scale, real, reference, difference, signal, noise = (
             prefix + s for s in ("quantized", "unit", "real", "float", "difference", "signal", "noise"))
         model.graph.input.append(helper.make_tensor_value_info(fed, helper.np_dtype_to_tensor_dtype(dtype), None))
-        branch = [helper.make_node("Constant", [], [scale], value=helper.make_tensor(scale, TensorProto.FLOAT, [], [unit]))]
+        unit_value = helper.make_tensor(scale, TensorProto.FLOAT, [], [unit])
+        branch = [helper.make_node("Constant", [], [scale], value=unit_value)]
         if dtype in (np.int8, np.uint8, np.int32) and opset >= 10:
             branch.append(helper.make_node("DequantizeLinear", [fed, scale], [real]))  # q·unit in one pass
         else:

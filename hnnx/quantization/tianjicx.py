@@ -8,9 +8,12 @@ Numerics (the HNN framework's scheme, with per-edge ranges instead of one global
   multiple of ``bit_shift_unit`` chosen by HNN's rule (``t = log2(128/absmax)/unit``, round
   up when ``frac(t) ≥ 0.75``). The int32 accumulator ``Σ W·X + B`` (``B = round(b·2^f)``)
   has the real value ``acc·2^−f``; a following ReLU runs on it. It is requantized to int8
-  by ``hnnx.Requantize`` (floor of a right shift) with an output exponent from the
-  calibrated range, so that the shift is a multiple of ``bit_shift_unit``. The last layer
-  before a graph output keeps its int32 accumulator.
+  by ``hnnx.Requantize`` (floor of a right shift) by the smallest multiple of
+  ``bit_shift_unit`` whose range holds the calibrated one. A layer whose activation only
+  synaptic layers read also folds a factor ``c ∈ [1, 2^unit)`` into ``w_eff`` and its bias
+  (real value ``acc·2^−f/c``) so that the int8 range fits the calibrated one exactly; the
+  readers' weights absorb ``1/c`` as they absorb any input scale. The last layer before a
+  graph output keeps its int32 accumulator.
 * **SNN layers** (a synaptic layer whose output feeds an ``hnnx.LIF``) quantize ``w_eff``
   with ``σ = 128/absmax(w_eff)``; the int32 current is ``Σ W·X + round(b·σ)``, and the LIF
   runs in integer mode with every membrane constant scaled by ``σ`` and rounded (half to
@@ -164,16 +167,16 @@ class TianjicxQuantizer:
     def _requantize(self, value: QValue, name: str) -> QValue:
         """int32 accumulator → int8 by a right shift (floor), chosen from the calibrated range.
 
-        The int8 scale aims at ``2^−E`` with ``E`` the largest multiple of ``bit_shift_unit``
-        whose range holds the calibrated ``absmax``; an accumulator whose scale is not a power
-        of two (an average over a window of k values carries ``1/k``) keeps that factor in the
+        The shift is the smallest multiple of ``bit_shift_unit`` whose int8 range holds the
+        calibrated ``absmax``; an accumulator whose scale is not a power of two (an average over
+        a window of k values carries ``1/k``, a layer its range fit) keeps that factor in the
         int8 scale, and the next layer's weights absorb it.
         """
         unit = self.bit_shift_unit
-        wanted = math.floor(math.log2(127.0 / self.absmax(name)))
-        target = unit * math.floor(wanted / unit)
-        acc_exponent = -math.log2(value.scale)  # fractional for a non-power-of-two scale
-        shift = max(0, math.ceil(acc_exponent - target - 1e-9))
+        # The smallest multiple of the unit whose int8 range 127·scale·2^shift holds absmax (the
+        # scale may carry a factor that is no power of two: a window's 1/k, a layer's range fit).
+        needed = math.log2(self.absmax(name) / (127.0 * value.scale))
+        shift = max(0, unit * math.ceil(needed / unit - 1e-9))
         if shift > 30:
             raise _Unsupported(f"accumulator {name!r} needs a shift of {shift} bits (at most 30)")
         scale, fake = value.scale * 2.0**shift, value.fake * 2.0**shift
@@ -211,9 +214,10 @@ class TianjicxQuantizer:
                   op: str, conv_attrs: dict[str, Any]) -> None:
         """Quantize a synaptic layer ``op`` (``Conv`` or ``MatMul``; weights in that op's layout) whose
         result is ``last``'s output: int8 weights, int32 accumulator (ANN) or current (SNN)."""
-        weight_eff = weight * x.scale  # fold the input's scale into the weights
-        absmax = max(float(np.abs(weight_eff).max()), 1e-30)
         neuron = feeding_neuron(last.outputs[0])
+        fit = 1.0 if neuron is not None else self._range_fit(last.outputs[0])
+        weight_eff = weight * x.scale * fit  # fold the input's scale (and the range fit) into the weights
+        absmax = max(float(np.abs(weight_eff).max()), 1e-30)
         if neuron is not None:
             sigma = 128.0 / absmax
             multiplier, out_kind, out_scale, out_fake = sigma, "current", 1.0 / sigma, 1.0
@@ -225,10 +229,12 @@ class TianjicxQuantizer:
             unit = self.bit_shift_unit
             t = math.log2(128.0 / absmax) / unit
             exponent = unit * (math.ceil(t) if t - math.floor(t) >= 0.75 else math.floor(t))
-            multiplier, out_kind, out_scale = 2.0**exponent, "acc", 2.0**-exponent
-            out_fake = out_scale
-            b_int = None if bias is None else np.clip(np.round(bias * 2.0**exponent), *INT32).astype(np.int32)
+            multiplier, out_kind, out_scale = 2.0**exponent, "acc", 2.0**-exponent / fit
+            out_fake = 2.0**-exponent  # the fake-quant form holds the integers times a power of two
+            b_int = None if bias is None else np.clip(np.round(bias * fit * 2.0**exponent), *INT32).astype(np.int32)
             details = {"weight_exponent": exponent}
+            if fit != 1.0:
+                details["range_fit"] = round(fit, 6)
         # W = clamp(round(w_src / q)) with a power-of-two q, in float32: the integer graph stores W,
         # the fake-quant graph computes it with QuantizeLinear — the same operation.
         q = out_fake / x.fake
@@ -238,6 +244,44 @@ class TianjicxQuantizer:
         out = self._emit_layer(node, op, conv_attrs, x, w_src, np.float32(q), w_int, b_int, out_fake)
         self.values[last.outputs[0].name] = QValue(out, out_kind, out_scale, out_fake)
         self.records.append(LayerRecord(label(node), node.op, "snn" if out_kind == "current" else "ann", details))
+
+    def _range_fit(self, result: gs.Variable) -> float:
+        """The factor ``c ∈ [1, 2^unit)`` an ANN layer folds into its weights and bias so that the
+        int8 activation its accumulator is requantized to spans exactly the calibrated range
+        (``127·scale = absmax``): shifts alone reach only ranges ``2^unit`` apart, up to two bits
+        of the int8 grid lost on TianjicX. Only where synaptic layers alone read that activation
+        (through ReLU, MaxPool and shape ops): they take any input scale into their weights. An
+        Add, Concat or pooling needs its inputs' scales a power of two apart, and a graph output
+        keeps a power-of-two scale: there, 1."""
+        point = self._requantization_point(result)
+        if point is None:
+            return 1.0
+        absmax, unit = self.absmax(point.name), self.bit_shift_unit
+        octaves = unit * math.ceil(math.log2(absmax / 127.0) / unit - 1e-9)  # 127·2^octaves ≥ absmax
+        return 127.0 * 2.0**octaves / absmax
+
+    def _requantization_point(self, result: gs.Variable) -> gs.Variable | None:
+        """The tensor at which a layer's accumulator ``result`` becomes int8 (after the shape ops
+        that move the accumulator), if only synaptic layers read what follows; else None."""
+        tensor = result
+        while len(tensor.outputs) == 1 and tensor.outputs[0].op in SHAPE_OPS and not self._is_output(tensor):
+            tensor = tensor.outputs[0].outputs[0]
+        readers = [tensor]  # the int8 tensor and what keeps its scale: MaxPool, ReLU, shape ops
+        for current in readers:
+            if self._is_output(current) or not current.outputs:
+                return None
+            for consumer in current.outputs:
+                standard = consumer.domain in (None, "", "ai.onnx")
+                if consumer.op in LAYER_OPS and consumer.inputs[0] is current and standard:
+                    continue
+                if consumer.op in ("MaxPool", "Relu", *SHAPE_OPS) and consumer.inputs[0] is current:
+                    readers.append(consumer.outputs[0])
+                    continue
+                return None
+        return tensor
+
+    def _is_output(self, tensor: gs.Tensor) -> bool:
+        return any(tensor is out for out in self.graph.outputs)
 
     def _layer_parameters(self, node: gs.Node) -> tuple[np.ndarray, np.ndarray | None, gs.Node]:
         """Float weight in the integer op's layout, bias, and the node whose output ends the layer."""
