@@ -82,11 +82,14 @@ def test_ann_residual_runs_bit_exact_on_tianjicx(ann_models, digits) -> None:
     kinds = {layer["name"]: (layer["kind"], layer["attrs"]) for layer in program.layers}
     assert kinds["add_40"] == ("add", {"operands": 2})  # the residual sum of two int8 branches
     assert kinds["avg_pool2d"][0] == kinds["avg_pool2d_1"][0] == "sumpool"
-    # The Concat is data movement: the layer reading it (its requantization) takes axons from
-    # the cores of both joined convolutions, the first branch shifted left by 2 (× 4).
-    index, joined = _layer(program, "cat.requantize")
+    # The Concat is data movement: the layer reading it (its rounding addend, then its
+    # requantization) takes axons from the cores of both joined convolutions, the first branch
+    # shifted left by 2 (× 4).
+    index, joined = _layer(program, "cat.rounding.Add")
     sources = {program.layers[i]["name"] for i in joined["sources"]}
     assert joined["kind"] == "add" and sources == {"node_conv2d_3", "node_conv2d_4"}
+    assert [stage["op"] for stage in joined["stages"]] == ["bias", "requantize", "relu"]
+    assert joined["stages"][1]["node"] == "cat.requantize"
     feeding = {program.layers[program.cores[r["src"]]["layer"]]["name"] for r in program.routes
                if r["dst"] is not None and program.cores[r["dst"]]["layer"] == index}
     assert feeding == sources
@@ -122,7 +125,7 @@ def test_ann_residual_split_over_tiny_cores_and_chips_stays_bit_exact(ann_models
         roles.setdefault(program.layers[core["layer"]]["name"], []).append(core["role"])
         assert core["axons"] <= 128 and core["neurons"] <= 64
     assert "merge" in roles["node_Conv_26"] and "merge" in roles["node_Conv_27"]  # 144 inputs > 128 axons
-    assert roles["add_40"].count("add") > 1 and roles["cat.requantize"].count("add") > 1  # fan-out splits
+    assert roles["add_40"].count("add") > 1 and roles["cat.rounding.Add"].count("add") > 1  # fan-out splits
     assert roles["avg_pool2d"].count("pool") > 1
     _assert_bit_exact(model, program, {"pixels": digits.x_test[:64].reshape(-1, 1, 8, 8)})
 

@@ -175,7 +175,7 @@ def test_global_pool_carries_one_over_k_into_the_next_layer(data: np.ndarray) ->
     clip = next(n for n in quantized.graph.node if n.op_type == "Clip")
     bounds = {i.name: numpy_helper.to_array(i) for i in quantized.graph.initializer if i.name in clip.input[1:]}
     assert {b.dtype for b in bounds.values()} == {np.dtype(np.int8)}  # ReLU6 on the requantized int8
-    assert bounds[clip.input[1]] == 0 and 0 < bounds[clip.input[2]] < 127
+    assert bounds[clip.input[1]] == 0 and 0 < bounds[clip.input[2]] <= 127  # 127: 6 is at or above the range
 
 
 def test_clip_bounds_map_inward_onto_the_grid() -> None:
@@ -289,3 +289,21 @@ def _tensor(model: onnx.ModelProto, feeds: dict[str, np.ndarray], name: str, ele
     probe.graph.output.append(helper.make_tensor_value_info(name, elem, None))
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run([name], feeds)[0]
+
+
+def test_layers_meeting_at_a_residual_add_share_the_least_wasteful_range_fit(data: np.ndarray) -> None:
+    """conv1 (through its ReLU) and conv2 meet at the residual Add: one range fit c for both, so their
+    scales stay a power of two apart, chosen to waste the least int8 range over c1, c2 and the sum."""
+    model = residual()
+    quantized, report = quantize(model, {"x": data})
+    details = {r["name"]: r["details"] for r in report.layers}
+    fit = details["conv1"]["range_fit"]
+    assert details["conv2"]["range_fit"] == fit and 1 <= fit < 4
+    assert all(isinstance(shift, int) for shift in details["residual"]["shifts"])
+    ranges = [float(np.abs(_tensor(model, {"x": data}, name, TensorProto.FLOAT)).max()) for name in ("c1", "c2", "sum")]
+
+    def waste(c: float) -> float:  # bits of the int8 range left unused, scales 4^k / c
+        return sum(2 * math.ceil(math.log2(a * c / 127) / 2 - 1e-9) - math.log2(a * c / 127) for a in ranges)
+
+    grid = np.exp2(np.linspace(0, 2, 4001, endpoint=False))
+    assert waste(fit) <= min(waste(float(c)) for c in grid) + 1e-4

@@ -109,9 +109,10 @@ def test_ann_layers_follow_the_shift_only_equations() -> None:
     assert 1 <= c < 4
     w1_eff = w1.astype(np.float64) * 2.0**-f_x * c
     f_w1 = _shift_exponent(np.abs(w1_eff).max())
-    acc1 = big_x @ np.clip(np.round(w1_eff * 2.0**f_w1), -128, 127).T + np.round(b1 * c * 2.0**f_w1)
     shift = octaves + f_w1
-    assert shift >= 0 and shift % 2 == 0
+    assert shift > 0 and shift % 2 == 0
+    # The bias also carries half a step of the shift: the floor then rounds to nearest.
+    acc1 = big_x @ np.clip(np.round(w1_eff * 2.0**f_w1), -128, 127).T + np.round(b1 * c * 2.0**f_w1) + 2**(shift - 1)
     big_r = np.clip(np.floor(np.maximum(acc1, 0) / 2.0**shift), -128, 127)
     w2_eff = w2.astype(np.float64) * 2.0**octaves / c  # fc2 takes fc1's activation scale, 2^octaves / c
     f_w2 = _shift_exponent(np.abs(w2_eff).max())

@@ -138,7 +138,7 @@ class FakeQuantIntegerizer:
         out = gs.Variable(f"{node.outputs[0].name}.int", dtype=np.int32)
         self.graph.nodes.append(gs.Node("Add", name=f"{node.outputs[0].name}.integer",
                                         inputs=[acc.tensor, gs.Constant(f"{node.outputs[0].name}.bias_q",
-                                                                        np.clip(bias, *INT32).astype(np.int32))],
+                                                                        np.array(np.clip(bias, *INT32), np.int32))],
                                         outputs=[out]))
         self.ints[node.outputs[0].name] = _Int(out, acc.fake)
 

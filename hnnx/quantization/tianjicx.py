@@ -9,11 +9,13 @@ Numerics (the HNN framework's scheme, with per-edge ranges instead of one global
   up when ``frac(t) ≥ 0.75``). The int32 accumulator ``Σ W·X + B`` (``B = round(b·2^f)``)
   has the real value ``acc·2^−f``; a following ReLU runs on it. It is requantized to int8
   by ``hnnx.Requantize`` (floor of a right shift) by the smallest multiple of
-  ``bit_shift_unit`` whose range holds the calibrated one. A layer whose activation only
-  synaptic layers read also folds a factor ``c ∈ [1, 2^unit)`` into ``w_eff`` and its bias
-  (real value ``acc·2^−f/c``) so that the int8 range fits the calibrated one exactly; the
-  readers' weights absorb ``1/c`` as they absorb any input scale. The last layer before a
-  graph output keeps its int32 accumulator.
+  ``bit_shift_unit`` whose range holds the calibrated one; the bias carries ``2^(shift−1)``
+  so that the floor rounds to nearest. A layer whose activation only synaptic layers and
+  residual Adds read also folds a factor ``c ∈ [1, 2^unit)`` into ``w_eff`` and its bias
+  (real value ``acc·2^−f/c``) so that the int8 range fits the calibrated one; the readers'
+  weights absorb ``1/c`` as they absorb any input scale, and layers meeting at an Add share
+  one ``c`` (see ``TianjicxQuantizer._plan_range_fits``). The last layer before a graph
+  output keeps its int32 accumulator.
 * **SNN layers** (a synaptic layer whose output feeds an ``hnnx.LIF``) quantize ``w_eff``
   with ``σ = 128/absmax(w_eff)``; the int32 current is ``Σ W·X + round(b·σ)``, and the LIF
   runs in integer mode with every membrane constant scaled by ``σ`` and rounded (half to
@@ -86,6 +88,14 @@ class TianjicxQuantizer:
     output_scales: dict[str, float] = field(default_factory=dict)
     _consumed: set[int] = field(default_factory=set)
     _requantized: dict[str, QValue] = field(default_factory=dict)
+    _biases: dict[str, tuple[gs.Constant, float]] = field(default_factory=dict)
+    """A layer's bias constant (and its value per unit) by the accumulator it is added to: a
+    requantization of that accumulator folds its rounding offset into it."""
+    _fits: dict[str, float] = field(default_factory=dict)
+    """The range fit of each ANN layer that has one, by its result tensor (see :meth:`_plan_range_fits`)."""
+    _dequantized_tensors: dict[tuple[str, str], gs.Variable] = field(default_factory=dict)
+    _sums: set[str] = field(default_factory=set)
+    """The int32 sums of residual adds and aligned concats (their requantization gets a rounding addend)."""
     _integer_casts: dict[tuple[str, str], gs.Variable] = field(default_factory=dict)
     """The integer tensor already made of (value tensor, dtype): a value used by several ops (a
     DenseNet block output feeding every later Concat) is cast once, under one name."""
@@ -95,6 +105,7 @@ class TianjicxQuantizer:
         """Rewrite the graph in place; returns what was done."""
         graph = self.graph
         graph.toposort()
+        self._plan_range_fits()
         for node in list(graph.nodes):
             if id(node) in self._consumed:
                 continue
@@ -179,6 +190,21 @@ class TianjicxQuantizer:
         shift = max(0, unit * math.ceil(needed / unit - 1e-9))
         if shift > 30:
             raise _Unsupported(f"accumulator {name!r} needs a shift of {shift} bits (at most 30)")
+        # floor((acc + 2^(shift−1)) / 2^shift) rounds to nearest where floor alone loses half a step
+        # on average (a bias every later layer inherits): a layer's bias takes the offset for free,
+        # a residual sum gets it as one more int32 addend.
+        bias = self._biases.pop(value.tensor.name, None)
+        if bias is not None and shift > 0:
+            constant, per_unit = bias
+            rounded = constant.values.astype(np.float64) + 2.0 ** (shift - 1) * per_unit
+            constant.values = (rounded.astype(np.float32) if self.fakequant
+                               else np.clip(rounded, *INT32).astype(np.int32))
+        elif value.tensor.name in self._sums and shift > 0:
+            offset = (np.array(2.0 ** (shift - 1) * value.fake, np.float32) if self.fakequant
+                      else np.array(2 ** (shift - 1), np.int32))
+            summed = self._variable(f"{name}.rounding", np.float32 if self.fakequant else np.int32)
+            self._node("Add", [value.tensor, _const(f"{name}.half_step", offset)], [summed])
+            value = QValue(summed, value.kind, value.scale, value.fake)
         scale, fake = value.scale * 2.0**shift, value.fake * 2.0**shift
         if self.fakequant:  # floor(acc / 2^shift), clamped, held times a power of two: exact
             scaled = self._float_op("Mul", [value.tensor, _const(f"{name}.fq_up", np.float32(1.0 / fake))],
@@ -246,39 +272,138 @@ class TianjicxQuantizer:
         self.records.append(LayerRecord(label(node), node.op, "snn" if out_kind == "current" else "ann", details))
 
     def _range_fit(self, result: gs.Variable) -> float:
-        """The factor ``c ∈ [1, 2^unit)`` an ANN layer folds into its weights and bias so that the
-        int8 activation its accumulator is requantized to spans exactly the calibrated range
-        (``127·scale = absmax``): shifts alone reach only ranges ``2^unit`` apart, up to two bits
-        of the int8 grid lost on TianjicX. Only where synaptic layers alone read that activation
-        (through ReLU, MaxPool and shape ops): they take any input scale into their weights. An
-        Add, Concat or pooling needs its inputs' scales a power of two apart, and a graph output
-        keeps a power-of-two scale: there, 1."""
-        point = self._requantization_point(result)
-        if point is None:
-            return 1.0
-        absmax, unit = self.absmax(point.name), self.bit_shift_unit
-        octaves = unit * math.ceil(math.log2(absmax / 127.0) / unit - 1e-9)  # 127·2^octaves ≥ absmax
-        return 127.0 * 2.0**octaves / absmax
+        """The factor ``c ∈ [1, 2^unit)`` an ANN layer folds into its weights and bias (real value of
+        its accumulator ``acc·2^−f/c``): 1 where the plan gave it none."""
+        return self._fits.get(result.name, 1.0)
 
-    def _requantization_point(self, result: gs.Variable) -> gs.Variable | None:
-        """The tensor at which a layer's accumulator ``result`` becomes int8 (after the shape ops
-        that move the accumulator), if only synaptic layers read what follows; else None."""
-        tensor = result
-        while len(tensor.outputs) == 1 and tensor.outputs[0].op in SHAPE_OPS and not self._is_output(tensor):
-            tensor = tensor.outputs[0].outputs[0]
-        readers = [tensor]  # the int8 tensor and what keeps its scale: MaxPool, ReLU, shape ops
-        for current in readers:
-            if self._is_output(current) or not current.outputs:
-                return None
-            for consumer in current.outputs:
-                standard = consumer.domain in (None, "", "ai.onnx")
-                if consumer.op in LAYER_OPS and consumer.inputs[0] is current and standard:
-                    continue
-                if consumer.op in ("MaxPool", "Relu", *SHAPE_OPS) and consumer.inputs[0] is current:
-                    readers.append(consumer.outputs[0])
-                    continue
-                return None
-        return tensor
+    def _plan_range_fits(self) -> None:
+        """Choose the range fit ``c`` of every ANN layer whose int8 activation only layers and residual
+        Adds read (through ReLU, MaxPool, Clip, pooling and shape ops).
+
+        Shifts alone reach int8 ranges ``2^unit`` apart (up to two bits of the grid lost on
+        TianjicX). A factor ``c`` in a layer's weights moves its scales off the powers of two, and
+        the layers that read it absorb ``1/c`` with the rest of their input scale. Activations
+        that meet at an Add must stay a power of two apart to be aligned by shifts:
+        such layers form one group with one ``c``, the one that wastes the least int8 range over
+        the group's calibrated tensors. A group touching anything else (a Concat, a graph
+        output, a neuron, an input, a scalar Mul) keeps ``c = 1``.
+        """
+        if self.spiking_only:
+            return  # the ANN layers are another target's
+        parent: dict[str, str] = {}
+
+        def find(key: str) -> str:
+            while parent.setdefault(key, key) != key:
+                parent[key] = parent[parent[key]]
+                key = parent[key]
+            return key
+
+        fixed: set[str] = set()
+        layers: list[str] = []
+        for node in self.graph.nodes:
+            kind = self._scale_kind(node)
+            if kind is None:
+                continue
+            key = node.outputs[0].name
+            find(key)
+            if kind == "layer":
+                layers.append(key)
+                if feeding_neuron(node.outputs[0]) is not None or label(node) in self.excluded_names:
+                    fixed.add(key)
+            else:  # a join: its operands' sources share its scale
+                for operand in node.inputs:
+                    if isinstance(operand, gs.Constant):
+                        continue
+                    source = self._scale_source(operand)
+                    if source is None:
+                        fixed.add(key)
+                    else:
+                        parent[find(source)] = find(key)
+            if not self._read_by_layers_and_joins(node.outputs[0]):
+                fixed.add(key)
+        groups: dict[str, list[str]] = {}
+        for key in parent:
+            groups.setdefault(find(key), []).append(key)
+        for members in groups.values():
+            if any(key in fixed for key in members) or not any(key in layers for key in members):
+                continue
+            try:
+                ranges = [self.absmax(key) for key in members]
+            except Exception:  # a tensor without calibration: no fit
+                continue
+            fit = self._least_wasteful_fit(ranges)
+            self._fits.update({key: fit for key in members if key in layers and fit != 1.0})
+
+    def _least_wasteful_fit(self, ranges: list[float]) -> float:
+        """The ``c ∈ [1, 2^unit)`` minimising the int8 range wasted, ``Σ log2(127·scale/absmax)``, over
+        tensors of calibrated ``ranges`` whose scales are ``2^(unit·k)/c`` (each the smallest that holds it)."""
+        unit = self.bit_shift_unit
+
+        def exact(absmax: float) -> float:  # the c at which this tensor wastes nothing
+            return 127.0 * 2.0 ** (unit * math.ceil(math.log2(absmax / 127.0) / unit - 1e-9)) / absmax
+
+        def waste(c: float) -> float:
+            return sum(unit * math.ceil(math.log2(a * c / 127.0) / unit - 1e-9) - math.log2(a * c / 127.0)
+                       for a in ranges)
+
+        return min((exact(a) for a in ranges), key=waste)
+
+    def _scale_kind(self, node: gs.Node) -> str | None:
+        """``"layer"`` for a node whose output is an ANN layer's result (a Conv or Gemm, a MatMul or
+        per-channel Mul with or without its bias Add), ``"join"`` for a residual Add, else None (a
+        Concat too: its inputs keep power-of-two scales, so that inputs of one scale are joined as
+        int8, without an int32 detour and a requantization)."""
+        if node.domain not in (None, "", "ai.onnx"):
+            return None
+        constants = [t for t in node.inputs if isinstance(t, gs.Constant)]
+        if node.op in LAYER_OPS and not (len(node.inputs) > 1 and isinstance(node.inputs[1], gs.Constant)):
+            return None  # computed weights: a float island
+        if node.op in ("Conv", "Gemm") or (node.op in ("MatMul", "Mul") and not self._bias_follows(node)):
+            return "layer" if node.op != "Mul" or (constants and constants[0].values.size > 1) else None
+        if node.op in ("Add", "Sum") and not constants:
+            return "join"
+        if node.op == "Add" and len(constants) == 1 and node.inputs[0].inputs:
+            producer = next(t for t in node.inputs if not isinstance(t, gs.Constant)).inputs
+            if producer and producer[0].op in ("MatMul", "Mul") and self._bias_follows(producer[0]):
+                return "layer"
+        return None
+
+    @staticmethod
+    def _bias_follows(node: gs.Node) -> bool:
+        """Whether ``node`` (MatMul or Mul) is followed by the constant Add the rewrite takes as its bias."""
+        consumers = node.outputs[0].outputs
+        return (len(consumers) == 1 and consumers[0].op == "Add"
+                and any(isinstance(t, gs.Constant) for t in consumers[0].inputs))
+
+    def _scale_source(self, tensor: gs.Tensor) -> str | None:
+        """The layer or join output whose scale ``tensor`` carries (up through ReLU, MaxPool, Clip and
+        shape ops), or None for any other source."""
+        while tensor.inputs and tensor.inputs[0].op in _SCALE_KEEPING:
+            tensor = tensor.inputs[0].inputs[0]
+        if not tensor.inputs or self._scale_kind(tensor.inputs[0]) is None:
+            return None
+        return tensor.name
+
+    def _read_by_layers_and_joins(self, result: gs.Variable) -> bool:
+        """Whether only layers (as their data input) and joins read ``result``, through ReLU,
+        MaxPool, Clip, pooling and shape ops (pooling carries any factor to the layer after it)."""
+        tensors = [(result, False)]  # (tensor, reached through a pooling)
+        for tensor, pooled in tensors:
+            if self._is_output(tensor) or not tensor.outputs:
+                return False
+            for consumer in tensor.outputs:
+                kind = self._scale_kind(consumer)
+                if consumer.op in _SCALE_KEEPING and consumer.inputs[0] is tensor:
+                    tensors.append((consumer.outputs[0], pooled))
+                elif consumer.op in ("AveragePool", "GlobalAveragePool") and consumer.inputs[0] is tensor:
+                    tensors.append((consumer.outputs[0], True))
+                elif consumer.op == "Add" and kind == "layer" and not pooled:
+                    tensors.append((consumer.outputs[0], pooled))  # the layer's own bias
+                elif (kind == "join" and not pooled) or (kind == "layer" and consumer.inputs[0] is tensor):
+                    continue  # a join after a pooling sees the window's 1/k: it is not in the group
+                else:
+                    return False
+        return True
 
     def _is_output(self, tensor: gs.Tensor) -> bool:
         return any(tensor is out for out in self.graph.outputs)
@@ -326,7 +451,9 @@ class TianjicxQuantizer:
             if b_int is None:
                 return acc
             bias = _const(f"{base}.bias_fq", (b_int.astype(np.float64) * out_fake).astype(np.float32).reshape(bias_shape))
-            return self._float_op("Add", [acc, bias], f"{base}.acc_bias")
+            out = self._float_op("Add", [acc, bias], f"{base}.acc_bias")
+            self._biases[out.name] = (bias, out_fake)
+            return out
         x8 = self._as_int8(x, node.inputs[0].name)
         acc = self._variable(f"{base}.acc", np.int32)
         if op == "Conv":
@@ -336,7 +463,9 @@ class TianjicxQuantizer:
         if b_int is None:
             return acc
         out = self._variable(f"{base}.acc_bias", np.int32)
-        self._node("Add", [acc, _const(f"{base}.bias_q", b_int.reshape(bias_shape))], [out])
+        bias = _const(f"{base}.bias_q", b_int.reshape(bias_shape))
+        self._node("Add", [acc, bias], [out])
+        self._biases[out.name] = (bias, 1.0)
         return out
 
     def _as_int8(self, value: QValue, name: str) -> gs.Variable:
@@ -435,6 +564,7 @@ class TianjicxQuantizer:
             self._node("Add", [total, term], [partial])
             total = partial
         self.values[name] = QValue(total, "acc", finest.scale, finest.fake)
+        self._sums.add(total.name)
         self.records.append(LayerRecord(label(node), node.op, "add", {"operands": len(terms),
                                                                        "shifts": [_shift_between(v, finest)
                                                                                   for v in operands]}))
@@ -457,6 +587,8 @@ class TianjicxQuantizer:
             kind = "acc"
         out = self._variable(f"{name}.q", parts[0].dtype)
         self._node("Concat", parts, [out], {"axis": node.attrs.get("axis", 1)})
+        if kind == "acc":
+            self._sums.add(out.name)  # int32, requantized where used: with a rounding addend
         self.values[name] = QValue(out, kind, finest.scale, finest.fake)
         self.records.append(LayerRecord(label(node), "Concat", "concat", {"inputs": len(parts), "aligned": not same}))
 
@@ -511,7 +643,7 @@ class TianjicxQuantizer:
             if given is not None and not isinstance(given, gs.Constant):
                 raise _Unsupported("Clip with a computed bound")
             bounds.append(float(given.values) if given is not None else float(node.attrs.get(attr, default)))
-        limits = INT8 if x.tensor.dtype == np.int8 else INT32
+        limits = INT8 if x.kind == "int8" else INT32  # by kind: the fake-quant form holds int8 values in float
         low = limits[0] if bounds[0] == -math.inf else max(limits[0], math.ceil(bounds[0] / x.scale - 1e-9))
         high = limits[1] if bounds[1] == math.inf else min(limits[1], math.floor(bounds[1] / x.scale + 1e-9))
         name = node.outputs[0].name
@@ -649,6 +781,13 @@ class TianjicxQuantizer:
             self.excluded[label(node)] = reason
 
     def _dequantized(self, value: QValue, name: str) -> gs.Variable:
+        """``value`` in float, made once per tensor (two float islands reading it share it)."""
+        made = self._dequantized_tensors.get((value.tensor.name, name))
+        if made is None:
+            made = self._dequantized_tensors[(value.tensor.name, name)] = self._dequantize(value, name)
+        return made
+
+    def _dequantize(self, value: QValue, name: str) -> gs.Variable:
         if self.fakequant:
             ratio = value.scale / value.fake
             if ratio == 1.0:
@@ -731,6 +870,10 @@ class TianjicxTarget(QuantizationTarget):
         return TianjicxQuantizer(graph, stats.absmax, options.bit_shift_unit, options.excluded_names,
                                  fakequant=options.format == "fakequant",
                                  membrane_ranges=dict(stats.membrane_ranges)).run()
+
+
+_SCALE_KEEPING = ("Relu", "MaxPool", "Clip", *SHAPE_OPS)
+"""Ops whose output has their input's scale."""
 
 
 class _Unsupported(Exception):
