@@ -307,3 +307,17 @@ def test_layers_meeting_at_a_residual_add_share_the_least_wasteful_range_fit(dat
 
     grid = np.exp2(np.linspace(0, 2, 4001, endpoint=False))
     assert waste(fit) <= min(waste(float(c)) for c in grid) + 1e-4
+
+
+def test_an_unfolded_batchnorm_saturates_none_of_its_channel_factors(data: np.ndarray) -> None:
+    """Equal per-channel factors (a BatchNorm at its initial statistics) whose int8 grid HNN's weight
+    rule would round up: every channel would clamp at 127, a gain error on all of them alike. The
+    affine takes the largest exponent that clamps none."""
+    model = preactivation()
+    scale = next(i for i in model.graph.initializer if i.name == "bn.scale")
+    scale.CopyFrom(numpy_helper.from_array(np.full((C, 1, 1), 1.0, np.float32), "bn.scale"))
+    quantized, report = quantize(model, {"x": data})
+    affine = next(r["details"] for r in report.layers if r["name"] == "bn.mul")
+    assert affine["saturated_weights"] == 0
+    factors = numpy_helper.to_array(next(i for i in quantized.graph.initializer if i.name == "bn.mul.weight_q"))
+    assert len(set(factors.ravel().tolist())) == 1 and 127 / 4 < int(factors.ravel()[0]) <= 127  # shifts 2 bits apart

@@ -237,9 +237,14 @@ class TianjicxQuantizer:
         self._synaptic(node, x, weight, bias, last, "Conv" if node.op == "Conv" else "MatMul", conv_attrs)
 
     def _synaptic(self, node: gs.Node, x: QValue, weight: np.ndarray, bias: np.ndarray | None, last: gs.Node,
-                  op: str, conv_attrs: dict[str, Any]) -> None:
+                  op: str, conv_attrs: dict[str, Any], affine: bool = False) -> None:
         """Quantize a synaptic layer ``op`` (``Conv`` or ``MatMul``; weights in that op's layout) whose
-        result is ``last``'s output: int8 weights, int32 accumulator (ANN) or current (SNN)."""
+        result is ``last``'s output: int8 weights, int32 accumulator (ANN) or current (SNN).
+
+        ``affine``: the layer is an unfolded BatchNorm's per-channel factor, each factor a channel's
+        whole gain: its exponent is the largest that saturates none (HNN's rule, made for kernels
+        of many weights, may clamp the largest up to 2^(unit/4)·… — every channel alike when the
+        factors are equal)."""
         neuron = feeding_neuron(last.outputs[0])
         fit = 1.0 if neuron is not None else self._range_fit(last.outputs[0])
         weight_eff = weight * x.scale * fit  # fold the input's scale (and the range fit) into the weights
@@ -255,6 +260,8 @@ class TianjicxQuantizer:
             unit = self.bit_shift_unit
             t = math.log2(128.0 / absmax) / unit
             exponent = unit * (math.ceil(t) if t - math.floor(t) >= 0.75 else math.floor(t))
+            if affine:
+                exponent = unit * math.floor(math.log2(127.0 / absmax) / unit)
             multiplier, out_kind, out_scale = 2.0**exponent, "acc", 2.0**-exponent / fit
             out_fake = 2.0**-exponent  # the fake-quant form holds the integers times a power of two
             b_int = None if bias is None else np.clip(np.round(bias * fit * 2.0**exponent), *INT32).astype(np.int32)
@@ -540,7 +547,7 @@ class TianjicxQuantizer:
                 self._consumed.add(id(add))
         weight = channels.reshape(-1, 1, *([1] * (rank - 2)))
         self._synaptic(node, x, weight, bias, last, "Conv",
-                       {"group": int(channels.size), "kernel_shape": [1] * (rank - 2)})
+                       {"group": int(channels.size), "kernel_shape": [1] * (rank - 2)}, affine=True)
 
     def _add(self, node: gs.Node) -> None:
         """Residual ``Add``/``Sum``: int8 operands aligned by left shifts to the finest scale and
