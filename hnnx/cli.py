@@ -321,6 +321,9 @@ def doctor(build: bool, require_native: bool) -> None:
               help="qdq weight scales per output channel (default) or per tensor.")
 @click.option("--spiking", type=click.Choice(["tianjicx", "float"]), default="tianjicx", show_default=True,
               help="qdq target: quantize the spiking parts as tianjicx, or leave them float.")
+@click.option("--reduce-range/--full-range", default=None,
+              help="qdq weights in 7 bits, which onnxruntime's int8 kernels on x86 CPUs without VNNI sum without "
+                   "saturating, or in 8 (default: 7 on such a CPU, else 8).")
 @click.option("--observer", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="minmax",
               show_default=True, help="How activation ranges are chosen from the calibration data.")
 @click.option("--percentile", type=click.FloatRange(0, 100, min_open=True), default=None,
@@ -339,7 +342,7 @@ def doctor(build: bool, require_native: bool) -> None:
               "float-vs-quantized firing rates.")
 @_reports_errors
 def quantize(model: Path, output: Path | None, calibration: Path | None, target: str, output_format: str | None,
-             per_channel: bool | None, spiking: str, observer: str, percentile: float | None, num_samples: int | None, batch_size: int, exclude: tuple[str, ...], bit_shift_unit: str,
+             per_channel: bool | None, spiking: str, reduce_range: bool | None, observer: str, percentile: float | None, num_samples: int | None, batch_size: int, exclude: tuple[str, ...], bit_shift_unit: str,
              report: Path | None, progress: bool, workers: int | None, ray_address: str | None,
              plot_dir: Path | None) -> None:
     """Calibrate MODEL on data and write its quantized form."""
@@ -363,7 +366,8 @@ def quantize(model: Path, output: Path | None, calibration: Path | None, target:
     if percentile is not None and observer != "percentile":
         raise HnnxError(f"--percentile is an option of --observer percentile, not of {observer}")
     quantized, result = run_quantize(proto, calibration, target=target, format=output_format,
-                                     per_channel=per_channel, spiking=spiking, observer=observer,
+                                     per_channel=per_channel, spiking=spiking, reduce_range=reduce_range,
+                                     observer=observer,
                                      observer_options=None if percentile is None else {"percentile": percentile},
                                      num_samples=num_samples, batch_size=batch_size, exclude=exclude,
                                      bit_shift_unit=int(bit_shift_unit), progress=progress and sys.stderr.isatty(),

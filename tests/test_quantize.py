@@ -245,7 +245,9 @@ def test_fakequant_graph_equals_integer_graph_up_to_the_output_scale(name: str, 
 def test_qdq_target_quantizes_ann_layers_and_leaves_spiking_parts_float(per_channel: bool, digits) -> None:
     name = "hybrid_a2s"
     calibration = {"pixels": digits.x_train[:256].reshape(-1, 1, 8, 8)}
-    model, report = quantize(models.path(name), calibration, target="qdq", per_channel=per_channel, spiking="float")
+    model, report = quantize(models.path(name), calibration, target="qdq", per_channel=per_channel, spiking="float",
+                             reduce_range=False)
+    assert report.weight_bits == 8
     weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith(".weight.q")]
     assert len(weight_dq) == 2  # the two ANN convolutions
     per_channel_axes = [next((a.i for a in n.attribute if a.name == "axis"), None) for n in weight_dq]
@@ -280,7 +282,7 @@ def test_qdq_matches_a_hand_quantized_conv() -> None:
                    [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 4, 4])],
                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4, 4])], {"w": w})
     x = RNG.normal(0, 1, (5, 2, 4, 4)).astype(np.float32)
-    quantized, _ = quantize(model, {"x": x}, target="qdq")
+    quantized, _ = quantize(model, {"x": x}, target="qdq", reduce_range=False)
     # Activations: asymmetric uint8 over the calibrated range (holding 0); weights: symmetric int8.
     lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
     x_scale = np.float32((hi - lo) / 255)
@@ -359,3 +361,33 @@ def test_comparison_runs_on_the_samples_its_value_budget_allows(digits, monkeypa
     _, small = quantize(models.path("ann_cnn"), calibration)
     assert small.compared_samples == api.MIN_COMPARISON_SAMPLES
     assert math.isfinite(small.sqnr_db["scores"]) and small.tensor_errors
+
+
+def test_qdq_reduce_range_keeps_weights_in_seven_bits(digits) -> None:
+    calibration = {"pixels": digits.x_train[:256].reshape(-1, 1, 8, 8)}
+    model, report = quantize(models.path("ann_cnn"), calibration, target="qdq", reduce_range=True)
+    assert report.weight_bits == 7 and "weights: 7-bit" in report.markdown()
+    weights = [numpy_helper.to_array(i) for i in model.graph.initializer if i.name.endswith(".weight.q")]
+    assert weights and all(np.abs(w).max() == 63 for w in weights)  # each channel's absmax maps to 63
+    pixels = digits.x_test.reshape(-1, 1, 8, 8)
+    float_accuracy = hnnx.simulate(models.path("ann_cnn"), {"pixels": pixels}, labels=digits.y_test).accuracy
+    assert hnnx.simulate(model, {"pixels": pixels}, labels=digits.y_test).accuracy >= float_accuracy - 0.005
+    with pytest.raises(hnnx.HnnxError, match="reduce_range .* option of --target qdq"):
+        quantize(models.path("ann_cnn"), calibration, reduce_range=True)
+
+
+@pytest.mark.parametrize(("machine", "flags", "reduced"), [
+    ("x86_64", "fpu sse2 avx avx2 fma", True),  # vpmaddubsw sums pairs in int16: 7-bit weights
+    ("x86_64", "fpu sse2 avx2 avx512f avx512_vnni", False),
+    ("x86_64", "fpu sse2 avx2 avx_vnni", False),
+    ("aarch64", "fp asimd", False),
+])
+def test_default_reduce_range_follows_the_cpu(monkeypatch: pytest.MonkeyPatch, machine: str, flags: str,
+                                              reduced: bool) -> None:
+    import platform
+
+    from hnnx.quantization.qdq import default_reduce_range
+
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    assert default_reduce_range(f"processor\t: 0\nflags\t\t: {flags}\n") is reduced
+    assert default_reduce_range("processor\t: 0\n") is False  # no flags line: full range

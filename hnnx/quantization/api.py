@@ -62,6 +62,8 @@ class QuantizationReport:
     preprocessing: list[dict[str, Any]] = field(default_factory=list)
     compared_samples: int = 0
     """How many of the calibration samples the float-vs-quantized comparison ran on."""
+    weight_bits: int | None = None
+    """``qdq``: 8, or 7 with ``reduce_range``."""
     note: str = ""
 
     def to_json(self) -> str:
@@ -72,6 +74,9 @@ class QuantizationReport:
         """A readable summary (Markdown tables)."""
         lines = [f"# Quantization report — target {self.target}, format {self.format}",
                  self.note or f"observer {self.observer}, {self.calibration_samples} calibration samples", ""]
+        if self.weight_bits == 7:
+            lines += ["weights: 7-bit (reduce_range: onnxruntime's int8 kernels on x86 without VNNI saturate "
+                      "full-range weights)", ""]
         if "float" in self.size_bytes:
             lines += [f"model size: {self.size_bytes['float']:,} → {self.size_bytes.get('quantized', 0):,} bytes "
                       f"of parameters", ""]
@@ -120,6 +125,7 @@ def quantize(
     observer_options: Mapping[str, Any] | None = None,
     per_channel: bool | None = None,
     spiking: str = "tianjicx",
+    reduce_range: bool | None = None,
     num_samples: int | None = None,
     batch_size: int = 64,
     exclude: Sequence[str] = (),
@@ -137,6 +143,9 @@ def quantize(
     name) to keep in float. ``format``: see :data:`FORMATS` (default: the target's first);
     ``per_channel``: per-output-channel weight scales (``qdq`` only; its default);
     ``spiking``: ``qdq`` target only — quantize the spiking parts as ``tianjicx`` or leave them ``float``.
+    ``reduce_range``: ``qdq`` only — 7-bit weights, which onnxruntime's integer kernels on x86 CPUs
+    without VNNI sum without int16 saturation (None: on such a CPU,
+    :func:`hnnx.quantization.qdq.default_reduce_range`; the report's ``weight_bits`` says which).
     ``workers``/``ray``: calibrate on that many local processes or on a Ray cluster (see
     :func:`hnnx.calibrate.calibrate`): the same quantized model, bit for bit, as one process.
     Returns the quantized model (with function bodies; checked in full when saved) and a
@@ -157,6 +166,8 @@ def quantize(
         raise HnnxError("the tianjicx target has per-tensor shift-only weights; per-channel scales need --target qdq")
     if bit_shift_unit not in (1, 2):
         raise HnnxError(f"bit_shift_unit must be 1 or 2, got {bit_shift_unit}")
+    if reduce_range and target != "qdq":
+        raise HnnxError("reduce_range (7-bit weights) is an option of --target qdq")
     if spiking not in ("tianjicx", "float"):
         raise HnnxError(f"spiking parts are quantized as 'tianjicx' or left 'float', got {spiking!r}")
     loaded_here = not isinstance(model, onnx.ModelProto)
@@ -183,7 +194,12 @@ def quantize(
     float_model = export_graph(graph, header)
     float_bytes = _parameter_bytes(float_model)
     release_freed_memory(float_bytes)  # pre-processing's garbage, before calibration's sessions and batches
-    options = TargetOptions(format, frozenset(_excluded_names(graph, exclude)), bit_shift_unit, per_channel, spiking)
+    if target == "qdq" and reduce_range is None:
+        from hnnx.quantization.qdq import default_reduce_range
+
+        reduce_range = default_reduce_range()
+    options = TargetOptions(format, frozenset(_excluded_names(graph, exclude)), bit_shift_unit, per_channel, spiking,
+                            bool(reduce_range))
     quantizer = TARGET_CLASSES[target](options)
     stats = calibrate(float_model, calibration, quantizer.calibration_tensors(graph), observer=observer,
                       observer_options=observer_options, batch_size=batch_size, num_samples=num_samples,
@@ -199,6 +215,8 @@ def quantize(
                                 size_bytes={"float": float_bytes, "quantized": _parameter_bytes(quantized)})
     report.preprocessing = [{"pass": name, "changed": flag, "detail": notes.get(name, "")}
                             for name, flag in changes.items()]
+    if target == "qdq":
+        report.weight_bits = 7 if reduce_range else 8
     release_freed_memory(float_bytes)  # calibration's session and the rewrite's garbage, before the comparison's sessions
     compare(float_model, quantized, rewrite.tensors, calibration, report, stats.firing_rates, batch_size)
     return quantized, report

@@ -63,6 +63,7 @@ class TargetOptions:
     bit_shift_unit: int = 2
     per_channel: bool | None = None
     spiking: str = "tianjicx"
+    reduce_range: bool = False
 
 
 class QuantizationTarget(ABC):
