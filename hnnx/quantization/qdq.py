@@ -266,9 +266,9 @@ def default_reduce_range(cpuinfo: str | None = None) -> bool:
 
     onnxruntime's integer kernels there multiply uint8 activations by int8 weights with
     ``vpmaddubsw``, which sums pairs of products in int16: full-range weights (255·127·2 > 32767)
-    saturate, and the model loses accuracy after onnxruntime's optimisations only (on the
-    ImageNet-size benchmark graphs 4–6 dB of output SQNR; 7-bit weights cost about 1 dB
-    without saturation). With VNNI (``avx512_vnni``, ``avx_vnni``) or on another architecture the
+    saturate, and the model loses accuracy after onnxruntime's optimisations only (1.4–5.9 dB
+    of output SQNR on the ImageNet-size benchmark graphs; 7-bit weights cost 0.4–1.6 dB where
+    nothing saturates). With VNNI (``avx512_vnni``, ``avx_vnni``) or on another architecture the
     products are summed in int32: full range. ``cpuinfo``: the text of ``/proc/cpuinfo``
     (read when None; where it cannot be read, full range).
     """
