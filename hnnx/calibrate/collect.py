@@ -162,10 +162,11 @@ def calibrate(
     with (tqdm(total=stream.total, unit="sample", leave=False) if progress else contextlib.nullcontext()) as bar:
         for feeds in stream:
             tensors_of_batch, counts = simulator.run(feeds)
-            for name in probed:
-                _observe(observers[name], name, tensors_of_batch[name])
-            for name, (low, high, count) in simulator.last_ranges.items():
-                _observe_range(observers[name], name, low, high, count)
+            for name, obs in observers.items():
+                if name in simulator.last_ranges:
+                    _observe_range(obs, name, *simulator.last_ranges[name])
+                else:  # probed: a histogram, a neuron current, or a tensor the graph cannot reduce
+                    _observe(obs, name, tensors_of_batch[name])
             for layer, current in currents.items():
                 _observe(current_observers[layer], current, tensors_of_batch[current])
                 if membrane_views[layer] is not None:

@@ -128,7 +128,9 @@ def _add_error_sums(model: onnx.ModelProto, compared: Mapping[str, tuple[str, fl
     real value per unit, the quantized tensor's dtype), an input taking the quantized tensor and
     two scalar outputs: ``Σ f²`` and ``Σ (q·unit − f)²``, in float32 (a sum's relative error stays
     near 1e-5 on a million values: hundredths of a dB would take a thousand times that)."""
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    from hnnx.passes.intake import standard_opset
+
+    opset = standard_opset(model)
     sums = _ErrorSums()
     branches = []
     for index, (name, (quantized_name, unit, dtype)) in enumerate(compared.items()):

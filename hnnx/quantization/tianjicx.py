@@ -184,10 +184,8 @@ class TianjicxQuantizer:
         int8 scale, and the next layer's weights absorb it.
         """
         unit = self.bit_shift_unit
-        # The smallest multiple of the unit whose int8 range 127·scale·2^shift holds absmax (the
-        # scale may carry a factor that is no power of two: a window's 1/k, a layer's range fit).
-        needed = math.log2(self.absmax(name) / (127.0 * value.scale))
-        shift = max(0, unit * math.ceil(needed / unit - 1e-9))
+        # The scale may carry a factor that is no power of two: a window's 1/k, a layer's range fit.
+        shift = max(0, _grid_step(self.absmax(name) / (127.0 * value.scale), unit))
         if shift > 30:
             raise _Unsupported(f"accumulator {name!r} needs a shift of {shift} bits (at most 30)")
         # floor((acc + 2^(shift−1)) / 2^shift) rounds to nearest where floor alone loses half a step
@@ -261,7 +259,7 @@ class TianjicxQuantizer:
             t = math.log2(128.0 / absmax) / unit
             exponent = unit * (math.ceil(t) if t - math.floor(t) >= 0.75 else math.floor(t))
             if affine:
-                exponent = unit * math.floor(math.log2(127.0 / absmax) / unit)
+                exponent = -_grid_step(absmax / 127.0, unit)
             multiplier, out_kind, out_scale = 2.0**exponent, "acc", 2.0**-exponent / fit
             out_fake = 2.0**-exponent  # the fake-quant form holds the integers times a power of two
             b_int = None if bias is None else np.clip(np.round(bias * fit * 2.0**exponent), *INT32).astype(np.int32)
@@ -347,11 +345,10 @@ class TianjicxQuantizer:
         unit = self.bit_shift_unit
 
         def exact(absmax: float) -> float:  # the c at which this tensor wastes nothing
-            return 127.0 * 2.0 ** (unit * math.ceil(math.log2(absmax / 127.0) / unit - 1e-9)) / absmax
+            return 127.0 * 2.0 ** _grid_step(absmax / 127.0, unit) / absmax
 
         def waste(c: float) -> float:
-            return sum(unit * math.ceil(math.log2(a * c / 127.0) / unit - 1e-9) - math.log2(a * c / 127.0)
-                       for a in ranges)
+            return sum(_grid_step(a * c / 127.0, unit) - math.log2(a * c / 127.0) for a in ranges)
 
         return min((exact(a) for a in ranges), key=waste)
 
@@ -881,6 +878,13 @@ class TianjicxTarget(QuantizationTarget):
 
 _SCALE_KEEPING = ("Relu", "MaxPool", "Clip", *SHAPE_OPS)
 """Ops whose output has their input's scale."""
+
+
+def _grid_step(ratio: float, unit: int) -> int:
+    """The smallest multiple ``k`` of ``unit`` with ``2^k ≥ ratio``: how far a range must be
+    shifted to hold ``ratio`` times the int8 range (a tolerance keeps an exact power of two on its
+    own step)."""
+    return unit * math.ceil(math.log2(ratio) / unit - 1e-9)
 
 
 class _Unsupported(Exception):

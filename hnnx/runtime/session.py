@@ -26,8 +26,8 @@ EVENT_RATE_PREFIX = "hnnx.event_source_rate."
 @dataclass(frozen=True)
 class RangeTap:
     """A tensor whose minimum, maximum and size the graph reduces itself (per channel on ``axis``):
-    its output names, or ``probed`` when the reduction runs in numpy on a probe (the tensor's rank
-    or type rules out an in-graph one)."""
+    its output names, or ``probed`` when the tensor's rank or type rules out an in-graph reduction
+    and the tensor itself is probed instead."""
 
     tensor: str
     axis: int | None
@@ -67,7 +67,9 @@ class Simulator:
     ``ranges``: tensor name → channel axis (None: the whole tensor) of tensors whose minimum,
     maximum and number of values each run reduces inside the graph, into ``last_ranges``
     (``{name: (min [channels], max [channels], count)}``; min and max NaN if a value was NaN or
-    infinite) — calibration's min/max statistics without copying the tensors out.
+    infinite) — calibration's min/max statistics without copying the tensors out. A tensor the
+    graph cannot reduce (per channel with an unknown rank, a type ReduceMin does not take) is
+    probed instead: it comes back among the run's tensors, not in ``last_ranges``.
     """
 
     def __init__(self, model: onnx.ModelProto, probes: Sequence[str] = (), firing_rates: bool = True,
@@ -100,10 +102,12 @@ class Simulator:
                                              EVENT_RATE_PREFIX, as_int32=True) if self.event_rates_wanted else [])
         self.last_event_counts: dict[str, tuple[float, int]] = {}
         self.range_taps = _add_range_taps(model, dict(ranges or {}), types)
-        self._ranged = [spec_of(_value_info(tap.tensor, types[tap.tensor])) for tap in self.range_taps]
+        self._ranged = [spec_of(_value_info(tap.tensor, types[tap.tensor])) for tap in self.range_taps
+                        if not tap.probed]
         for tap in self.range_taps:
-            if tap.probed and tap.tensor not in {o.name for o in model.graph.output}:
+            if tap.probed and tap.tensor not in {spec.name for spec in [*self.outputs, *self.probes]}:
                 model.graph.output.append(_value_info(tap.tensor, types[tap.tensor]))
+                self.probes.append(spec_of(_value_info(tap.tensor, types[tap.tensor])))
         self.last_ranges: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}
         options = ort.SessionOptions()
         options.log_severity_level = 3
@@ -131,9 +135,8 @@ class Simulator:
         release_freed_memory(sum(array.nbytes for array in self._weights.values()), collect=False)
         self._output_names = [o.name for o in self.outputs] + [p.name for p in self.probes if
                                                                  p.name not in {o.name for o in self.outputs}]
-        self._range_outputs = [name for tap in self.range_taps for name in
-                               ([tap.tensor] if tap.probed else [tap.minimum, tap.maximum, tap.size, tap.poison])
-                               if name]
+        self._range_outputs = [name for tap in self.range_taps if not tap.probed
+                               for name in (tap.minimum, tap.maximum, tap.size, tap.poison) if name]
 
     def bytes_per_sample(self) -> int:
         """Bytes of outputs, probes and range-reduced tensors one sample adds to a run (tensors
@@ -176,7 +179,7 @@ class Simulator:
             raise HnnxError(f"onnxruntime failed: {_first_line(exc)}") from None
         tensors = dict(zip(names[: len(self._output_names)], values))
         ranged = iter(values[len(self._output_names): len(self._output_names) + len(self._range_outputs)])
-        self.last_ranges = {tap.tensor: _range_of(tap, ranged) for tap in self.range_taps}
+        self.last_ranges = {tap.tensor: _range_of(tap, ranged) for tap in self.range_taps if not tap.probed}
         taps = values[len(self._output_names) + len(self._range_outputs):]
         counts = {layer.name: (float(taps[2 * i]), int(taps[2 * i + 1])) for i, layer in enumerate(tapped)}
         self.last_event_counts = {layer.name: counts.pop(layer.name) for layer in self.event_sources}
@@ -306,8 +309,10 @@ def _add_range_taps(model: onnx.ModelProto, ranges: Mapping[str, int | None], ty
                     ) -> list[RangeTap]:
     """Reduce each tensor of ``ranges`` (name → channel axis or None) to its minimum, maximum,
     size and NaN/infinity poison inside the graph; a tensor of unknown rank (per channel) or of a
-    type ReduceMin does not take is probed instead and reduced in numpy."""
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    type ReduceMin does not take is marked ``probed``."""
+    from hnnx.passes.intake import standard_opset
+
+    opset = standard_opset(model)
     taps = []
     branches = []
     for index, (name, axis) in enumerate(ranges.items()):
@@ -373,17 +378,7 @@ def append_side_branches(graph: onnx.GraphProto, branches: Sequence[Sequence[onn
 
 
 def _range_of(tap: RangeTap, values: Any) -> tuple[np.ndarray, np.ndarray, int]:
-    """``(min [channels], max [channels], count)`` of a tap from the run's next outputs ``values``."""
-    if tap.probed:
-        array = np.asarray(next(values))
-        if array.size == 0:
-            return np.zeros(0), np.zeros(0), 0
-        if tap.axis is None:
-            rows = array.reshape(1, -1)
-        else:
-            rows = np.moveaxis(array, tap.axis, 0).reshape(array.shape[tap.axis], -1)
-        low, high = rows.min(axis=1).astype(np.float64), rows.max(axis=1).astype(np.float64)
-        return low, high, array.size
+    """``(min [channels], max [channels], count)`` of an in-graph tap from the run's next outputs ``values``."""
     low, high, size = (next(values) for _ in range(3))
     low, high = np.atleast_1d(low).astype(np.float64), np.atleast_1d(high).astype(np.float64)
     if tap.poison and not np.isfinite(next(values)):
