@@ -243,6 +243,15 @@ def test_unmappable_integer_forms_are_named() -> None:
     with pytest.raises(chip.MappingError, match=r"^partial: a residual add of 3 tensors is not supported on "
                                                 r"tianjicx-edited$"):
         chip.lower(model, _spec_with(add=False))
+    # Two bias Adds on one layer (the program holds one bias array per core): refused, not summed twice.
+    model = _hand_model()
+    window = next(n for n in model.graph.node if n.name == "window")
+    window.output[0] = "window_raw"
+    model.graph.initializer.extend([numpy_helper.from_array(np.int32(3), "b1"), numpy_helper.from_array(np.int32(5), "b2")])
+    model.graph.node.insert(1, helper.make_node("Add", ["window_raw", "b1"], ["window_b1"], name="bias1"))
+    model.graph.node.insert(2, helper.make_node("Add", ["window_b1", "b2"], ["window"], name="bias2"))
+    with pytest.raises(chip.MappingError, match=r"^bias2: a second int32 bias on one layer"):
+        chip.lower(model, "tianjicx")
 
 
 def test_spec_files_without_the_new_primitives_read_them_as_unsupported(tmp_path: Path) -> None:

@@ -429,6 +429,9 @@ class _Builder:
         except ValueError:
             raise self.fail(node, f"bias of shape {list(bias.shape)} varies over the batch or time axis") from None
         layer, x = self.stage_target(node, x)
+        if any(stage["op"] == "bias" for stage in layer.stages):
+            raise self.fail(node, "a second int32 bias on one layer: a neuron holds one bias (add the two constants "
+                                  "into one)")
         neuron_bias = np.zeros(layer.size, np.int32)
         neuron_bias[x.elements.neuron] = per_element
         self.push_stage(node, layer, x, {"op": "bias", "bias": neuron_bias}, np.dtype(np.int32))
