@@ -77,10 +77,14 @@ def test_integer_graph_is_bit_exact_against_the_numpy_reference(name: str, digit
     assert np.array_equal(got, expected)
 
 
-def _shift_exponent(absmax: float, unit: int = 2) -> int:
-    """HNN's weight-exponent rule (written out independently of hnnx)."""
-    t = math.log2(128.0 / absmax) / unit
-    return unit * (math.ceil(t) if t - math.floor(t) >= 0.75 else math.floor(t))
+def _weight_exponent(weight: np.ndarray, unit: int = 2) -> int:
+    """An ANN layer's weight exponent: of the multiples of ``unit`` on either side of the largest
+    exponent clamping no weight, the one whose int8 weights ``clip(round(w·2^f))·2^−f`` lie closer
+    to ``w`` (written out independently of hnnx)."""
+    below = unit * math.floor(math.log2(127 / np.abs(weight).max()) / unit)
+    candidates = [below, below + unit]
+    errors = [np.sum((np.clip(np.round(weight * 2.0**f), -128, 127) * 2.0**-f - weight) ** 2) for f in candidates]
+    return candidates[int(np.argmin(errors))]
 
 
 def test_ann_layers_follow_the_shift_only_equations() -> None:
@@ -108,14 +112,14 @@ def test_ann_layers_follow_the_shift_only_equations() -> None:
     c = 127 * 2.0**octaves / absmax_h
     assert 1 <= c < 4
     w1_eff = w1.astype(np.float64) * 2.0**-f_x * c
-    f_w1 = _shift_exponent(np.abs(w1_eff).max())
+    f_w1 = _weight_exponent(w1_eff)
     shift = octaves + f_w1
     assert shift > 0 and shift % 2 == 0
     # The bias also carries half a step of the shift: the floor then rounds to nearest.
     acc1 = big_x @ np.clip(np.round(w1_eff * 2.0**f_w1), -128, 127).T + np.round(b1 * c * 2.0**f_w1) + 2**(shift - 1)
     big_r = np.clip(np.floor(np.maximum(acc1, 0) / 2.0**shift), -128, 127)
     w2_eff = w2.astype(np.float64) * 2.0**octaves / c  # fc2 takes fc1's activation scale, 2^octaves / c
-    f_w2 = _shift_exponent(np.abs(w2_eff).max())
+    f_w2 = _weight_exponent(w2_eff)
     acc2 = big_r @ np.clip(np.round(w2_eff * 2.0**f_w2), -128, 127).T + np.round(b2 * 2.0**f_w2)
 
     (got,) = _run(quantized, {"x": x})
@@ -125,6 +129,25 @@ def test_ann_layers_follow_the_shift_only_equations() -> None:
     assert report.sqnr_db["y"] > 18  # int8 with power-of-4 ranges: coarse, but far from noise
     roles = {layer["name"]: layer["role"] for layer in report.layers}
     assert roles["fc1"] == roles["fc2"] == "ann"
+
+
+def test_weight_exponent_clamps_no_uniform_kernel_where_hnns_rule_clamps_a_fifth() -> None:
+    """A uniform kernel (as torch initialises layers) whose absmax puts HNN's ``t`` at a 0.85
+    fraction: HNN rounds the exponent up and clamps about a fifth of the weights at ±127; hnnx
+    takes the exponent with the smaller weight error, here the one that clamps none."""
+    x = np.linspace(-1.0, 1.0, 4 * 16, dtype=np.float32).reshape(16, 4)  # absmax 1: x on the grid 2^-6
+    absmax_eff = 128 / 2 ** (2 * 4 + 2 * 0.85)  # w_eff = w·2^-6: t = log2(128/absmax_eff)/2 = 4.85
+    w = RNG.uniform(-1, 1, (3, 4)) * absmax_eff * 64
+    w[0, 0] = absmax_eff * 64
+    model = _model([helper.make_node("Gemm", ["x", "w"], ["y"], transB=1, name="fc")],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], {"w": w.astype(np.float32)})
+    _, report = quantize(model, {"x": x})
+    fc = next(layer["details"] for layer in report.layers if layer["name"] == "fc")
+    w_eff = w.T / 64
+    hnn = 2 * math.ceil(math.log2(128 / absmax_eff) / 2)  # frac 0.85 ≥ 0.75: rounded up
+    assert int(np.sum(np.abs(np.round(w_eff * 2.0**hnn)) > 127)) >= 1  # HNN's exponent clamps
+    assert fc["weight_exponent"] == _weight_exponent(w_eff) == hnn - 2 and fc["saturated_weights"] == 0
 
 
 def test_snn_layer_reproduces_the_hnn_integer_constants() -> None:

@@ -42,7 +42,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from hnnx import ops
-from hnnx.errors import NodeError
+from hnnx.errors import HnnxError, NodeError
 from hnnx.ops.lif import state_range
 from hnnx.quantization.common import (INT8, INT32, LAYER_OPS, SHAPE_OPS, LayerRecord, QuantizationTarget, Rewrite,
                                       Statistics, feeding_neuron, hnnx_node, label, op_label, view_of)
@@ -55,12 +55,20 @@ class QValue:
     ``kind``: ``int8`` (activation), ``acc`` (int32 accumulator), ``spike`` (0/1),
     ``count`` (int32 spike counts) or ``current`` (int32 synaptic current of an SNN layer).
     In the fake-quant form ``tensor`` is float and holds ``value · fake``, exactly.
+
+    ``scale`` is a vector ``[C]`` (one per channel, axis 1) after a channel-wise ``Concat`` of
+    inputs with different scales; such a value reaches only ops that take a scale per channel
+    (see :meth:`TianjicxQuantizer._takes_channel_scales`).
     """
 
     tensor: gs.Variable
     kind: str
-    scale: float
+    scale: float | np.ndarray
     fake: float = 1.0  # fake-quant form: the float tensor holds value · fake (a power of two)
+
+    @property
+    def per_channel(self) -> bool:
+        return np.ndim(self.scale) > 0
 
 
 @dataclass
@@ -94,8 +102,8 @@ class TianjicxQuantizer:
     _fits: dict[str, float] = field(default_factory=dict)
     """The range fit of each ANN layer that has one, by its result tensor (see :meth:`_plan_range_fits`)."""
     _dequantized_tensors: dict[tuple[str, str], gs.Variable] = field(default_factory=dict)
-    _sums: set[str] = field(default_factory=set)
-    """The int32 sums of residual adds and aligned concats (their requantization gets a rounding addend)."""
+    _ranks: dict[str, int] = field(default_factory=dict)
+    """The rank of each float tensor of known shape."""
     _integer_casts: dict[tuple[str, str], gs.Variable] = field(default_factory=dict)
     """The integer tensor already made of (value tensor, dtype): a value used by several ops (a
     DenseNet block output feeding every later Concat) is cast once, under one name."""
@@ -105,6 +113,7 @@ class TianjicxQuantizer:
         """Rewrite the graph in place; returns what was done."""
         graph = self.graph
         graph.toposort()
+        self._ranks = {name: len(t.shape) for name, t in graph.tensors().items() if t.shape is not None}
         self._plan_range_fits()
         for node in list(graph.nodes):
             if id(node) in self._consumed:
@@ -127,8 +136,12 @@ class TianjicxQuantizer:
                 self._float_island(node, str(reason))
         self._finish_outputs()
         graph.cleanup().toposort()
+        # An accumulator is compared where it became int8: its bias holds the requantization's
+        # rounding half-step, so the int32 tensor itself sits half a step off the float one.
+        chosen = {name: self._requantized.get(name, value) for name, value in self.values.items()}
+        chosen = {name: value for name, value in chosen.items() if not value.per_channel}
         tensors = {name: (value.tensor.name, value.scale / value.fake if self.fakequant else value.scale)
-                   for name, value in self.values.items()}
+                   for name, value in chosen.items()}
         return Rewrite(self.records, self.excluded, self.output_scales, tensors)
 
     def _handler(self, node: gs.Node) -> Callable[[gs.Node], None] | None:
@@ -147,8 +160,10 @@ class TianjicxQuantizer:
                 "Clip": self._clip}.get(node.op)
 
     # ------------------------------------------------------------------ inputs
-    def _quantized(self, tensor: gs.Tensor, kinds: tuple[str, ...] = ("int8", "spike", "count")) -> QValue:
-        """``tensor`` as an integer value of one of ``kinds``, quantizing a float tensor to int8."""
+    def _quantized(self, tensor: gs.Tensor, kinds: tuple[str, ...] = ("int8", "spike", "count"),
+                   channel_scales: bool = False) -> QValue:
+        """``tensor`` as an integer value of one of ``kinds``, quantizing a float tensor to int8;
+        ``channel_scales``: the caller takes a value with a scale per channel."""
         value = self.values.get(tensor.name)
         if value is None:
             if isinstance(tensor, gs.Constant):
@@ -158,6 +173,8 @@ class TianjicxQuantizer:
             value = self._requantized.get(tensor.name) or self._requantize(value, tensor.name)
         if value.kind not in kinds:
             raise _Unsupported(f"input {tensor.name!r} is a {value.kind} tensor")
+        if value.per_channel and not channel_scales:
+            raise _Unsupported(f"input {tensor.name!r} has a scale per channel")
         return value
 
     def _quantize_input(self, tensor: gs.Variable) -> QValue:
@@ -189,15 +206,16 @@ class TianjicxQuantizer:
         if shift > 30:
             raise _Unsupported(f"accumulator {name!r} needs a shift of {shift} bits (at most 30)")
         # floor((acc + 2^(shift−1)) / 2^shift) rounds to nearest where floor alone loses half a step
-        # on average (a bias every later layer inherits): a layer's bias takes the offset for free,
-        # a residual sum gets it as one more int32 addend.
+        # on average (a bias every later layer inherits, which no average pooling removes): a
+        # layer's bias takes the offset for free, any other accumulator (a layer without bias, a
+        # residual sum, an aligned concat, a pooling window's sum) gets it as one more int32 addend.
         bias = self._biases.pop(value.tensor.name, None)
         if bias is not None and shift > 0:
             constant, per_unit = bias
             rounded = constant.values.astype(np.float64) + 2.0 ** (shift - 1) * per_unit
             constant.values = (rounded.astype(np.float32) if self.fakequant
                                else np.clip(rounded, *INT32).astype(np.int32))
-        elif value.tensor.name in self._sums and shift > 0:
+        elif shift > 0:
             offset = (np.array(2.0 ** (shift - 1) * value.fake, np.float32) if self.fakequant
                       else np.array(2 ** (shift - 1), np.int32))
             summed = self._variable(f"{name}.rounding", np.float32 if self.fakequant else np.int32)
@@ -228,7 +246,7 @@ class TianjicxQuantizer:
                 node.op == "MatMul" and len(node.outputs[0].outputs) == 1
                 and feeding_neuron(node.outputs[0].outputs[0].outputs[0]) is not None):
             raise _LeftToOtherTarget()
-        x = self._quantized(node.inputs[0])
+        x = self._quantized(node.inputs[0], channel_scales=True)
         weight, bias, last = self._layer_parameters(node)
         conv_attrs = {k: v for k, v in node.attrs.items() if k in ("auto_pad", "dilations", "group", "kernel_shape",
                                                                       "pads", "strides")}
@@ -245,7 +263,11 @@ class TianjicxQuantizer:
         factors are equal)."""
         neuron = feeding_neuron(last.outputs[0])
         fit = 1.0 if neuron is not None else self._range_fit(last.outputs[0])
-        weight_eff = weight * x.scale * fit  # fold the input's scale (and the range fit) into the weights
+        axis = _input_channel_axis(op, weight, conv_attrs)
+        if x.per_channel and axis is None:
+            raise _Unsupported("a grouped convolution reads a tensor with a scale per channel")
+        in_scale = _along(x.scale, axis, weight.ndim)
+        weight_eff = weight * in_scale * fit  # fold the input's scale (and the range fit) into the weights
         absmax = max(float(np.abs(weight_eff).max()), 1e-30)
         if neuron is not None:
             sigma = 128.0 / absmax
@@ -255,11 +277,7 @@ class TianjicxQuantizer:
             b_int = None if bias is None else np.clip(np.round(bias * sigma), *state_range).astype(np.int32)
             details: dict[str, Any] = {"weight_scale": sigma}
         else:
-            unit = self.bit_shift_unit
-            t = math.log2(128.0 / absmax) / unit
-            exponent = unit * (math.ceil(t) if t - math.floor(t) >= 0.75 else math.floor(t))
-            if affine:
-                exponent = -_grid_step(absmax / 127.0, unit)
+            exponent = self._weight_exponent(weight_eff, affine)
             multiplier, out_kind, out_scale = 2.0**exponent, "acc", 2.0**-exponent / fit
             out_fake = 2.0**-exponent  # the fake-quant form holds the integers times a power of two
             b_int = None if bias is None else np.clip(np.round(bias * fit * 2.0**exponent), *INT32).astype(np.int32)
@@ -275,6 +293,29 @@ class TianjicxQuantizer:
         out = self._emit_layer(node, op, conv_attrs, x, w_src, np.float32(q), w_int, b_int, out_fake)
         self.values[last.outputs[0].name] = QValue(out, out_kind, out_scale, out_fake)
         self.records.append(LayerRecord(label(node), node.op, "snn" if out_kind == "current" else "ann", details))
+
+    def _weight_exponent(self, weight_eff: np.ndarray, affine: bool) -> int:
+        """The exponent ``f`` of an ANN layer's int8 weights ``clamp(round(w_eff·2^f))``, a multiple
+        of ``bit_shift_unit`` (activation scales then stay ``2^(unit·k)`` apart, as the chip's
+        alignment shifts need).
+
+        An affine's factors take the largest exponent that clamps none (each factor is a channel's
+        whole gain). Other layers take the exponent on either side of ``log2(127/absmax)`` with
+        the smaller squared weight error, where HNN's rule rounds up from a 0.75 fraction and can
+        clamp up to 30 % of a uniform kernel's weights.
+        """
+        unit = self.bit_shift_unit
+        absmax = max(float(np.abs(weight_eff).max()), 1e-30)
+        if affine:
+            return -_grid_step(absmax / 127.0, unit)
+        below = -_grid_step(absmax / 127.0, unit)  # the largest clamping no weight
+        return min((below, below + unit), key=lambda f: _weight_error(weight_eff, f))
+
+    def _calibrated(self, name: str) -> float | None:
+        try:
+            return self.absmax(name)
+        except HnnxError:  # a tensor calibration did not see
+            return None
 
     def _range_fit(self, result: gs.Variable) -> float:
         """The factor ``c ∈ [1, 2^unit)`` an ANN layer folds into its weights and bias (real value of
@@ -332,10 +373,9 @@ class TianjicxQuantizer:
         for members in groups.values():
             if any(key in fixed for key in members) or not any(key in layers for key in members):
                 continue
-            try:
-                ranges = [self.absmax(key) for key in members]
-            except Exception:  # a tensor without calibration: no fit
-                continue
+            ranges = [self._calibrated(key) for key in members]
+            if None in ranges:
+                continue  # a tensor without calibration: no fit
             fit = self._least_wasteful_fit(ranges)
             self._fits.update({key: fit for key in members if key in layers and fit != 1.0})
 
@@ -359,25 +399,36 @@ class TianjicxQuantizer:
         int8, without an int32 detour and a requantization)."""
         if node.domain not in (None, "", "ai.onnx"):
             return None
+        if self._synaptic_node(node):
+            return "layer" if node.op in ("Conv", "Gemm") or self._bias_add(node) is None else None
         constants = [t for t in node.inputs if isinstance(t, gs.Constant)]
-        if node.op in LAYER_OPS and not (len(node.inputs) > 1 and isinstance(node.inputs[1], gs.Constant)):
-            return None  # computed weights: a float island
-        if node.op in ("Conv", "Gemm") or (node.op in ("MatMul", "Mul") and not self._bias_follows(node)):
-            return "layer" if node.op != "Mul" or (constants and constants[0].values.size > 1) else None
         if node.op in ("Add", "Sum") and not constants:
             return "join"
-        if node.op == "Add" and len(constants) == 1 and node.inputs[0].inputs:
+        if node.op == "Add" and len(constants) == 1:
             producer = next(t for t in node.inputs if not isinstance(t, gs.Constant)).inputs
-            if producer and producer[0].op in ("MatMul", "Mul") and self._bias_follows(producer[0]):
+            if producer and producer[0].op in ("MatMul", "Mul") and self._synaptic_node(producer[0]) \
+                    and self._bias_add(producer[0]) is not None:
                 return "layer"
         return None
 
     @staticmethod
-    def _bias_follows(node: gs.Node) -> bool:
-        """Whether ``node`` (MatMul or Mul) is followed by the constant Add the rewrite takes as its bias."""
+    def _synaptic_node(node: gs.Node) -> bool:
+        """Whether ``node`` computes an ANN layer from its data input: a Conv, Gemm or MatMul with
+        constant weights, or a Mul by one constant factor per channel (an unfolded BatchNorm)."""
+        if len(node.inputs) < 2 or not isinstance(node.inputs[1], gs.Constant):
+            return False
+        return node.op in LAYER_OPS or (node.op == "Mul" and node.inputs[1].values.size > 1)
+
+    def _bias_add(self, node: gs.Node) -> tuple[gs.Node, gs.Constant] | None:
+        """The constant ``Add`` a MatMul or per-channel Mul takes as its bias, and that constant:
+        the only reader of ``node``'s output, which is no graph output."""
         consumers = node.outputs[0].outputs
-        return (len(consumers) == 1 and consumers[0].op == "Add"
-                and any(isinstance(t, gs.Constant) for t in consumers[0].inputs))
+        if len(consumers) != 1 or consumers[0].op != "Add" or self._is_output(node.outputs[0]):
+            return None
+        other = [t for t in consumers[0].inputs if t is not node.outputs[0]]
+        if len(other) != 1 or not isinstance(other[0], gs.Constant):
+            return None
+        return consumers[0], other[0]
 
     def _scale_source(self, tensor: gs.Tensor) -> str | None:
         """The layer or join output whose scale ``tensor`` carries (up through ReLU, MaxPool, Clip and
@@ -403,11 +454,62 @@ class TianjicxQuantizer:
                     tensors.append((consumer.outputs[0], True))
                 elif consumer.op == "Add" and kind == "layer" and not pooled:
                     tensors.append((consumer.outputs[0], pooled))  # the layer's own bias
-                elif (kind == "join" and not pooled) or (kind == "layer" and consumer.inputs[0] is tensor):
+                elif (kind == "join" and not pooled) or (self._synaptic_node(consumer) and consumer.inputs[0] is tensor):
                     continue  # a join after a pooling sees the window's 1/k: it is not in the group
+                elif consumer.op == "Concat" and self._takes_channel_scales(consumer.outputs[0]):
+                    continue  # a channel-wise join: each input keeps its own scale
                 else:
                     return False
         return True
+
+    def _takes_channel_scales(self, tensor: gs.Variable) -> bool:
+        """Whether every reader of ``tensor`` (through ReLU, MaxPool and channel-axis Concats) folds
+        a scale per input channel into its weights, so that ``tensor`` may carry one: a Conv (not
+        grouped, or depthwise), a Gemm or MatMul reading a matrix, an unfolded BatchNorm's
+        per-channel Mul. A Concat of such a tensor then joins int8 inputs of different scales as
+        they are, without an int32 alignment and a requantization (DenseNet's blocks, Inception's
+        modules)."""
+        if self.spiking_only:
+            return False
+        pending, seen = [tensor], set()
+        for current in pending:
+            if current.name in seen:
+                continue
+            seen.add(current.name)
+            rank = len(current.shape) if current.shape is not None else 0
+            if self._is_output(current) or not current.outputs or rank < 2:
+                return False
+            for consumer in current.outputs:
+                if label(consumer) in self.excluded_names or consumer.domain not in (None, "", "ai.onnx"):
+                    return False
+                if consumer.op == "Concat":
+                    if consumer.attrs.get("axis", 1) % rank != 1:
+                        return False
+                    pending.append(consumer.outputs[0])
+                elif consumer.inputs[0] is not current:
+                    return False
+                elif consumer.op == "Relu" or (consumer.op == "MaxPool" and len(consumer.outputs) == 1):
+                    pending.append(consumer.outputs[0])
+                elif not self._folds_channel_scales(consumer, rank):
+                    return False
+        return True
+
+    @staticmethod
+    def _folds_channel_scales(node: gs.Node, rank: int) -> bool:
+        """Whether layer ``node`` folds a scale per channel of its (rank-``rank``) input into its weights."""
+        if len(node.inputs) < 2 or not isinstance(node.inputs[1], gs.Constant):
+            return False
+        weight = node.inputs[1].values
+        if node.op == "Conv":
+            group = int(node.attrs.get("group", 1))
+            return group == 1 or (weight.shape[1] == 1 and weight.shape[0] == group)
+        if node.op == "Gemm":
+            return rank == 2 and not node.attrs.get("transA", 0)
+        if node.op == "MatMul":
+            return rank == 2 and weight.ndim == 2
+        if node.op == "Mul":
+            return rank >= 3 and _channel_vector(weight, rank) is not None and weight.size > 1
+        return False
 
     def _is_output(self, tensor: gs.Tensor) -> bool:
         return any(tensor is out for out in self.graph.outputs)
@@ -432,14 +534,11 @@ class TianjicxQuantizer:
         else:  # MatMul, maybe followed by a constant bias Add
             if w.ndim != 2:
                 raise _Unsupported("MatMul weight is not a matrix")
-            consumers = node.outputs[0].outputs
-            if len(consumers) == 1 and consumers[0].op == "Add" and node.outputs[0] not in self.graph.outputs:
-                add = consumers[0]
-                other = [t for t in add.inputs if t is not node.outputs[0]]
-                if len(other) == 1 and isinstance(other[0], gs.Constant) and other[0].values.size == w.shape[1]:
-                    bias = other[0].values.astype(np.float64).reshape(-1)
-                    last = add
-                    self._consumed.add(id(add))
+            found = self._bias_add(node)
+            if found is not None and found[1].values.size == w.shape[1]:
+                add, constant = found
+                bias, last = constant.values.astype(np.float64).reshape(-1), add
+                self._consumed.add(id(add))
         return w, bias, last
 
     def _emit_layer(self, node: gs.Node, op: str, conv_attrs: dict[str, Any], x: QValue, w_src: np.ndarray,
@@ -484,13 +583,13 @@ class TianjicxQuantizer:
 
     # ------------------------------------------------------------------ element-wise and shape ops
     def _relu(self, node: gs.Node) -> None:
-        x = self._quantized(node.inputs[0], ("int8", "acc", "count", "current"))
+        x = self._quantized(node.inputs[0], ("int8", "acc", "count", "current"), channel_scales=True)
         out = self._variable(f"{node.outputs[0].name}.q", x.tensor.dtype)
         self._node("Relu", [x.tensor], [out])
         self.values[node.outputs[0].name] = QValue(out, x.kind, x.scale, x.fake)
 
     def _maxpool(self, node: gs.Node) -> None:
-        x = self._quantized(node.inputs[0], ("int8",))
+        x = self._quantized(node.inputs[0], ("int8",), channel_scales=True)
         if len(node.outputs) > 1 and node.outputs[1].outputs:
             raise _Unsupported("MaxPool indices are used")
         out = self._variable(f"{node.outputs[0].name}.q", x.tensor.dtype)
@@ -501,9 +600,15 @@ class TianjicxQuantizer:
         x = self.values.get(node.inputs[0].name)
         if x is None:
             raise _LeftToOtherTarget()  # a float tensor reshaped: nothing to quantize
+        if x.per_channel:
+            raise _Unsupported(f"input {node.inputs[0].name!r} has a scale per channel")
         out = self._variable(f"{node.outputs[0].name}.q", x.tensor.dtype)
         self._node(node.op, [x.tensor, *node.inputs[1:]], [out], dict(node.attrs))
         self.values[node.outputs[0].name] = QValue(out, x.kind, x.scale, x.fake)
+        if x.tensor.name in self._biases and len(x.tensor.outputs) == 1:
+            # A layer's accumulator flattened before its requantization: the rounding half-step
+            # (the same for every element) still goes into the layer's bias.
+            self._biases[out.name] = self._biases.pop(x.tensor.name)
 
     def _scale_by_constant(self, node: gs.Node) -> None:
         quantized = [t for t in node.inputs if t.name in self.values]
@@ -531,17 +636,13 @@ class TianjicxQuantizer:
         channels = _channel_vector(constants[0].values, rank)
         if channels is None or x_tensor.shape[1] != channels.size:
             raise _Unsupported("Mul by a constant that is not one factor per channel")
-        x = self._quantized(x_tensor)
+        x = self._quantized(x_tensor, channel_scales=True)
         last, bias = node, None
-        consumers = node.outputs[0].outputs
-        if len(consumers) == 1 and consumers[0].op == "Add" and node.outputs[0] not in self.graph.outputs:
-            add = consumers[0]
-            other = [t for t in add.inputs if t is not node.outputs[0]]
-            offsets = _channel_vector(other[0].values, rank) if len(other) == 1 and isinstance(
-                other[0], gs.Constant) else None
-            if offsets is not None and offsets.size == channels.size:
-                bias, last = offsets, add
-                self._consumed.add(id(add))
+        found = self._bias_add(node)
+        offsets = _channel_vector(found[1].values, rank) if found is not None else None
+        if offsets is not None and offsets.size == channels.size:
+            bias, last = offsets, found[0]
+            self._consumed.add(id(last))
         weight = channels.reshape(-1, 1, *([1] * (rank - 2)))
         self._synaptic(node, x, weight, bias, last, "Conv",
                        {"group": int(channels.size), "kernel_shape": [1] * (rank - 2)}, affine=True)
@@ -568,7 +669,6 @@ class TianjicxQuantizer:
             self._node("Add", [total, term], [partial])
             total = partial
         self.values[name] = QValue(total, "acc", finest.scale, finest.fake)
-        self._sums.add(total.name)
         self.records.append(LayerRecord(label(node), node.op, "add", {"operands": len(terms),
                                                                        "shifts": [_shift_between(v, finest)
                                                                                   for v in operands]}))
@@ -578,21 +678,36 @@ class TianjicxQuantizer:
         are brought to the finest one (int32, left shifts) and the result requantized where used."""
         if any(isinstance(t, gs.Constant) for t in node.inputs):
             raise _Unsupported("Concat with a constant input")
-        operands = [self._quantized(t) for t in node.inputs]
+        operands = [self._quantized(t, channel_scales=True) for t in node.inputs]
         name = node.outputs[0].name
         same = all((v.kind, v.scale, v.fake, v.tensor.dtype) == (operands[0].kind, operands[0].scale,
                                                                    operands[0].fake, operands[0].tensor.dtype)
                    for v in operands)
+        channels = [t.shape[1] if t.shape is not None and len(t.shape) > 1 else None for t in node.inputs]
         if same:
             parts, kind, finest = [v.tensor for v in operands], operands[0].kind, operands[0]
+        elif (all(v.kind == "int8" for v in operands) and all(isinstance(c, int) for c in channels)
+              and self._takes_channel_scales(node.outputs[0])):
+            # Each input keeps its scale: the readers fold one per channel into their weights. The
+            # fake-quant form holds every input's integers times one power of two (exact rescaling).
+            scale = _compact(np.concatenate([np.broadcast_to(np.asarray(v.scale, np.float64), (c,))
+                                             for v, c in zip(operands, channels)]))
+            fake = min(v.fake for v in operands)
+            parts = [v.tensor if v.fake == fake or not self.fakequant else self._float_op(
+                "Mul", [v.tensor, _const(f"{t.name}.{name}.rehold", np.float32(fake / v.fake))], f"{t.name}.{name}.held")
+                     for v, t in zip(operands, node.inputs)]
+            out = self._variable(f"{name}.q", operands[0].tensor.dtype)
+            self._node("Concat", parts, [out], {"axis": 1})
+            self.values[name] = QValue(out, "int8", scale, fake)
+            self.records.append(LayerRecord(label(node), "Concat", "concat", {"inputs": len(operands),
+                                                                               "aligned": False, "channel_scales": True}))
+            return
         else:
             finest = min(operands, key=lambda v: v.scale)
             parts = [self._aligned(v, t.name, finest, name) for v, t in zip(operands, node.inputs)]
             kind = "acc"
         out = self._variable(f"{name}.q", parts[0].dtype)
         self._node("Concat", parts, [out], {"axis": node.attrs.get("axis", 1)})
-        if kind == "acc":
-            self._sums.add(out.name)  # int32, requantized where used: with a rounding addend
         self.values[name] = QValue(out, kind, finest.scale, finest.fake)
         self.records.append(LayerRecord(label(node), "Concat", "concat", {"inputs": len(parts), "aligned": not same}))
 
@@ -792,15 +907,17 @@ class TianjicxQuantizer:
         return made
 
     def _dequantize(self, value: QValue, name: str) -> gs.Variable:
+        ratio = np.asarray(value.scale / value.fake if self.fakequant else value.scale, np.float32)  # per unit
+        if ratio.ndim:  # one scale per channel (axis 1)
+            ratio = ratio.reshape(-1, *[1] * (self._ranks[name] - 2))
         if self.fakequant:
-            ratio = value.scale / value.fake
-            if ratio == 1.0:
+            if np.all(ratio == 1.0):
                 return value.tensor
-            return self._float_op("Mul", [value.tensor, _const(f"{name}.dq_scale", np.float32(ratio))], f"{name}.dq")
+            return self._float_op("Mul", [value.tensor, _const(f"{name}.dq_scale", ratio)], f"{name}.dq")
         # Cast and Mul, not DequantizeLinear: onnxruntime's QDQ propagation pushes a
         # DequantizeLinear into the function body of a float consumer and aborts.
         real = self._float_op("Cast", [value.tensor], f"{name}.dq_units", {"to": onnx.TensorProto.FLOAT})
-        return self._float_op("Mul", [real, _const(f"{name}.dq_scale", np.float32(value.scale))], f"{name}.dq")
+        return self._float_op("Mul", [real, _const(f"{name}.dq_scale", ratio)], f"{name}.dq")
 
     def _finish_outputs(self) -> None:
         for index, output in enumerate(list(self.graph.outputs)):
@@ -894,6 +1011,38 @@ class _Unsupported(Exception):
 class _LeftToOtherTarget(Exception):
     """A node that stays in float without being an exclusion (a float reshape, or an ANN
     layer that ``spiking_only`` leaves for another target)."""
+
+
+def _input_channel_axis(op: str, weight: np.ndarray, conv_attrs: dict[str, Any]) -> int | None:
+    """The axis of a layer's weight (in the integer op's layout) that runs over the input's
+    channels, or None for a grouped convolution other than a depthwise one."""
+    if op != "Conv":
+        return 0  # MatMul weights are [K, N]
+    group = int(conv_attrs.get("group", 1))
+    if group == 1:
+        return 1
+    return 0 if weight.shape[1] == 1 and weight.shape[0] == group else None
+
+
+def _along(value: float | np.ndarray, axis: int | None, rank: int) -> float | np.ndarray:
+    """A per-channel vector shaped to broadcast along ``axis`` of a rank-``rank`` array; a scalar as it is."""
+    if np.ndim(value) == 0:
+        return value
+    shape = [1] * rank
+    shape[axis if axis is not None else 0] = -1
+    return np.asarray(value, np.float64).reshape(shape)
+
+
+def _compact(values: np.ndarray) -> float | np.ndarray:
+    """A per-channel vector, or its one value when every channel has it."""
+    return float(values[0]) if np.all(values == values[0]) else values
+
+
+def _weight_error(weight: np.ndarray, exponent: int) -> float:
+    """Relative squared error of ``weight`` as int8 ``clamp(round(weight·2^exponent))·2^−exponent``."""
+    scaled = weight * 2.0**exponent
+    error = np.clip(np.round(scaled), *INT8) - scaled
+    return float(np.sum(error * error) / max(float(np.sum(scaled * scaled)), 1e-300))
 
 
 def _shift_between(value: QValue, finest: QValue) -> int | None:
