@@ -45,7 +45,8 @@ address space capped by ``--memory-cap-gb`` so a runaway contender fails instead
 machine): ``quantize_static`` (QDQ, MinMax, per-channel, S8S8, the same samples fed one per
 run), ``hnnx quantize --target qdq`` (report on), ``qdq --per-tensor`` and ``tianjicx``; on the
 ResNet-50-like graph also the percentile and entropy observers on 512 samples, and MinMax on
-512 against 32 of the same 512 files and against a folder of 32. Then each model in an
+512 against 32 of the same 512 files and against a folder of 32 (the last two timed as medians
+of three interleaved runs). Then each model in an
 onnxruntime CPU session (2 threads, default optimisations): batch-1 latency and output SQNR
 against the float model on 16 held-out samples. Targets: hnnx qdq wall time ≤ 1.0× and peak
 RSS ≤ 1.2× ``quantize_static``'s; its QDQ model's latency ≤ 1.0× onnxruntime's QDQ model's;
@@ -517,6 +518,7 @@ TIANJICX_GAP_DB = 6.0  # tianjicx int SQNR ≥ qdq --per-tensor SQNR − this
 OBSERVER_PEAK_TARGET = 2 * 2**30  # percentile/entropy, 512 samples, ResNet-50-like
 SAMPLES_MEMORY_TARGET = 1.1  # peak with 512 samples ≤ this × peak with 32
 OBSERVER_SAMPLES = 512
+FILE_READING_ROUNDS = 3  # "32 of 512 files" against "a folder of 32": medians of interleaved runs
 INFERENCE_THREADS = 2
 
 
@@ -698,6 +700,21 @@ def deploy(models: dict[str, tuple[Path, float]], evaluation: np.ndarray, runs: 
     return results
 
 
+def _rerun_interleaved(results: list[JobResult], labels: tuple[str, ...], cap_bytes: int) -> None:
+    """Run the jobs ``labels`` name again, alternating, until each ran ``FILE_READING_ROUNDS`` times;
+    each keeps its median time and highest peak. Two nearly equal workloads are compared here, and
+    one run each leaves their ratio to the machine's noise (±15 % between runs)."""
+    rows = {result.job.label: result for result in results if result.job.label in labels}
+    runs = {label: [row] for label, row in rows.items() if not row.error}
+    for _ in range(FILE_READING_ROUNDS - 1):
+        for label in runs:
+            runs[label].append(run_job(rows[label].job, cap_bytes))
+    for label, attempts in runs.items():
+        good = [a for a in attempts if not a.error]
+        rows[label].seconds = statistics.median(a.seconds for a in good)
+        rows[label].peak = max(a.peak for a in good)
+
+
 def measure_imagenet(graphs: list[str], root: Path, samples: int, batch_size: int | None, runs: int,
                      cap_bytes: int) -> tuple[dict[str, list[JobResult]], dict[tuple[str, str], Deployment]]:
     results: dict[str, list[JobResult]] = {}
@@ -707,6 +724,9 @@ def measure_imagenet(graphs: list[str], root: Path, samples: int, batch_size: in
         for graph in graphs:
             results[graph] = [run_job(job, cap_bytes) for job in imagenet_jobs(graph, root, Path(folder), samples,
                                                                                  batch_size)]
+            if graph == "resnet50":
+                _rerun_interleaved(results[graph], (f"hnnx qdq minmax, {samples} of {OBSERVER_SAMPLES} files",
+                                                    f"hnnx qdq minmax, {samples} files"), cap_bytes)
             models = {"float": (imagenet_graphs.graph_path(root, graph), 1.0)}
             for result in results[graph][:4]:  # the models compared in a session
                 if result.error:
@@ -798,7 +818,7 @@ def imagenet_tables(results: dict[str, list[JobResult]], deployed: dict[tuple[st
                                        f"{graph} memory {OBSERVER_SAMPLES} vs {samples} samples")])
             own = by[f"hnnx qdq minmax, {samples} files"]
             targets.append([graph, f"{samples} of {OBSERVER_SAMPLES} files as fast as a folder of {samples} "
-                                   f"(wall time ratio, ≤ 1.1)",
+                                   f"(median of {FILE_READING_ROUNDS} interleaved runs, ≤ 1.1)",
                             ratio_cell(_ok(few, "seconds"), _ok(own, "seconds"), 1.1, unmet,
                                        f"{graph} reading {samples} of {OBSERVER_SAMPLES} files")])
     print("Targets on the ImageNet-size graphs (ratio, met?)")

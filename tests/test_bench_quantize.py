@@ -32,3 +32,28 @@ def test_quick_quantization_benchmark_prints_its_tables() -> None:
         assert re.search(rf"\| {model} +\| hnnx tianjicx/int +\| +\d+\.\d\d % +\| +\d+\.\d\d %", out), model
     assert re.search(r"\| ann_cnn +\| onnxruntime quantize_static \(QDQ int8, per-channel\) +\| +\d+\.\d\d %", out)
     assert "failed:" not in out
+
+
+def test_file_reading_jobs_rerun_interleaved_and_keep_medians(monkeypatch) -> None:
+    """The two file-reading jobs run alternately; each keeps its median time and highest peak."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_quantize", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_quantize"] = bench
+    spec.loader.exec_module(bench)
+    few, own = (bench.Job(label, "hnnx", "m.onnx", "calib", "out.onnx") for label in ("few", "own"))
+    times = {"few": iter([9.0, 5.0]), "own": iter([7.0, 8.0])}
+    order: list[str] = []
+
+    def fake_run(job, cap_bytes):
+        order.append(job.label)
+        return bench.JobResult(job, seconds=next(times[job.label]), peak=100 + len(order))
+
+    monkeypatch.setattr(bench, "run_job", fake_run)
+    monkeypatch.setattr(bench, "FILE_READING_ROUNDS", 3)
+    results = [bench.JobResult(few, seconds=6.0, peak=50), bench.JobResult(own, seconds=1.0, peak=50)]
+    bench._rerun_interleaved(results, ("few", "own"), 1 << 30)
+    assert order == ["few", "own", "few", "own"]
+    assert (results[0].seconds, results[1].seconds) == (6.0, 7.0)
+    assert (results[0].peak, results[1].peak) == (103, 104)
