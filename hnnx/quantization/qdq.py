@@ -75,6 +75,8 @@ class QdqQuantizer:
         """Rewrite the graph in place; returns what was done."""
         self.graph.toposort()
         for node in list(self.graph.nodes):
+            if not node.outputs:
+                continue  # a ReLU already absorbed into the output quantization of the layer before it
             name = label(node)
             if node.domain not in (None, "", "ai.onnx"):
                 if node.domain == ops.DOMAIN and self.spiking_float:
