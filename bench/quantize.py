@@ -288,6 +288,7 @@ def memory_child(tool: str, name: str, samples: int, method: str) -> None:
     # (hnnx imports its quantizers lazily) and their libraries are loaded first.
     import hnnx.calibrate  # noqa: F401
     import hnnx.quantization
+    import hnnx.runtime.native  # noqa: F401  (a session of a model with hnnx ops asks it which ops it runs)
     import onnx_graphsurgeon  # noqa: F401
     import onnxruntime.quantization  # noqa: F401
     from onnxruntime.quantization import shape_inference  # noqa: F401
