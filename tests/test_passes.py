@@ -294,3 +294,77 @@ def test_fold_time_asks_the_declarations(unit: dict, folds: bool, inferred: bool
     expected = _run(frame_model, {"f": frames})[0]
     np.testing.assert_allclose(got.reshape(expected.shape), expected, rtol=1e-6, atol=1e-6)
     assert got.shape == (*unit_out.shape[:-3], 3, 4, 4)
+
+
+def _direct_coding_model(steps: int = 5) -> onnx.ModelProto:
+    """images [N, 2, 6, 6] repeated over T steps (Unsqueeze → Expand to [T, N, 2, 6, 6]), folded to
+    [T·N, …], a Conv, unfolded to [T, N, 4, 6, 6], a LIF: the torch front end's direct coding."""
+    nodes = [helper.make_node("Shape", ["images"], ["batch"], start=0, end=1),
+             helper.make_node("Concat", ["steps", "batch", "frame_dims"], ["repeat_shape"], axis=0),
+             helper.make_node("Unsqueeze", ["images", "axis0"], ["one"]),
+             helper.make_node("Expand", ["one", "repeat_shape"], ["repeated"]),
+             helper.make_node("Reshape", ["repeated", "fold"], ["folded"]),
+             helper.make_node("Conv", ["folded", "w", "b"], ["conv"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Reshape", ["conv", "unfold"], ["current"]),
+             ops.make_node("LIF", ["current"], ["spikes"], name="lif", threshold=0.5, alpha=0.9)]
+    constants = {"steps": np.array([steps], np.int64), "frame_dims": np.array([2, 6, 6], np.int64),
+                 "axis0": np.array([0], np.int64), "fold": np.array([-1, 2, 6, 6], np.int64),
+                 "unfold": np.array([steps, -1, 4, 6, 6], np.int64),
+                 "w": RNG.normal(0, 0.5, (4, 2, 3, 3)).astype(np.float32), "b": RNG.normal(0, 0.1, 4).astype(np.float32)}
+    return _model(nodes, [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 2, 6, 6])],
+                  [helper.make_tensor_value_info("spikes", TensorProto.FLOAT, [steps, "N", 4, 6, 6])], constants)
+
+
+def test_a_layer_on_a_frame_repeated_over_time_runs_once_per_frame() -> None:
+    """hoist_repeated: the Conv runs on [N, …] and its result is repeated; spikes and membranes equal
+    the original graph's bit for bit. A probe on a tensor of the repeated chain keeps it as it is."""
+    from hnnx.passes.time import hoist_repeated
+
+    model = _direct_coding_model()
+    images = RNG.uniform(0, 1, (3, 2, 6, 6)).astype(np.float32)
+    changes: dict[str, bool] = {}
+    hoisted = passes.run_passes(model, [hoist_repeated()], changes)
+    assert changes == {"hoist_repeated": True}
+    convs = [n for n in hoisted.graph.node if n.op_type == "Conv"]
+    assert len(convs) == 1 and convs[0].name == "conv_hoisted"
+    assert "Reshape" not in _op_types(hoisted)  # the fold and unfold went with the repeated conv
+    (want,), (got,) = _run(model, {"images": images}), _run(hoisted, {"images": images})
+    assert want.shape == got.shape == (5, 3, 4, 6, 6) and want.any() and np.array_equal(want, got)
+    for probe in ("repeated", "folded", "conv"):
+        kept: dict[str, bool] = {}
+        passes.run_passes(model, [hoist_repeated([probe])], kept)
+        assert kept == {"hoist_repeated": False}, probe
+    # A simulation with event-driven layers applies it (the probes of hnnx.simulate stay honoured).
+    plain = hnnx.simulate(model, {"images": images}, event_driven="off", probes=["conv"])
+    event = hnnx.simulate(model, {"images": images}, event_driven="on", probes=["current"])
+    assert np.array_equal(plain.outputs["spikes"], event.outputs["spikes"])
+
+
+def test_an_expand_that_broadcasts_the_frame_is_hoisted_with_its_broadcast() -> None:
+    """Expand to [T, N, 2, 6, 6] of a frame [N, 1, 6, 6]: the frame is broadcast before the layer."""
+    from hnnx.passes.time import hoist_repeated
+
+    model = _direct_coding_model()
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 1
+    images = RNG.uniform(0, 1, (3, 1, 6, 6)).astype(np.float32)
+    hoisted = passes.run_passes(model, [hoist_repeated()])
+    assert [n.name for n in hoisted.graph.node if n.op_type == "Conv"] == ["conv_hoisted"]
+    assert np.array_equal(_run(model, {"images": images})[0], _run(hoisted, {"images": images})[0])
+
+
+def test_an_integer_direct_coding_chain_is_hoisted_in_simulation() -> None:
+    """The tianjicx int form of the same network: QuantizeLinear → ConvInteger (run as an exact float
+    Conv between Casts) → bias between the fold and the unfold; the simulation hoists the whole chain
+    and the integer currents and spikes equal the integer graph's bit for bit."""
+    from hnnx.passes.events import for_simulation
+    from hnnx.quantization import quantize
+
+    model = _direct_coding_model()
+    images = RNG.uniform(0, 1, (8, 2, 6, 6)).astype(np.float32)
+    quantized, _ = quantize(model, {"images": images})
+    simulated, _ = for_simulation(quantized, "on", {})
+    hoisted = [n.op_type for n in simulated.graph.node if n.name.endswith("_hoisted")]
+    assert "QuantizeLinear" in hoisted and "Reshape" not in _op_types(simulated)  # no fold: one pass per frame
+    plain = hnnx.simulate(quantized, {"images": images}, event_driven="off")
+    event = hnnx.simulate(quantized, {"images": images}, event_driven="on")
+    assert plain.outputs["spikes"].any() and np.array_equal(plain.outputs["spikes"], event.outputs["spikes"])

@@ -15,6 +15,7 @@ Each pass declares what it works on (graph or model) and returns whether it chan
 | ``stepwise`` | model | the stateful form: K steps per call, every node's state a graph input/output |
 | ``event_driven(rates, mode)`` | graph | spike-input layers become ``hnnx.SpikeMatMul``/``hnnx.SpikeConv`` where the firing rate pays (not in ``preprocess``: simulation applies it) |
 | ``integer_as_float(keep)`` | graph | integer layers whose sums stay below 2^24 run as exact float layers (simulation) |
+| ``hoist_repeated(keep)`` | graph | a Conv on a frame repeated over time (direct coding) runs once per frame, its result repeated (simulation) |
 
 ``preprocess(model)`` runs them all, in that order, after the intake passes
 (:mod:`hnnx.passes.intake`: hnnx opset check, initializers listed as inputs, opset upgrade,
@@ -37,7 +38,7 @@ from hnnx.passes.manager import (FixedPoint, Pass, apply_passes, export_graph, f
                                  import_graph, model_pass, run_passes)
 from hnnx.passes.neurons import fold_neurons
 from hnnx.passes.stepwise import stepwise, stepwise_parts
-from hnnx.passes.time import fold_time
+from hnnx.passes.time import fold_time, hoist_repeated
 
 PREPROCESS: tuple[Pass, ...] = (infer_shapes, remove_identities, fold_neurons, fold_constants, fold_batchnorm,
                                 decompose_batchnorm, fold_time)
@@ -88,4 +89,4 @@ __all__ = ["FixedPoint", "Notes", "Pass", "PREPROCESS", "apply_passes", "check_h
            "fold_time",
            "graph_pass", "import_graph", "infer_shapes", "intake_passes", "make_batch_symbolic", "model_pass",
            "preprocess", "preprocess_graph", "remove_identities", "run_passes", "standard_opset", "stepwise", "stepwise_parts",
-           "upgrade_opset", "event_driven", "integer_as_float"]
+           "upgrade_opset", "event_driven", "integer_as_float", "hoist_repeated"]

@@ -38,6 +38,7 @@ import onnx_graphsurgeon as gs
 from hnnx import ops
 from hnnx.errors import HnnxError
 from hnnx.passes.manager import Pass, apply_passes, export_graph, graph_pass
+from hnnx.passes.time import hoist_repeated
 
 SPIKE_PRESERVING = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Cast", "Slice",
                               "Gather", "Concat", "MaxPool", "Split"})
@@ -383,7 +384,7 @@ def for_simulation(model: onnx.ModelProto, mode: str, rates: Mapping[str, float]
     if not any(node.op_type in _LAYER_OPS for node in model.graph.node):
         return model, []
     decisions: list[EventLayer] = []
-    passes: list[Pass] = [integer_as_float(keep)]
+    passes: list[Pass] = [hoist_repeated(keep), integer_as_float(keep)]
     if spike_layers:
         float_layers = mode == "on" if float_layers is None else float_layers
         passes.insert(0, event_driven(rates, mode, float_layers, keep, decisions))

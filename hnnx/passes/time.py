@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from hnnx import ops
-from hnnx.passes.manager import graph_pass
+from hnnx.passes.manager import Pass, graph_pass
 
 # Ops that treat dim 0 as the batch and whose spatial rank follows from the node itself.
 _SPATIAL_RANK = {
@@ -109,3 +111,132 @@ def _ints(name: str, values: list[int]) -> gs.Constant:
 
 def _constant_rank(tensor: gs.Tensor) -> int:
     return tensor.values.ndim if isinstance(tensor, gs.Constant) else (len(tensor.shape) if tensor.shape else 0)
+
+
+def hoist_repeated(keep: Iterable[str] = ()) -> Pass:
+    """The graph pass that runs the per-frame layers fed a frame repeated over time once per
+    frame; ``keep``: tensors that must stay (probes)."""
+    kept = set(keep)
+
+    @graph_pass(subgraphs=False)
+    def hoist_repeated(graph: gs.Graph) -> bool:
+        """Direct coding — ``Expand(Unsqueeze(x, 0), [T, …])`` folded to ``[T·N, …]`` into a
+        convolution (and the casts, quantization and constant element-wise ops around it) and
+        unfolded to ``[T, N, …]`` — computes the same frame T times: the chain runs once on the
+        frame, and its result is repeated instead."""
+        changed = False
+        for expand in [node for node in graph.nodes if node.op == "Expand"]:
+            match = _repeated_chain(expand, kept | {t.name for t in graph.outputs})
+            if match is not None:
+                _hoist(graph, expand, *match)
+                changed = True
+        return changed
+
+    return hoist_repeated
+
+
+_PER_FRAME = {"Conv", "ConvInteger", "Cast", "QuantizeLinear", "DequantizeLinear", "Relu", "Clip", "Add", "Sub", "Mul"}
+"""Ops the hoisted chain may hold: each output frame depends on its input frame only, given
+constant other inputs that do not vary over the batch axis."""
+
+
+def _repeated_chain(expand: gs.Node, kept: set[str]) -> tuple[gs.Tensor, list[gs.Node], gs.Node] | None:
+    """(frame, chain, unfold) where ``expand`` repeats ``frame`` over a new leading axis into a
+    fold → per-frame ops (a convolution among them) → unfold chain that nothing else reads and
+    whose tensors are not ``kept`` (probes, graph outputs); None for anything else."""
+    unsqueeze = expand.inputs[0].inputs[0] if expand.inputs[0].inputs else None
+    if unsqueeze is None or unsqueeze.op != "Unsqueeze" or not expand.outputs:
+        return None
+    axes = unsqueeze.inputs[1] if len(unsqueeze.inputs) > 1 else unsqueeze.attrs.get("axes")
+    axes = axes.values.tolist() if isinstance(axes, gs.Constant) else axes
+    frame = unsqueeze.inputs[0]
+    rank = len(frame.shape) if frame.shape is not None else None
+    if list(np.ravel(axes) if axes is not None else []) != [0] or rank is None:
+        return None
+    if _length(expand.inputs[1]) != rank + 1:
+        return None  # an Expand of another (or an unknown) rank also broadcasts the leading axes
+    tensor, nodes = expand.outputs[0], []
+    while True:
+        readers = tensor.outputs
+        if tensor.name in kept or len(readers) != 1 or readers[0].inputs[0] is not tensor:
+            return None
+        node = readers[0]
+        nodes.append(node)
+        if len(nodes) > 1 and node.op == "Reshape":
+            break
+        if len(nodes) > 1 and not _per_frame(node, rank):
+            return None
+        tensor = node.outputs[0]
+    fold, chain, unfold = nodes[0], nodes[1:-1], nodes[-1]
+    if fold.op != "Reshape" or not any(node.op in ("Conv", "ConvInteger") for node in chain):
+        return None
+    if not isinstance(fold.inputs[1], gs.Constant) or not isinstance(unfold.inputs[1], gs.Constant):
+        return None
+    folded, unfolded = fold.inputs[1].values.tolist(), unfold.inputs[1].values.tolist()
+    # The fold merges the time and batch axes ([−1, *frame dims]); the unfold splits them again
+    # ([T, −1, *output dims]), T the Expand's first entry when that is a constant.
+    if len(folded) != rank or folded[0] != -1 or any(d < 0 for d in folded[1:]):
+        return None
+    if len(unfolded) != rank + 1 or unfolded[1] != -1 or unfolded[0] <= 0 or any(d < 0 for d in unfolded[2:]):
+        return None
+    shape = expand.inputs[1]
+    if isinstance(shape, gs.Constant) and int(shape.values[0]) != unfolded[0]:
+        return None
+    return frame, chain, unfold
+
+
+def _per_frame(node: gs.Node, rank: int) -> bool:
+    """Whether ``node`` maps each frame of its (rank-``rank``, batch-first) data input on its own:
+    a per-frame op whose other inputs are constants without a batch extent."""
+    if node.op not in _PER_FRAME or node.domain not in (None, "", "ai.onnx") or len(node.outputs) != 1:
+        return False
+    others = [t for t in node.inputs[1:] if t.name]
+    if not all(isinstance(t, gs.Constant) for t in others):
+        return False
+    if node.op in ("Conv", "ConvInteger"):
+        return True  # weights and bias, not broadcast against the data
+    return all(t.values.ndim < rank or t.values.shape[0] == 1 for t in others)
+
+
+def _length(tensor: gs.Tensor) -> int | None:
+    """The number of entries of a 1-D shape tensor: a constant's, an inferred one, or followed
+    through the Concat of constants and Shape slices that exporters build; None when unknown."""
+    if isinstance(tensor, gs.Constant):
+        return int(tensor.values.size)
+    if tensor.shape is not None and len(tensor.shape) == 1 and isinstance(tensor.shape[0], int):
+        return tensor.shape[0]
+    producer = tensor.inputs[0] if tensor.inputs else None
+    if producer is not None and producer.op == "Concat":
+        lengths = [_length(t) for t in producer.inputs]
+        return None if None in lengths else sum(lengths)  # type: ignore[arg-type]
+    if producer is not None and producer.op == "Shape" and producer.inputs[0].shape is not None:
+        rank = len(producer.inputs[0].shape)
+        start, end = producer.attrs.get("start", 0), producer.attrs.get("end", rank)
+        start, end = (min(max(v + rank if v < 0 else v, 0), rank) for v in (start, end))
+        return max(end - start, 0)
+    return None
+
+
+def _hoist(graph: gs.Graph, expand: gs.Node, frame: gs.Tensor, chain: list[gs.Node], unfold: gs.Node) -> None:
+    """``chain`` on ``frame`` broadcast as the Expand would (its shape past the time entry), then
+    the result repeated over time into ``unfold``'s output."""
+    base = next(node.name or node.outputs[0].name for node in chain if node.op in ("Conv", "ConvInteger"))
+    frame_shape = graph.layer(op="Slice", inputs=[expand.inputs[1], _ints(f"{base}_hoist_from1", [1]),
+                                                  _ints(f"{base}_hoist_end", [2**62])],
+                              outputs=[gs.Variable(f"{base}_hoist_frame_shape", dtype=np.int64)])[0]
+    current = graph.layer(op="Expand", inputs=[frame, frame_shape],
+                          outputs=[gs.Variable(f"{base}_hoist_frame", dtype=frame.dtype)])[0]
+    for node in chain:
+        out = gs.Variable(f"{node.outputs[0].name}_hoisted", dtype=node.outputs[0].dtype)
+        current = graph.layer(op=node.op, inputs=[current, *node.inputs[1:]], outputs=[out], attrs=dict(node.attrs),
+                              name=f"{node.name or node.outputs[0].name}_hoisted")[0]
+    result = unfold.outputs[0]
+    one = graph.layer(op="Unsqueeze", inputs=[current, _ints(f"{base}_hoist_axis", [0])],
+                      outputs=[gs.Variable(f"{base}_hoist_one", dtype=result.dtype)])[0]
+    once_shape = graph.layer(op="Shape", inputs=[current],
+                             outputs=[gs.Variable(f"{base}_hoist_shape", dtype=np.int64)])[0]
+    steps = _ints(f"{base}_hoist_steps", [unfold.inputs[1].values.tolist()[0]])
+    repeated_shape = graph.layer(op="Concat", inputs=[steps, once_shape], attrs={"axis": 0},
+                                 outputs=[gs.Variable(f"{base}_hoist_repeated_shape", dtype=np.int64)])[0]
+    unfold.outputs.clear()  # the folded chain is left without readers (removed by the clean-up)
+    graph.layer(op="Expand", inputs=[one, repeated_shape], outputs=[result])
