@@ -340,15 +340,19 @@ def test_a_layer_on_a_frame_repeated_over_time_runs_once_per_frame() -> None:
     assert np.array_equal(plain.outputs["spikes"], event.outputs["spikes"])
 
 
-def test_an_expand_that_broadcasts_the_frame_is_hoisted_with_its_broadcast() -> None:
-    """Expand to [T, N, 2, 6, 6] of a frame [N, 1, 6, 6]: the frame is broadcast before the layer."""
+@pytest.mark.parametrize("steps", [5, 70], ids=["repeated-by-concat", "repeated-by-expand"])
+def test_an_expand_that_broadcasts_the_frame_is_hoisted_with_its_broadcast(steps: int) -> None:
+    """Expand to [T, N, 2, 6, 6] of a frame [N, 1, 6, 6]: the frame is broadcast before the layer
+    (the result repeated by a Concat of copies up to 64 steps, by an Expand beyond)."""
     from hnnx.passes.time import hoist_repeated
 
-    model = _direct_coding_model()
+    model = _direct_coding_model(steps)
     model.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 1
     images = RNG.uniform(0, 1, (3, 1, 6, 6)).astype(np.float32)
     hoisted = passes.run_passes(model, [hoist_repeated()])
     assert [n.name for n in hoisted.graph.node if n.op_type == "Conv"] == ["conv_hoisted"]
+    assert ("Concat" if steps <= 64 else "Expand") in [n.op_type for n in hoisted.graph.node
+                                                       if n.output[0] == "current"]
     assert np.array_equal(_run(model, {"images": images})[0], _run(hoisted, {"images": images})[0])
 
 

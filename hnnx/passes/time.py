@@ -233,10 +233,18 @@ def _hoist(graph: gs.Graph, expand: gs.Node, frame: gs.Tensor, chain: list[gs.No
     result = unfold.outputs[0]
     one = graph.layer(op="Unsqueeze", inputs=[current, _ints(f"{base}_hoist_axis", [0])],
                       outputs=[gs.Variable(f"{base}_hoist_one", dtype=result.dtype)])[0]
+    steps = int(unfold.inputs[1].values.tolist()[0])
+    unfold.outputs.clear()  # the folded chain is left without readers (removed by the clean-up)
+    if steps <= _CONCAT_STEPS:  # onnxruntime's Concat copies 3-4× faster than its Expand
+        graph.layer(op="Concat", inputs=[one] * steps, outputs=[result], attrs={"axis": 0})
+        return
     once_shape = graph.layer(op="Shape", inputs=[current],
                              outputs=[gs.Variable(f"{base}_hoist_shape", dtype=np.int64)])[0]
-    steps = _ints(f"{base}_hoist_steps", [unfold.inputs[1].values.tolist()[0]])
-    repeated_shape = graph.layer(op="Concat", inputs=[steps, once_shape], attrs={"axis": 0},
+    repeated_shape = graph.layer(op="Concat", inputs=[_ints(f"{base}_hoist_steps", [steps]), once_shape],
+                                 attrs={"axis": 0},
                                  outputs=[gs.Variable(f"{base}_hoist_repeated_shape", dtype=np.int64)])[0]
-    unfold.outputs.clear()  # the folded chain is left without readers (removed by the clean-up)
     graph.layer(op="Expand", inputs=[one, repeated_shape], outputs=[result])
+
+
+_CONCAT_STEPS = 64
+"""Up to this many steps the repeated result is a Concat of copies, beyond it an Expand."""
