@@ -372,3 +372,16 @@ def test_an_integer_direct_coding_chain_is_hoisted_in_simulation() -> None:
     plain = hnnx.simulate(quantized, {"images": images}, event_driven="off")
     event = hnnx.simulate(quantized, {"images": images}, event_driven="on")
     assert plain.outputs["spikes"].any() and np.array_equal(plain.outputs["spikes"], event.outputs["spikes"])
+
+
+def test_an_unsqueeze_with_computed_axes_is_left_alone() -> None:
+    """Axes that the graph computes (as an inlined function body may): no hoisting, no error."""
+    from hnnx.passes.time import hoist_repeated
+
+    model = _direct_coding_model()
+    unsqueeze = next(n for n in model.graph.node if n.op_type == "Unsqueeze")
+    unsqueeze.input[1] = "computed_axes"
+    model.graph.node.insert(0, helper.make_node("Identity", ["axis0"], ["computed_axes"]))
+    changes: dict[str, bool] = {}
+    passes.run_passes(model, [hoist_repeated()], changes)
+    assert changes == {"hoist_repeated": False}

@@ -148,6 +148,8 @@ def _repeated_chain(expand: gs.Node, kept: set[str]) -> tuple[gs.Tensor, list[gs
     if unsqueeze is None or unsqueeze.op != "Unsqueeze" or not expand.outputs:
         return None
     axes = unsqueeze.inputs[1] if len(unsqueeze.inputs) > 1 else unsqueeze.attrs.get("axes")
+    if isinstance(axes, gs.Variable):
+        return None  # axes computed in the graph
     axes = axes.values.tolist() if isinstance(axes, gs.Constant) else axes
     frame = unsqueeze.inputs[0]
     rank = len(frame.shape) if frame.shape is not None else None
