@@ -4,18 +4,21 @@ Numerics (the HNN framework's scheme, with per-edge ranges instead of one global
 
 * **ANN layers** (Conv, Gemm, MatMul + bias) take int8 activations ``X`` with a real value
   ``X·s_in``. The input scale is folded into the weights, ``w_eff = w·s_in``, which are
-  quantized with a power-of-two scale: ``W = clamp(round(w_eff·2^f), −128, 127)``, ``f`` a
-  multiple of ``bit_shift_unit`` chosen by HNN's rule (``t = log2(128/absmax)/unit``, round
-  up when ``frac(t) ≥ 0.75``). The int32 accumulator ``Σ W·X + B`` (``B = round(b·2^f)``)
-  has the real value ``acc·2^−f``; a following ReLU runs on it. It is requantized to int8
-  by ``hnnx.Requantize`` (floor of a right shift) by the smallest multiple of
-  ``bit_shift_unit`` whose range holds the calibrated one; the bias carries ``2^(shift−1)``
-  so that the floor rounds to nearest. A layer whose activation only synaptic layers and
-  residual Adds read also folds a factor ``c ∈ [1, 2^unit)`` into ``w_eff`` and its bias
-  (real value ``acc·2^−f/c``) so that the int8 range fits the calibrated one; the readers'
-  weights absorb ``1/c`` as they absorb any input scale, and layers meeting at an Add share
-  one ``c`` (see ``TianjicxQuantizer._plan_range_fits``). The last layer before a graph
-  output keeps its int32 accumulator.
+  quantized with a power-of-two scale: ``W = clamp(round(w_eff·2^f), −128, 127)``, ``f`` the
+  multiple of ``bit_shift_unit`` on either side of ``log2(127/absmax)`` with the smaller
+  weight error (HNN's rule rounds up from ``frac(t) ≥ 0.75`` and may clamp a fifth of a
+  kernel). The int32 accumulator ``Σ W·X + B`` (``B = round(b·2^f)``) has the real value
+  ``acc·2^−f``. It is requantized to int8 by ``hnnx.Requantize`` (floor of a right shift) by
+  the smallest multiple of ``bit_shift_unit`` whose range holds the calibrated one, rounding
+  to nearest: the bias carries ``2^(shift−1)``, or an accumulator without one gets it as an
+  int32 addend. A layer whose activation only synaptic layers, residual Adds and
+  channel-wise Concats read also folds a factor ``c ∈ [1, 2^unit)`` into ``w_eff`` and its
+  bias (real value ``acc·2^−f/c``) so that the int8 range fits the calibrated one; the
+  readers' weights absorb ``1/c`` as they absorb any input scale, and layers meeting at an Add
+  share one ``c`` (see ``TianjicxQuantizer._plan_range_fits``). A Concat read only by layers
+  joins its int8 inputs on their own scales (the value's scale is then one per channel, which
+  the readers fold into their weights). The last layer before a graph output keeps its int32
+  accumulator.
 * **SNN layers** (a synaptic layer whose output feeds an ``hnnx.LIF``) quantize ``w_eff``
   with ``σ = 128/absmax(w_eff)``; the int32 current is ``Σ W·X + round(b·σ)``, and the LIF
   runs in integer mode with every membrane constant scaled by ``σ`` and rounded (half to
