@@ -125,8 +125,9 @@ def hoist_repeated(keep: Iterable[str] = ()) -> Pass:
         unfolded to ``[T, N, …]`` — computes the same frame T times: the chain runs once on the
         frame, and its result is repeated instead."""
         changed = False
+        fixed = kept | {t.name for t in graph.outputs}
         for expand in [node for node in graph.nodes if node.op == "Expand"]:
-            match = _repeated_chain(expand, kept | {t.name for t in graph.outputs})
+            match = _repeated_chain(expand, fixed)
             if match is not None:
                 _hoist(graph, expand, *match)
                 changed = True

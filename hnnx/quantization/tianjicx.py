@@ -260,16 +260,17 @@ class TianjicxQuantizer:
         """Quantize a synaptic layer ``op`` (``Conv`` or ``MatMul``; weights in that op's layout) whose
         result is ``last``'s output: int8 weights, int32 accumulator (ANN) or current (SNN).
 
-        ``affine``: the layer is an unfolded BatchNorm's per-channel factor, each factor a channel's
-        whole gain: its exponent is the largest that saturates none (HNN's rule, made for kernels
-        of many weights, may clamp the largest up to 2^(unit/4)·… — every channel alike when the
-        factors are equal)."""
+        ``affine``: the layer is an unfolded BatchNorm's per-channel factor (see
+        :meth:`_weight_exponent`). An input with a scale per channel folds it along the weight's
+        input-channel axis."""
         neuron = feeding_neuron(last.outputs[0])
         fit = 1.0 if neuron is not None else self._range_fit(last.outputs[0])
-        axis = _input_channel_axis(op, weight, conv_attrs)
-        if x.per_channel and axis is None:
-            raise _Unsupported("a grouped convolution reads a tensor with a scale per channel")
-        in_scale = _along(x.scale, axis, weight.ndim)
+        in_scale = x.scale
+        if x.per_channel:
+            axis = _input_channel_axis(op, weight, conv_attrs)
+            if axis is None:
+                raise _Unsupported("a grouped convolution reads a tensor with a scale per channel")
+            in_scale = _along(x.scale, axis, weight.ndim)
         weight_eff = weight * in_scale * fit  # fold the input's scale (and the range fit) into the weights
         absmax = max(float(np.abs(weight_eff).max()), 1e-30)
         if neuron is not None:
@@ -308,10 +309,9 @@ class TianjicxQuantizer:
         clamp up to 30 % of a uniform kernel's weights.
         """
         unit = self.bit_shift_unit
-        absmax = max(float(np.abs(weight_eff).max()), 1e-30)
+        below = -_grid_step(max(float(np.abs(weight_eff).max()), 1e-30) / 127.0, unit)  # the largest clamping none
         if affine:
-            return -_grid_step(absmax / 127.0, unit)
-        below = -_grid_step(absmax / 127.0, unit)  # the largest clamping no weight
+            return below
         return min((below, below + unit), key=lambda f: _weight_error(weight_eff, f))
 
     def _calibrated(self, name: str) -> float | None:
@@ -326,15 +326,16 @@ class TianjicxQuantizer:
         return self._fits.get(result.name, 1.0)
 
     def _plan_range_fits(self) -> None:
-        """Choose the range fit ``c`` of every ANN layer whose int8 activation only layers and residual
-        Adds read (through ReLU, MaxPool, Clip, pooling and shape ops).
+        """Choose the range fit ``c`` of every ANN layer whose int8 activation only layers, residual
+        Adds and channel-wise Concats read (through ReLU, MaxPool, Clip, pooling and shape ops).
 
         Shifts alone reach int8 ranges ``2^unit`` apart (up to two bits of the grid lost on
         TianjicX). A factor ``c`` in a layer's weights moves its scales off the powers of two, and
         the layers that read it absorb ``1/c`` with the rest of their input scale. Activations
         that meet at an Add must stay a power of two apart to be aligned by shifts:
         such layers form one group with one ``c``, the one that wastes the least int8 range over
-        the group's calibrated tensors. A group touching anything else (a Concat, a graph
+        the group's calibrated tensors. A channel-wise Concat joins inputs of any scales, so each
+        of its inputs keeps its own ``c``. A group touching anything else (another Concat, a graph
         output, a neuron, an input, a scalar Mul) keeps ``c = 1``.
         """
         if self.spiking_only:
@@ -398,8 +399,8 @@ class TianjicxQuantizer:
     def _scale_kind(self, node: gs.Node) -> str | None:
         """``"layer"`` for a node whose output is an ANN layer's result (a Conv or Gemm, a MatMul or
         per-channel Mul with or without its bias Add), ``"join"`` for a residual Add, else None (a
-        Concat too: its inputs keep power-of-two scales, so that inputs of one scale are joined as
-        int8, without an int32 detour and a requantization)."""
+        Concat too: it does not tie its inputs' scales — a channel-wise one keeps each input's, an
+        aligned one requantizes their int32 join)."""
         if node.domain not in (None, "", "ai.onnx"):
             return None
         if self._synaptic_node(node):
@@ -443,8 +444,9 @@ class TianjicxQuantizer:
         return tensor.name
 
     def _read_by_layers_and_joins(self, result: gs.Variable) -> bool:
-        """Whether only layers (as their data input) and joins read ``result``, through ReLU,
-        MaxPool, Clip, pooling and shape ops (pooling carries any factor to the layer after it)."""
+        """Whether only layers (as their data input), joins and channel-wise Concats read ``result``,
+        through ReLU, MaxPool, Clip, pooling and shape ops (pooling carries any factor to the layer
+        after it)."""
         tensors = [(result, False)]  # (tensor, reached through a pooling)
         for tensor, pooled in tensors:
             if self._is_output(tensor) or not tensor.outputs:
@@ -504,8 +506,7 @@ class TianjicxQuantizer:
             return False
         weight = node.inputs[1].values
         if node.op == "Conv":
-            group = int(node.attrs.get("group", 1))
-            return group == 1 or (weight.shape[1] == 1 and weight.shape[0] == group)
+            return _input_channel_axis("Conv", weight, node.attrs) is not None
         if node.op == "Gemm":
             return rank == 2 and not node.attrs.get("transA", 0)
         if node.op == "MatMul":
@@ -677,8 +678,10 @@ class TianjicxQuantizer:
                                                                                   for v in operands]}))
 
     def _concat(self, node: gs.Node) -> None:
-        """``Concat``: int8 inputs of one scale are joined as they are; inputs of different scales
-        are brought to the finest one (int32, left shifts) and the result requantized where used."""
+        """``Concat``: int8 inputs of one scale are joined as they are; so are int8 inputs of
+        different scales when only layers read the join (a scale per channel, see
+        :meth:`_takes_channel_scales`); other inputs of different scales are brought to the finest
+        one (int32, left shifts) and the result requantized where used."""
         if any(isinstance(t, gs.Constant) for t in node.inputs):
             raise _Unsupported("Concat with a constant input")
         operands = [self._quantized(t, channel_scales=True) for t in node.inputs]
@@ -1027,13 +1030,11 @@ def _input_channel_axis(op: str, weight: np.ndarray, conv_attrs: dict[str, Any])
     return 0 if weight.shape[1] == 1 and weight.shape[0] == group else None
 
 
-def _along(value: float | np.ndarray, axis: int | None, rank: int) -> float | np.ndarray:
-    """A per-channel vector shaped to broadcast along ``axis`` of a rank-``rank`` array; a scalar as it is."""
-    if np.ndim(value) == 0:
-        return value
+def _along(values: np.ndarray, axis: int, rank: int) -> np.ndarray:
+    """A per-channel vector shaped to broadcast along ``axis`` of a rank-``rank`` array."""
     shape = [1] * rank
-    shape[axis if axis is not None else 0] = -1
-    return np.asarray(value, np.float64).reshape(shape)
+    shape[axis] = -1
+    return np.asarray(values, np.float64).reshape(shape)
 
 
 def _compact(values: np.ndarray) -> float | np.ndarray:
