@@ -150,11 +150,12 @@ struct ConvRun {
   const X* x;
   bool every;
   const spike::Out<X>* bias;
+  bool stream;  // y is larger than the caches
   spike::Out<X>* y;
 
   void sample(size_t b) const {
     const spike::ConvGeometry& s = *geometry;
-    spike::conv_sample<X>(*layout, s, x + b * s.channels * s.pixels(), every, bias,
+    spike::conv_sample<X>(*layout, s, x + b * s.channels * s.pixels(), every, bias, stream,
                           y + b * s.outputs * s.out_h * s.out_w);
   }
 
@@ -253,6 +254,7 @@ class SpikeConvKernel {
     const std::vector<int64_t> y_shape{shape[0], static_cast<int64_t>(s.outputs), out_h, out_w};
     run.y = context.GetOutput(0, y_shape).GetTensorMutableData<spike::Out<X>>();
     if (element_count(y_shape) == 0) return;
+    run.stream = static_cast<size_t>(element_count(y_shape)) * sizeof(spike::Out<X>) >= spike::kStreamingBytes;
     parallel_for(context, static_cast<size_t>(shape[0]), &run, &ConvRun<X>::sample_entry);
   }
 

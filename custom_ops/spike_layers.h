@@ -14,12 +14,13 @@
 //
 // Weights are laid out once (`DenseLayout`, `ConvLayout`) as column tiles of `width` outputs
 // (8 to 64 lanes): tile[input][lane], so one active input adds one contiguous run of lanes, and
-// the tile of a dense layer fits the L2 cache. The sums of several rows (dense) or the lanes
-// of a tile (conv) are independent chains, which keeps the adders busy although each sum is
-// sequential. Integer mode keeps the weights int8 (a quarter of the memory traffic), widens
-// them on load and sums exactly in uint32 lanes, wrapping as int32 arithmetic does. The work
-// is bound by loading weight rows: one 64-byte line per active input and 16 float (64 int8)
-// outputs.
+// the tile of a dense layer fits the L2 cache; a convolution sums a row of output pixels under
+// one kernel position at a time, whose weights fit the L1 cache. The sums of several rows
+// (dense) or the lanes of a tile (conv) are independent chains, which keeps the adders busy
+// although each sum is sequential. Integer mode keeps the weights int8 (a quarter of the memory
+// traffic), widens them on load and sums exactly in uint32 lanes, wrapping as int32 arithmetic
+// does. The work is bound by loading weight rows: one 64-byte line per active input and 16
+// float (64 int8) outputs.
 
 #pragma once
 
@@ -402,25 +403,78 @@ struct PixelEvents {
   bool unit = true;  // every active value is 1
 };
 
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "a pixel's mask bytes are written in little-endian order");
+
+// Transpose an 8×8 bit matrix held in a word, byte r = row r (bit c = column c): afterwards
+// byte c holds column c (three rounds of swapping the off-diagonal blocks).
+inline uint64_t transpose_bits8(uint64_t m) {
+  uint64_t t = (m ^ (m >> 7)) & 0x00AA00AA00AA00AAull;
+  m ^= t ^ (t << 7);
+  t = (m ^ (m >> 14)) & 0x0000CCCC0000CCCCull;
+  m ^= t ^ (t << 14);
+  t = (m ^ (m >> 28)) & 0x00000000F0F0F0F0ull;
+  return m ^ t ^ (t << 28);
+}
+
+// The activity of 8 pixels (p … p + 7) of up to 8 channel planes, 8 × 8 bits: byte j, bit i =
+// x[j][p + i] is active (or `every`); `odd` collects active values that are not 1.
+template <typename X>
+inline uint64_t active_block(const X* const* planes, size_t count, size_t p, bool every, uint32_t& odd) {
+  uint64_t rows = 0;
+  for (size_t j = 0; j < count; ++j) {
+    const X* v = planes[j] + p;
+    uint32_t bits = 0;
+#if defined(__AVX2__)
+    if constexpr (std::is_same_v<X, float>) {
+      const __m256 values = _mm256_loadu_ps(v);
+      const __m256 on = every ? _mm256_castsi256_ps(_mm256_set1_epi32(-1))
+                              : _mm256_cmp_ps(values, _mm256_setzero_ps(), _CMP_NEQ_UQ);  // NaN active, −0 not
+      bits = static_cast<uint32_t>(_mm256_movemask_ps(on));
+      odd |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_and_ps(on, _mm256_cmp_ps(values, _mm256_set1_ps(1.0f), _CMP_NEQ_UQ))));
+    } else {
+      const __m128i values = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(v));
+      const __m128i on = every ? _mm_set1_epi8(-1) : _mm_xor_si128(_mm_cmpeq_epi8(values, _mm_setzero_si128()), _mm_set1_epi8(-1));
+      bits = static_cast<uint32_t>(_mm_movemask_epi8(on)) & 0xffu;
+      odd |= static_cast<uint32_t>(_mm_movemask_epi8(_mm_andnot_si128(_mm_cmpeq_epi8(values, _mm_set1_epi8(1)), on))) & 0xffu;
+    }
+#else
+    for (size_t i = 0; i < 8; ++i) {
+      const uint32_t on = static_cast<uint32_t>(active(v[i]) | every);
+      bits |= on << i;
+      odd |= on & static_cast<uint32_t>(v[i] != X(1));
+    }
+#endif
+    rows |= static_cast<uint64_t>(bits) << (8 * j);
+  }
+  return rows;
+}
+
 template <typename X>
 void gather_pixels(const X* x, const ConvGeometry& s, bool every, size_t width, PixelEvents<X>& events) {
   const size_t pixels = s.pixels(), cells = pixels * s.groups, words = (s.channels + 63) / 64;
   events.masks.assign(pixels * words, 0);
   uint32_t not_unit = 0;  // some active value is not 1
-  for (size_t c = 0; c < s.channels; ++c) {
-    const X* __restrict plane = x + c * pixels;
-    uint64_t* __restrict word = events.masks.data() + c / 64;
-    const unsigned shift = static_cast<unsigned>(c % 64);
-    // Separate simple loops (no short circuits, no mixed reductions) vectorize.
-    if (words == 1) {
-      for (size_t p = 0; p < pixels; ++p) word[p] |= static_cast<uint64_t>(active(plane[p]) | every) << shift;
-    } else {
-      for (size_t p = 0; p < pixels; ++p) {
-        word[p * words] |= static_cast<uint64_t>(active(plane[p]) | every) << shift;
-      }
+  // Eight channels and eight pixels at a time: a bit mask per plane row of 8 pixels (one compare
+  // and movemask), transposed into one byte of channels per pixel, stored into its mask word.
+  uint8_t* mask_bytes = reinterpret_cast<uint8_t*>(events.masks.data());  // byte c / 8 of pixel p: p·8·words + c / 8
+  for (size_t c0 = 0; c0 < s.channels; c0 += 8) {
+    const size_t count = std::min<size_t>(8, s.channels - c0);
+    const X* planes[8];
+    for (size_t j = 0; j < count; ++j) planes[j] = x + (c0 + j) * pixels;
+    size_t p = 0;
+    for (; p + 8 <= pixels; p += 8) {
+      const uint64_t columns = transpose_bits8(active_block(planes, count, p, every, not_unit));
+      for (size_t i = 0; i < 8; ++i) mask_bytes[(p + i) * 8 * words + c0 / 8] = static_cast<uint8_t>(columns >> (8 * i));
     }
-    for (size_t p = 0; p < pixels; ++p) {
-      not_unit |= static_cast<uint32_t>((active(plane[p]) | every) & (plane[p] != X(1)));
+    for (; p < pixels; ++p) {  // the last < 8 pixels
+      uint32_t byte = 0;
+      for (size_t j = 0; j < count; ++j) {
+        const X value = planes[j][p];
+        const uint32_t on = static_cast<uint32_t>(active(value) | every);
+        byte |= on << j;
+        not_unit |= on & static_cast<uint32_t>(value != X(1));
+      }
+      mask_bytes[p * 8 * words + c0 / 8] = static_cast<uint8_t>(byte);
     }
   }
   const bool unit = not_unit == 0;
@@ -498,51 +552,82 @@ inline void transpose8(V* v) {
   }
 }
 
+// The (kernel offset, output index) pairs an input row or column reaches.
+struct Reach {
+  uint32_t kernel, output;
+};
+
+// A thread's working memory for one sample of a convolution, kept from call to call (no
+// allocation in steady state, one thread-local lookup per sample).
+template <typename X>
+struct ConvScratch {
+  PixelEvents<X> events;
+  std::vector<Acc<X>> sums;           // partial sums: a row of output pixels, or a whole sample
+  std::vector<Out<X>> transposed;     // write_row's 8 channels of a row
+  std::vector<uint32_t> row_first, col_first;  // conv_sample_scatter's reach of every input row, column
+  std::vector<Reach> row_reach, col_reach;
+};
+
 // Write a row of output pixels, row[ox][lane] (the sums), channel-major: y[m0 + lane][ox] =
-// sum + bias, for lanes < `lanes`; 8×8 blocks through transposes.
+// sum + bias, for lanes < `lanes`. Eight channels at a time are transposed (8×8 blocks) into a
+// small buffer, then stored one channel's row after the other: each output line is written
+// whole at once (the channels' rows lie a plane apart, on the same cache sets). `stream`:
+// with non-temporal stores where the row covers whole aligned lines (an output larger than the
+// caches is read back from memory anyway; this skips reading every line before writing it).
 template <typename X, size_t WIDTH>
 void write_row(const Acc<X>* row, size_t out_w, size_t lanes, size_t m0, size_t plane, const Out<X>* bias,
-               Out<X>* y) {
+               bool stream, std::vector<Out<X>>& buffer, Out<X>* y) {
   using V = Lanes<X>;
-  size_t ox = 0;
-  for (; ox + 8 <= out_w; ox += 8) {
-    for (size_t v = 0; v * kLanes < lanes; ++v) {
+  const size_t stride = (out_w + 15) / 16 * 16;  // buffer: [8][stride]
+  if (buffer.size() < kLanes * stride) buffer.resize(kLanes * stride);
+  const bool whole_lines = stream && out_w * sizeof(Out<X>) % 64 == 0;
+  for (size_t v = 0; v * kLanes < lanes; ++v) {
+    const size_t m = m0 + v * kLanes, count = std::min(kLanes, lanes - v * kLanes);
+    V add[kLanes];
+    for (size_t l = 0; l < kLanes; ++l) add[l] = splat<X>(bias && l < count ? static_cast<Acc<X>>(bias[m + l]) : Acc<X>(0));
+    size_t ox = 0;
+    for (; ox + 8 <= out_w; ox += 8) {
       V block[8];
-      for (int k = 0; k < 8; ++k) std::memcpy(&block[k], row + (ox + k) * WIDTH + v * kLanes, sizeof(V));
+      for (int k = 0; k < 8; ++k) block[k] = load_vector<V>(row + (ox + k) * WIDTH + v * kLanes);
       transpose8(block);  // block[l] = lane v·8 + l of pixels ox … ox + 7
-      for (size_t l = 0; l < kLanes && v * kLanes + l < lanes; ++l) {
-        const size_t m = m0 + v * kLanes + l;
-        V sum = block[l];
-        if (bias) sum += splat<X>(static_cast<Acc<X>>(bias[m]));
-        std::memcpy(y + m * plane + ox, &sum, sizeof sum);
-      }
+      for (size_t l = 0; l < kLanes; ++l) store_vector(buffer.data() + l * stride + ox, bias ? block[l] + add[l] : block[l]);
     }
-  }
-  for (const Acc<X>* pixel = row + ox * WIDTH; ox < out_w; ++ox, pixel += WIDTH) {  // the last < 8 pixels
-    for (size_t lane = 0; lane < lanes; ++lane) y[(m0 + lane) * plane + ox] = finish<X>(pixel[lane], bias, m0 + lane);
+    for (; ox < out_w; ++ox) {  // the last < 8 pixels
+      for (size_t l = 0; l < count; ++l) buffer[l * stride + ox] = finish<X>(row[ox * WIDTH + v * kLanes + l], bias, m + l);
+    }
+    for (size_t l = 0; l < count; ++l) {
+      Out<X>* to = y + (m + l) * plane;
+      const Out<X>* from = buffer.data() + l * stride;
+#if defined(__AVX2__)
+      if (whole_lines && reinterpret_cast<uintptr_t>(to) % 64 == 0) {
+        for (size_t k = 0; k < out_w; k += 8) {
+          _mm256_stream_si256(reinterpret_cast<__m256i*>(to + k), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(from + k)));
+        }
+        continue;
+      }
+#endif
+      std::memcpy(to, from, out_w * sizeof(Out<X>));
+    }
   }
 }
 
-// One sample: y [M, OH, OW] from its pixel events. For each output pixel and tile, the weight
-// rows to add are listed first — the active channels of the input pixel under each kernel
-// position, positions ascending, copied 8 at a time with the position's offset — and then
-// summed in NV lane vectors in one loop: the op's order (kernel positions, then channels,
-// ascending), with one loop of unpredictable length per output pixel rather than one per kernel
-// position. A row of output pixels is then written channel-major.
+// One sample: y [M, OH, OW] from its pixel events, a row of output pixels at a time. The row's
+// partial sums (out_w × `width` lanes, L1-resident) take the kernel positions in turn, ascending;
+// under each position every output pixel of the row adds, in NV lane vectors held in registers,
+// the weight rows of the active channels of the input pixel it reads, ascending — the op's order
+// (positions, then channels), sums starting at +0 (a stored float32 sum reloads as it is). One
+// position's weights (C/g rows of `width` lanes) serve the whole row from the L1 cache, where an
+// output pixel at a time would fetch every position's rows from L2 again for each pixel. The row
+// is then written channel-major.
 template <typename X, int NV, bool UNIT>
-void conv_sample_tiles(const ConvLayout<X>& layout, const ConvGeometry& s, const PixelEvents<X>& events,
-                       const Out<X>* bias, Out<X>* y) {
+void conv_sample_rows(const ConvLayout<X>& layout, const ConvGeometry& s, ConvScratch<X>& scratch,
+                      const Out<X>* bias, bool stream, Out<X>* y) {
   using A = Acc<X>;
   using V = Lanes<X>;
-  typedef uint32_t Rows __attribute__((vector_size(32)));
   constexpr size_t width = NV * kLanes;
-  thread_local std::vector<A> row;
-  thread_local std::vector<uint32_t> rows;  // the weight rows of one output pixel (+ room for a copy of 8)
-  thread_local std::vector<A> values;
+  const PixelEvents<X>& events = scratch.events;
+  std::vector<A>& row = scratch.sums;
   row.resize(s.out_w * width);
-  const size_t room = s.kernel_h * s.kernel_w * s.per_group + kChunk;
-  rows.resize(room);
-  if (!UNIT) values.resize(room);
   const size_t plane = s.out_h * s.out_w, position_size = layout.rows * width;
   for (size_t g = 0; g < s.groups; ++g) {
     for (size_t t = 0; t < layout.tiles; ++t) {
@@ -550,38 +635,39 @@ void conv_sample_tiles(const ConvLayout<X>& layout, const ConvGeometry& s, const
       const size_t m0 = g * s.out_per_group + t * width;
       const size_t lanes = std::min(width, s.out_per_group - t * width);
       for (size_t oy = 0; oy < s.out_h; ++oy) {
-        for (size_t ox = 0; ox < s.out_w; ++ox) {
-          size_t n = 0;
-          for (size_t ky = 0; ky < s.kernel_h; ++ky) {
-            const int64_t iy = static_cast<int64_t>(oy) * s.stride_h - s.pad_top + static_cast<int64_t>(ky) * s.dilation_h;
-            if (iy < 0 || iy >= static_cast<int64_t>(s.height)) continue;
-            for (size_t kx = 0; kx < s.kernel_w; ++kx) {
-              const int64_t ix =
-                  static_cast<int64_t>(ox) * s.stride_w - s.pad_left + static_cast<int64_t>(kx) * s.dilation_w;
+        std::fill(row.begin(), row.end(), A(0));  // +0
+        for (size_t ky = 0; ky < s.kernel_h; ++ky) {
+          const int64_t iy = static_cast<int64_t>(oy) * s.stride_h - s.pad_top + static_cast<int64_t>(ky) * s.dilation_h;
+          if (iy < 0 || iy >= static_cast<int64_t>(s.height)) continue;
+          const size_t input_row = static_cast<size_t>(iy) * s.width;
+          for (size_t kx = 0; kx < s.kernel_w; ++kx) {
+            const X* position = tile + (ky * s.kernel_w + kx) * position_size;
+            const int64_t shift = static_cast<int64_t>(kx) * s.dilation_w - s.pad_left;
+            for (size_t ox = 0; ox < s.out_w; ++ox) {
+              const int64_t ix = static_cast<int64_t>(ox) * s.stride_w + shift;
               if (ix < 0 || ix >= static_cast<int64_t>(s.width)) continue;
-              const size_t cell = (static_cast<size_t>(iy) * s.width + static_cast<size_t>(ix)) * s.groups + g;
-              const size_t first = events.start[cell], count = events.count[cell];
-              const Rows offset = static_cast<uint32_t>((ky * s.kernel_w + kx) * position_size) - Rows{};
-              for (size_t k = 0; k < count; k += kChunk) {  // 8 at a time: the excess is overwritten
-                Rows chunk;
-                std::memcpy(&chunk, events.row.data() + first + k, sizeof chunk);
-                chunk += offset;
-                std::memcpy(rows.data() + n + k, &chunk, sizeof chunk);
-                if constexpr (!UNIT) std::memcpy(values.data() + n + k, events.value.data() + first + k, kChunk * sizeof(A));
-              }
-              n += count;
+              const size_t cell = (input_row + static_cast<size_t>(ix)) * s.groups + g;
+              const size_t count = events.count[cell];
+              if (count == 0) continue;
+              const uint32_t* list = events.row.data() + events.start[cell];
+              const A* values = UNIT ? nullptr : events.value.data() + events.start[cell];  // (none for spikes)
+              A* out = row.data() + ox * width;
+              V acc[NV];  // vector loads into registers (a copy of the array goes through the stack, and stalls)
+              for (int v = 0; v < NV; ++v) acc[v] = load_vector<V>(out + v * kLanes);
+              for (size_t e = 0; e < count; ++e) add_row<X, NV, UNIT>(acc, position + list[e], UNIT ? nullptr : values + e);
+              for (int v = 0; v < NV; ++v) store_vector(out + v * kLanes, acc[v]);
             }
           }
-          V acc[NV];
-          for (int v = 0; v < NV; ++v) acc[v] = V{};  // +0
-          for (size_t e = 0; e < n; ++e) add_row<X, NV, UNIT>(acc, tile + rows[e], UNIT ? nullptr : values.data() + e);
-          std::memcpy(row.data() + ox * width, acc, sizeof acc);
         }
-        write_row<X, width>(row.data(), s.out_w, lanes, m0, plane, bias, y + oy * s.out_w);
+        write_row<X, width>(row.data(), s.out_w, lanes, m0, plane, bias, stream, scratch.transposed, y + oy * s.out_w);
       }
     }
   }
 }
+
+// Outputs at least this large are written with non-temporal stores: more than a core's share of
+// a last-level cache, they are read back from memory by the next op in any case.
+constexpr size_t kStreamingBytes = size_t{16} << 20;
 
 // The partial sums of a whole sample fit the L1 cache up to this size: small layers are then
 // summed input pixel by input pixel (conv_sample_scatter), which touches only the events.
@@ -595,18 +681,16 @@ constexpr size_t kScatterSumsBytes = size_t{32} << 10;
 // starting at +0 (storing a float32 sum leaves it as it is). Work follows the events only; the
 // sums are then written channel-major, a row of output pixels at a time.
 template <typename X, int NV, bool UNIT>
-void conv_sample_scatter(const ConvLayout<X>& layout, const ConvGeometry& s, const PixelEvents<X>& events,
-                         const Out<X>* bias, Out<X>* y) {
+void conv_sample_scatter(const ConvLayout<X>& layout, const ConvGeometry& s, ConvScratch<X>& scratch,
+                         const Out<X>* bias, bool stream, Out<X>* y) {
   using A = Acc<X>;
   using V = Lanes<X>;
   constexpr size_t width = NV * kLanes;
+  const PixelEvents<X>& events = scratch.events;
   const size_t plane = s.out_h * s.out_w, position_size = layout.rows * width;
-  thread_local std::vector<A> sums;
+  std::vector<A>& sums = scratch.sums;
   sums.resize(plane * width);
   // The (kernel offset, output index) pairs each input row and column reaches, in kernel order.
-  struct Reach {
-    uint32_t kernel, output;
-  };
   auto reaches = [](size_t inputs, size_t kernel, size_t outputs, int64_t stride, int64_t pad, int64_t dilation,
                     std::vector<uint32_t>& first, std::vector<Reach>& pairs) {
     first.assign(inputs + 1, 0);
@@ -621,8 +705,8 @@ void conv_sample_scatter(const ConvLayout<X>& layout, const ConvGeometry& s, con
     }
     first[inputs] = static_cast<uint32_t>(pairs.size());
   };
-  thread_local std::vector<uint32_t> row_first, col_first;
-  thread_local std::vector<Reach> row_reach, col_reach;
+  std::vector<uint32_t>&row_first = scratch.row_first, &col_first = scratch.col_first;
+  std::vector<Reach>&row_reach = scratch.row_reach, &col_reach = scratch.col_reach;
   reaches(s.height, s.kernel_h, s.out_h, s.stride_h, s.pad_top, s.dilation_h, row_first, row_reach);
   reaches(s.width, s.kernel_w, s.out_w, s.stride_w, s.pad_left, s.dilation_w, col_first, col_reach);
   for (size_t g = 0; g < s.groups; ++g) {
@@ -653,41 +737,48 @@ void conv_sample_scatter(const ConvLayout<X>& layout, const ConvGeometry& s, con
         }
       }
       for (size_t oy = 0; oy < s.out_h; ++oy) {
-        write_row<X, width>(sums.data() + oy * s.out_w * width, s.out_w, lanes, m0, plane, bias, y + oy * s.out_w);
+        write_row<X, width>(sums.data() + oy * s.out_w * width, s.out_w, lanes, m0, plane, bias, stream,
+                           scratch.transposed, y + oy * s.out_w);
       }
     }
   }
 }
 
 template <typename X, int NV>
-void conv_sample_unit(const ConvLayout<X>& layout, const ConvGeometry& s, const PixelEvents<X>& events,
-                      const Out<X>* bias, Out<X>* y) {
+void conv_sample_unit(const ConvLayout<X>& layout, const ConvGeometry& s, ConvScratch<X>& scratch,
+                      const Out<X>* bias, bool stream, Out<X>* y) {
   const bool scatter = s.out_h * s.out_w * layout.width * sizeof(Acc<X>) <= kScatterSumsBytes;
-  if (events.unit) {
-    scatter ? conv_sample_scatter<X, NV, true>(layout, s, events, bias, y)
-            : conv_sample_tiles<X, NV, true>(layout, s, events, bias, y);
+  if (scratch.events.unit) {
+    scatter ? conv_sample_scatter<X, NV, true>(layout, s, scratch, bias, stream, y)
+            : conv_sample_rows<X, NV, true>(layout, s, scratch, bias, stream, y);
   } else {
-    scatter ? conv_sample_scatter<X, NV, false>(layout, s, events, bias, y)
-            : conv_sample_tiles<X, NV, false>(layout, s, events, bias, y);
+    scatter ? conv_sample_scatter<X, NV, false>(layout, s, scratch, bias, stream, y)
+            : conv_sample_rows<X, NV, false>(layout, s, scratch, bias, stream, y);
   }
 }
 
-// One sample x [C, H, W] → y [M, OH, OW].
+// One sample x [C, H, W] → y [M, OH, OW]. `stream`: write y past the caches (a large output).
 template <typename X>
 void conv_sample(const ConvLayout<X>& layout, const ConvGeometry& s, const X* x, bool every, const Out<X>* bias,
-                 Out<X>* y) {
-  thread_local PixelEvents<X> events;  // reused call after call: no allocation in steady state
-  gather_pixels(x, s, every, layout.width, events);
+                 bool stream, Out<X>* y) {
+  thread_local ConvScratch<X> scratch;
+  gather_pixels(x, s, every, layout.width, scratch.events);
   switch (layout.width / kLanes) {
     case 1:
-      return conv_sample_unit<X, 1>(layout, s, events, bias, y);
+      conv_sample_unit<X, 1>(layout, s, scratch, bias, stream, y);
+      break;
     case 2:
-      return conv_sample_unit<X, 2>(layout, s, events, bias, y);
+      conv_sample_unit<X, 2>(layout, s, scratch, bias, stream, y);
+      break;
     case 4:
-      return conv_sample_unit<X, 4>(layout, s, events, bias, y);
+      conv_sample_unit<X, 4>(layout, s, scratch, bias, stream, y);
+      break;
     default:
-      return conv_sample_unit<X, 8>(layout, s, events, bias, y);
+      conv_sample_unit<X, 8>(layout, s, scratch, bias, stream, y);
   }
+#if defined(__AVX2__)
+  if (stream) _mm_sfence();  // non-temporal stores are weakly ordered: visible before the work item ends
+#endif
 }
 
 }  // namespace spike

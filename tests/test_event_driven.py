@@ -269,6 +269,22 @@ def test_native_conv_over_many_channels(library: Path, integer: bool) -> None:
     same_bits(run_native(model, {"x": x}, library, "SpikeConv", threads=2), expected, "SpikeConv, 130 channels")
 
 
+@pytest.mark.parametrize("width", [256, 251], ids=["whole-lines", "odd-width"])
+def test_native_conv_with_an_output_larger_than_the_caches(library: Path, width: int) -> None:
+    """An output of ≥ 16 MiB is written with non-temporal stores where its rows are whole aligned
+    cache lines (256 floats), with ordinary stores elsewhere (251): the same bits either way."""
+    rng = np.random.default_rng(width)
+    x = (rng.random((2, 4, 262, width)) < 0.1).astype(np.float32)
+    w = rng.normal(0, 1, (32, 4, 3, 3)).astype(np.float32)
+    b = rng.normal(0, 1, 32).astype(np.float32)
+    node = ops.make_node("SpikeConv", ["x", "w", "b"], ["y"], name="large", pad_top=1, pad_left=1, pad_bottom=1,
+                         pad_right=1)
+    (expected,) = ops.run_reference(node, x, w, b)
+    assert expected.nbytes >= 16 << 20
+    model = layer_model(node, {"x": x}, {"w": w, "b": b}, TensorProto.FLOAT)
+    same_bits(run_native(model, {"x": x}, library, "SpikeConv", threads=2), expected, f"SpikeConv, width {width}")
+
+
 @pytest.mark.parametrize("op", ["SpikeMatMul", "SpikeConv"])
 def test_native_counts_every_input_when_a_weight_is_not_finite(library: Path, op: str) -> None:
     """0·inf = NaN: with an infinite weight the kernel cannot skip zero inputs, and does not."""
