@@ -7,8 +7,8 @@
 //   LIF          float32 and int32 currents (lif_op.h, lif_kernel.h)
 //   A2S, S2A     every coding and decoding, float and integer, streaming ports (hybrid_ops.h,
 //                hybrid_kernels.h)
-//   SpikeMatMul, SpikeConv  event-driven spike-input layers, float and int8 → int32
-//                (spike_layer_ops.h, spike_layers.h)
+//   SpikeMatMul, SpikeConv  event-driven spike-input layers, float, and int8 weights with int8
+//                or int32 input → int32 (spike_layer_ops.h, spike_layers.h)
 //
 // Built against the C API of onnxruntime 1.21 (ORT_API_VERSION 21); newer runtimes serve
 // that API version too. Compile with -ffp-contract=off and without -ffast-math
@@ -39,10 +39,12 @@ A2SOp<int8_t> a2s_int8_op;
 A2SOp<int32_t> a2s_int32_op;
 S2AOp<float> s2a_float_op;
 S2AOp<int32_t> s2a_int32_op;
-SpikeLayerOp<float, SpikeMatMulKernel<float>, kSpikeMatMulName> spike_matmul_float_op;
-SpikeLayerOp<int8_t, SpikeMatMulKernel<int8_t>, kSpikeMatMulName> spike_matmul_int8_op;
-SpikeLayerOp<float, SpikeConvKernel<float>, kSpikeConvName> spike_conv_float_op;
-SpikeLayerOp<int8_t, SpikeConvKernel<int8_t>, kSpikeConvName> spike_conv_int8_op;
+SpikeLayerOp<float, float, SpikeMatMulKernel<float>, kSpikeMatMulName> spike_matmul_float_op;
+SpikeLayerOp<int8_t, int8_t, SpikeMatMulKernel<int8_t>, kSpikeMatMulName> spike_matmul_int8_op;
+SpikeLayerOp<int8_t, int32_t, SpikeMatMulKernel<int8_t, int32_t>, kSpikeMatMulName> spike_matmul_int32_op;
+SpikeLayerOp<float, float, SpikeConvKernel<float>, kSpikeConvName> spike_conv_float_op;
+SpikeLayerOp<int8_t, int8_t, SpikeConvKernel<int8_t>, kSpikeConvName> spike_conv_int8_op;
+SpikeLayerOp<int8_t, int32_t, SpikeConvKernel<int8_t, int32_t>, kSpikeConvName> spike_conv_int32_op;
 
 std::mutex domains_mutex;
 std::vector<Ort::CustomOpDomain> domains;  // must outlive every session using them
@@ -67,7 +69,8 @@ HNNX_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options
     for (const OrtCustomOp* op : std::initializer_list<const OrtCustomOp*>{
              &hnnx::lif_float_op, &hnnx::lif_int32_op, &hnnx::a2s_float_op, &hnnx::a2s_int8_op, &hnnx::a2s_int32_op,
              &hnnx::s2a_float_op, &hnnx::s2a_int32_op, &hnnx::spike_matmul_float_op, &hnnx::spike_matmul_int8_op,
-             &hnnx::spike_conv_float_op, &hnnx::spike_conv_int8_op}) {
+             &hnnx::spike_matmul_int32_op,
+             &hnnx::spike_conv_float_op, &hnnx::spike_conv_int8_op, &hnnx::spike_conv_int32_op}) {
       domain.Add(op);
     }
     Ort::UnownedSessionOptions(options).Add(domain);

@@ -1,4 +1,5 @@
-// hnnx.SpikeMatMul and hnnx.SpikeConv for onnxruntime: float32 and integer (int8 → int32).
+// hnnx.SpikeMatMul and hnnx.SpikeConv for onnxruntime: float32 and integer (int8 weights, int8
+// or int32 input → int32; an int32 input counts as int8, as a Cast to int8 leaves it).
 //
 // A constant weight (an initializer) is laid out once, when the session creates the kernel;
 // a weight fed at run time is laid out per call. SpikeMatMul gathers the active inputs of every
@@ -17,14 +18,14 @@
 
 namespace hnnx {
 
-// The label of a spike-input layer's node, whose mode attribute must match the kernel's input type.
+// The label of a spike-input layer's node, whose mode attribute must match the kernel's weight type.
 template <typename X>
 NodeLabel spike_layer_label(const OrtKernelInfo* info, const char* op) {
   NodeLabel node = label_of(info, op);
   const bool integer = choice_attr(node, info, "mode", "float", {"float", "integer"}) == "integer";
   if (integer != !std::is_same_v<X, float>) {
     node.fail(std::string("a ") + (integer ? "integer" : "float") + "-mode layer needs " +
-              (integer ? "int8" : "float") + " x and weight");
+              (integer ? "int8 weight and int8 or int32 x" : "float x and weight"));
   }
   return node;
 }
@@ -49,11 +50,12 @@ const spike::Out<X>* bias_of(const NodeLabel& node, const Ort::KernelContext& co
 }
 
 // ============================================================================= SpikeMatMul
-template <typename X>
+// X: the weight (and value) type; In: the input's element type.
+template <typename X, typename In>
 struct DenseRun {
   using A = spike::Acc<X>;
   const spike::DenseLayout<X>* layout;
-  const X* x;
+  const In* x;
   size_t rows, row_block;                 // compute: rows per work item
   static constexpr size_t kGatherRows = 16;  // gather: rows per work item
   bool every;
@@ -70,7 +72,7 @@ struct DenseRun {
   void gather(size_t block) {
     const size_t k = layout->inputs;
     for (size_t r = block * kGatherRows; r < std::min(rows, (block + 1) * kGatherRows); ++r) {
-      events[r] = spike::gather_row(x + r * k, k, every, index.data() + r * k, value.data() + r * k);
+      events[r] = spike::gather_row<X>(x + r * k, k, every, index.data() + r * k, value.data() + r * k);
     }
   }
 
@@ -84,7 +86,7 @@ struct DenseRun {
   static void compute_entry(void* self, size_t item) { static_cast<const DenseRun*>(self)->compute(item); }
 };
 
-template <typename X>
+template <typename X, typename In = X>
 class SpikeMatMulKernel {
  public:
   explicit SpikeMatMulKernel(const OrtKernelInfo* info) : node_(spike_layer_label<X>(info, "SpikeMatMul")) {
@@ -113,9 +115,9 @@ class SpikeMatMulKernel {
                  " inputs");
     }
     // Kept per thread between calls: its buffers are reused (no allocation, no fresh pages per call).
-    thread_local DenseRun<X> run;
+    thread_local DenseRun<X, In> run;
     run.layout = layout.get();
-    run.x = x.GetTensorData<X>();
+    run.x = x.GetTensorData<In>();
     run.rows = element_count(std::vector<int64_t>(shape.begin(), shape.end() - 1));
     run.every = !layout->finite;
     run.bias = bias_of<X>(node_, context, layout->outputs);
@@ -130,12 +132,12 @@ class SpikeMatMulKernel {
     const size_t splits = std::max<size_t>(1, std::min<size_t>((run.rows + 7) / 8, (32 + layout->tiles - 1) /
                                                                                         layout->tiles));
     run.row_block = ((run.rows + splits - 1) / splits + 7) / 8 * 8;
-    parallel_for(context, run.gather_blocks(), &run, &DenseRun<X>::gather_entry);
+    parallel_for(context, run.gather_blocks(), &run, &DenseRun<X, In>::gather_entry);
     run.order.resize(run.rows);
     for (size_t r = 0; r < run.rows; ++r) run.order[r] = static_cast<uint32_t>(r);
     std::stable_sort(run.order.begin(), run.order.end(),
                      [&](uint32_t a, uint32_t b) { return run.events[a].count > run.events[b].count; });
-    parallel_for(context, layout->tiles * run.row_blocks(), &run, &DenseRun<X>::compute_entry);
+    parallel_for(context, layout->tiles * run.row_blocks(), &run, &DenseRun<X, In>::compute_entry);
   }
 
   NodeLabel node_;
@@ -143,11 +145,11 @@ class SpikeMatMulKernel {
 };
 
 // ============================================================================= SpikeConv
-template <typename X>
+template <typename X, typename In>
 struct ConvRun {
   const spike::ConvLayout<X>* layout;
   const spike::ConvGeometry* geometry;
-  const X* x;
+  const In* x;
   bool every;
   const spike::Out<X>* bias;
   bool stream;  // y is larger than the caches
@@ -162,7 +164,7 @@ struct ConvRun {
   static void sample_entry(void* self, size_t b) { static_cast<const ConvRun*>(self)->sample(b); }
 };
 
-template <typename X>
+template <typename X, typename In = X>
 class SpikeConvKernel {
  public:
   explicit SpikeConvKernel(const OrtKernelInfo* info) : node_(spike_layer_label<X>(info, "SpikeConv")) {
@@ -245,17 +247,17 @@ class SpikeConvKernel {
       layout = std::make_shared<const spike::ConvLayout<X>>(
           spike::lay_out_conv(context.GetInput(1).GetTensorData<X>(), s));
     }
-    ConvRun<X> run{};
+    ConvRun<X, In> run{};
     run.layout = layout.get();
     run.geometry = &s;
-    run.x = x.GetTensorData<X>();
+    run.x = x.GetTensorData<In>();
     run.every = !layout->finite;
     run.bias = bias_of<X>(node_, context, s.outputs);
     const std::vector<int64_t> y_shape{shape[0], static_cast<int64_t>(s.outputs), out_h, out_w};
     run.y = context.GetOutput(0, y_shape).GetTensorMutableData<spike::Out<X>>();
     if (element_count(y_shape) == 0) return;
     run.stream = static_cast<size_t>(element_count(y_shape)) * sizeof(spike::Out<X>) >= spike::kStreamingBytes;
-    parallel_for(context, static_cast<size_t>(shape[0]), &run, &ConvRun<X>::sample_entry);
+    parallel_for(context, static_cast<size_t>(shape[0]), &run, &ConvRun<X, In>::sample_entry);
   }
 
   NodeLabel node_;
@@ -266,15 +268,16 @@ class SpikeConvKernel {
 };
 
 // ============================================================================= ops
-template <typename X, typename Kernel, const char* Name>
-struct SpikeLayerOp : KernelOp<SpikeLayerOp<X, Kernel, Name>, Kernel> {
+// X: the weight type; In: x's element type.
+template <typename X, typename In, typename Kernel, const char* Name>
+struct SpikeLayerOp : KernelOp<SpikeLayerOp<X, In, Kernel, Name>, Kernel> {
   static constexpr size_t kRequiredInputs = 2;
   const char* GetName() const { return Name; }
 
   // x, weight, bias
   size_t GetInputTypeCount() const { return 3; }
   ONNXTensorElementDataType GetInputType(size_t index) const {
-    return index < 2 ? element_type<X>() : element_type<spike::Out<X>>();
+    return index == 0 ? element_type<In>() : index == 1 ? element_type<X>() : element_type<spike::Out<X>>();
   }
 
   // y

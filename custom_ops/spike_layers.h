@@ -131,6 +131,26 @@ inline bool active(X x) {
   return x != X(0);  // float −0 is inactive, NaN active
 }
 
+// An input element `In` as the layer's value type X: itself, or an int32 taken modulo 2⁸ as int8
+// (what a Cast to int8 gives: an integer layer may read int32 spikes without that Cast).
+template <typename X, typename In>
+inline X input_value(In x) {
+  static_assert(std::is_same_v<X, In> || (std::is_same_v<X, int8_t> && std::is_same_v<In, int32_t>));
+  return static_cast<X>(x);  // int32 → int8 keeps the low 8 bits (two's complement)
+}
+
+#if defined(__AVX2__)
+// Eight int32 inputs as int8 values (their low bytes): active lanes and lanes whose value is not 1.
+inline __m256i low_byte_active(__m256i v) {
+  const __m256i low = _mm256_and_si256(v, _mm256_set1_epi32(0xff));
+  return _mm256_xor_si256(_mm256_cmpeq_epi32(low, _mm256_setzero_si256()), _mm256_set1_epi32(-1));
+}
+inline __m256i low_byte_not_one(__m256i v) {
+  const __m256i low = _mm256_and_si256(v, _mm256_set1_epi32(0xff));
+  return _mm256_xor_si256(_mm256_cmpeq_epi32(low, _mm256_set1_epi32(1)), _mm256_set1_epi32(-1));
+}
+#endif
+
 // ----------------------------------------------------------------------------- dense
 // The active inputs of one row (a sample at a step): indices ascending, their values, and
 // whether every value is 1 (spikes: the weights are added without a multiplication).
@@ -142,12 +162,12 @@ struct EventRow {
   bool unit = true;
 };
 
-// The active inputs among x[0 .. n), n ≤ 64, as a bit mask (bit i: x[i] active).
-template <typename X>
-inline uint64_t active_mask(const X* x, size_t n) {
+// The active inputs among x[0 .. n), n ≤ 64, as a bit mask (bit i: x[i] active as an X).
+template <typename X, typename In>
+inline uint64_t active_mask(const In* x, size_t n) {
 #if defined(__AVX2__)
   if (n == 64) {
-    if constexpr (std::is_same_v<X, float>) {
+    if constexpr (std::is_same_v<In, float>) {
       uint64_t mask = 0;
       for (int k = 0; k < 8; ++k) {
         const __m256 zero = _mm256_setzero_ps();
@@ -155,6 +175,13 @@ inline uint64_t active_mask(const X* x, size_t n) {
         mask |= static_cast<uint64_t>(_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_NEQ_UQ))) << (8 * k);
       }
       return mask;  // NEQ_UQ: NaN counts as active, −0 as inactive (x != 0)
+    } else if constexpr (std::is_same_v<In, int32_t>) {
+      uint64_t mask = 0;
+      for (int k = 0; k < 8; ++k) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 8 * k));
+        mask |= static_cast<uint64_t>(_mm256_movemask_ps(_mm256_castsi256_ps(low_byte_active(v)))) << (8 * k);
+      }
+      return mask;
     } else {
       uint64_t mask = 0;
       for (int k = 0; k < 2; ++k) {
@@ -167,27 +194,28 @@ inline uint64_t active_mask(const X* x, size_t n) {
   }
 #endif
   uint64_t mask = 0;
-  for (size_t i = 0; i < n; ++i) mask |= static_cast<uint64_t>(active(x[i])) << i;
+  for (size_t i = 0; i < n; ++i) mask |= static_cast<uint64_t>(active(input_value<X>(x[i]))) << i;
   return mask;
 }
 
 // Gather the active inputs of x[0 .. k) into index/value (room for k each). `every`: count
 // every input (a non-finite weight: skipping would drop 0·inf = NaN).
-template <typename X>
-EventRow<X> gather_row(const X* x, size_t k, bool every, uint32_t* index, Acc<X>* value) {
+template <typename X, typename In>
+EventRow<X> gather_row(const In* x, size_t k, bool every, uint32_t* index, Acc<X>* value) {
   size_t n = 0;
   uint32_t not_unit = 0;  // some active value is not 1
   for (size_t base = 0; base < k; base += 64) {  // one pass over x, 64 inputs at a time
     const size_t span = std::min<size_t>(64, k - base);
-    uint64_t bits = every ? (span == 64 ? ~uint64_t{0} : (uint64_t{1} << span) - 1) : active_mask(x + base, span);
+    uint64_t bits = every ? (span == 64 ? ~uint64_t{0} : (uint64_t{1} << span) - 1) : active_mask<X>(x + base, span);
     for (size_t i = base; i < base + span; ++i) {
-      not_unit |= static_cast<uint32_t>((active(x[i]) | every) & (x[i] != X(1)));
+      const X v = input_value<X>(x[i]);
+      not_unit |= static_cast<uint32_t>((active(v) | every) & (v != X(1)));
     }
     while (bits) {
       const size_t i = base + static_cast<size_t>(__builtin_ctzll(bits));
       bits &= bits - 1;
       index[n] = static_cast<uint32_t>(i);
-      value[n] = widen(x[i]);
+      value[n] = widen(input_value<X>(x[i]));
       ++n;
     }
   }
@@ -418,19 +446,24 @@ inline uint64_t transpose_bits8(uint64_t m) {
 
 // The activity of 8 pixels (p … p + 7) of up to 8 channel planes, 8 × 8 bits: byte j, bit i =
 // x[j][p + i] is active (or `every`); `odd` collects active values that are not 1.
-template <typename X>
-inline uint64_t active_block(const X* const* planes, size_t count, size_t p, bool every, uint32_t& odd) {
+template <typename X, typename In>
+inline uint64_t active_block(const In* const* planes, size_t count, size_t p, bool every, uint32_t& odd) {
   uint64_t rows = 0;
   for (size_t j = 0; j < count; ++j) {
-    const X* v = planes[j] + p;
+    const In* v = planes[j] + p;
     uint32_t bits = 0;
 #if defined(__AVX2__)
-    if constexpr (std::is_same_v<X, float>) {
+    if constexpr (std::is_same_v<In, float>) {
       const __m256 values = _mm256_loadu_ps(v);
       const __m256 on = every ? _mm256_castsi256_ps(_mm256_set1_epi32(-1))
                               : _mm256_cmp_ps(values, _mm256_setzero_ps(), _CMP_NEQ_UQ);  // NaN active, −0 not
       bits = static_cast<uint32_t>(_mm256_movemask_ps(on));
       odd |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_and_ps(on, _mm256_cmp_ps(values, _mm256_set1_ps(1.0f), _CMP_NEQ_UQ))));
+    } else if constexpr (std::is_same_v<In, int32_t>) {
+      const __m256i values = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v));
+      const __m256i on = every ? _mm256_set1_epi32(-1) : low_byte_active(values);
+      bits = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(on)));
+      odd |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_and_si256(on, low_byte_not_one(values)))));
     } else {
       const __m128i values = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(v));
       const __m128i on = every ? _mm_set1_epi8(-1) : _mm_xor_si128(_mm_cmpeq_epi8(values, _mm_setzero_si128()), _mm_set1_epi8(-1));
@@ -439,9 +472,10 @@ inline uint64_t active_block(const X* const* planes, size_t count, size_t p, boo
     }
 #else
     for (size_t i = 0; i < 8; ++i) {
-      const uint32_t on = static_cast<uint32_t>(active(v[i]) | every);
+      const X value = input_value<X>(v[i]);
+      const uint32_t on = static_cast<uint32_t>(active(value) | every);
       bits |= on << i;
-      odd |= on & static_cast<uint32_t>(v[i] != X(1));
+      odd |= on & static_cast<uint32_t>(value != X(1));
     }
 #endif
     rows |= static_cast<uint64_t>(bits) << (8 * j);
@@ -449,8 +483,8 @@ inline uint64_t active_block(const X* const* planes, size_t count, size_t p, boo
   return rows;
 }
 
-template <typename X>
-void gather_pixels(const X* x, const ConvGeometry& s, bool every, size_t width, PixelEvents<X>& events) {
+template <typename X, typename In>
+void gather_pixels(const In* x, const ConvGeometry& s, bool every, size_t width, PixelEvents<X>& events) {
   const size_t pixels = s.pixels(), cells = pixels * s.groups, words = (s.channels + 63) / 64;
   events.masks.assign(pixels * words, 0);
   uint32_t not_unit = 0;  // some active value is not 1
@@ -459,17 +493,17 @@ void gather_pixels(const X* x, const ConvGeometry& s, bool every, size_t width, 
   uint8_t* mask_bytes = reinterpret_cast<uint8_t*>(events.masks.data());  // byte c / 8 of pixel p: p·8·words + c / 8
   for (size_t c0 = 0; c0 < s.channels; c0 += 8) {
     const size_t count = std::min<size_t>(8, s.channels - c0);
-    const X* planes[8];
+    const In* planes[8];
     for (size_t j = 0; j < count; ++j) planes[j] = x + (c0 + j) * pixels;
     size_t p = 0;
     for (; p + 8 <= pixels; p += 8) {
-      const uint64_t columns = transpose_bits8(active_block(planes, count, p, every, not_unit));
+      const uint64_t columns = transpose_bits8(active_block<X>(planes, count, p, every, not_unit));
       for (size_t i = 0; i < 8; ++i) mask_bytes[(p + i) * 8 * words + c0 / 8] = static_cast<uint8_t>(columns >> (8 * i));
     }
     for (; p < pixels; ++p) {  // the last < 8 pixels
       uint32_t byte = 0;
       for (size_t j = 0; j < count; ++j) {
-        const X value = planes[j][p];
+        const X value = input_value<X>(planes[j][p]);
         const uint32_t on = static_cast<uint32_t>(active(value) | every);
         byte |= on << j;
         not_unit |= on & static_cast<uint32_t>(value != X(1));
@@ -520,7 +554,7 @@ void gather_pixels(const X* x, const ConvGeometry& s, bool every, size_t width, 
             const size_t c = w * 64 + static_cast<size_t>(__builtin_ctzll(bits));
             bits &= bits - 1;
             row[n] = static_cast<uint32_t>((c - c0) * width);
-            if (!unit) value[n] = widen(x[c * pixels + p]);
+            if (!unit) value[n] = widen(input_value<X>(x[c * pixels + p]));
             ++n;
           }
         }
@@ -758,11 +792,11 @@ void conv_sample_unit(const ConvLayout<X>& layout, const ConvGeometry& s, ConvSc
 }
 
 // One sample x [C, H, W] → y [M, OH, OW]. `stream`: write y past the caches (a large output).
-template <typename X>
-void conv_sample(const ConvLayout<X>& layout, const ConvGeometry& s, const X* x, bool every, const Out<X>* bias,
+template <typename X, typename In>
+void conv_sample(const ConvLayout<X>& layout, const ConvGeometry& s, const In* x, bool every, const Out<X>* bias,
                  bool stream, Out<X>* y) {
   thread_local ConvScratch<X> scratch;
-  gather_pixels(x, s, every, layout.width, scratch.events);
+  gather_pixels<X>(x, s, every, layout.width, scratch.events);
   switch (layout.width / kLanes) {
     case 1:
       conv_sample_unit<X, 1>(layout, s, scratch, bias, stream, y);

@@ -157,6 +157,31 @@ def test_integer_reference_equals_an_independent_sum_and_the_dense_body(op: str)
         assert_same_array(run_session(model, {"x": x}), y, "dense function body (ConvInteger/MatMulInteger)")
 
 
+def as_int32_input(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
+    """int8 inputs as int32 values with the same low 8 bits (what a Cast to int8 keeps), some far
+    outside the int8 range — an integer layer must read them as the int8 values."""
+    return (x.astype(np.int32) + 256 * rng.integers(-40000, 40000, x.shape)).astype(np.int32)
+
+
+@pytest.mark.parametrize("op", ["SpikeMatMul", "SpikeConv"])
+def test_integer_layers_read_int32_input_as_int8(op: str) -> None:
+    """An int32 ``x`` (e.g. the spikes of an integer LIF) is the int8 that ``Cast`` gives: the
+    reference and the dense function body (``Cast`` → ``ConvInteger``/``MatMulInteger``) both give
+    the int8 input's results."""
+    rng = np.random.default_rng(6)
+    for _ in range(4):
+        node, x, w, b = random_layer(rng, op, integer=True, values="signed")
+        wide = as_int32_input(rng, x)
+        assert (np.abs(wide) > 127).any()
+        (expected,) = ops.run_reference(node, x, w, b)
+        (y,) = ops.run_reference(node, wide, w, b)
+        assert_same_array(y, expected, "reference of int32 x vs int8 x")
+        model = layer_model(node, {"x": wide}, {"w": w, "b": b}, TensorProto.INT32)
+        assert_same_array(run_session(model, {"x": wide}), expected, "dense function body on int32 x")
+    with pytest.raises(NodeError, match="x of a integer-mode layer must be int8 or int32, got int16"):
+        ops.run_reference(node, x.astype(np.int16), w, b)
+
+
 @pytest.mark.parametrize("op", ["SpikeMatMul", "SpikeConv"])
 def test_float_reference_against_the_dense_body_and_torch(op: str) -> None:
     """The dense body and torch sum in other orders: equal within float32 rounding; with dyadic
@@ -220,14 +245,17 @@ def run_native(model: onnx.ModelProto, feeds: dict[str, np.ndarray], lib: Path, 
 
 
 @pytest.mark.parametrize("values", ["spikes", "signed"])
-@pytest.mark.parametrize("integer", [False, True], ids=["float", "integer"])
+@pytest.mark.parametrize("integer", [False, True, "int32"], ids=["float", "integer", "integer-int32-x"])
 @pytest.mark.parametrize("op", ["SpikeMatMul", "SpikeConv"])
-def test_native_equals_reference(library: Path, op: str, integer: bool, values: str) -> None:
-    """Random layers; weights as initializers (laid out once) or fed at run time (per call)."""
-    rng = np.random.default_rng(len(op) * 7 + integer * 3 + len(values))
+def test_native_equals_reference(library: Path, op: str, integer: bool | str, values: str) -> None:
+    """Random layers; weights as initializers (laid out once) or fed at run time (per call);
+    integer layers with int8 x, and with int32 x whose values lie outside int8 too."""
+    rng = np.random.default_rng(len(op) * 7 + (integer is True) * 3 + (integer == "int32") * 5 + len(values))
     for trial in range(10):
         rate = [0.0, 0.03, 0.2, 0.6, 1.0][trial % 5]
-        node, x, w, b = random_layer(rng, op, integer, rate, values)
+        node, x, w, b = random_layer(rng, op, bool(integer), rate, values)
+        if integer == "int32":
+            x = as_int32_input(rng, x)
         (expected,) = ops.run_reference(node, x, w, b)
         constant = trial % 2 == 0
         feeds = {"x": x} if constant else {"x": x, "w": w, "b": b}
@@ -513,6 +541,24 @@ def test_quantized_bundled_models_are_bit_identical_event_driven(library: Path, 
         coded = next(node.output[0] for node in model.graph.node if node.name == "a2s")
         first = hnnx.simulate(model, {"pixels": data["pixels"][:40]}, probes=[coded], event_driven="off")
         assert coder.rate == pytest.approx(float(np.mean(first.probes[coded], dtype=np.float64)), rel=1e-12)
+
+
+def test_integer_layers_take_int32_spikes_without_their_cast(quantized_models: dict[str, Path]) -> None:
+    """The quantized conv SNN casts its LIFs' int32 spikes to int8 for the integer layers; the
+    rewritten layers read the int32 spikes and the casts go (outputs: the bit-identical test above)."""
+    model = onnx.shape_inference.infer_shapes(hnnx.load(quantized_models["snn_conv"]))
+
+    def int32_to_int8_casts(graph: gs.Graph) -> list[gs.Node]:
+        return [n for n in graph.nodes if n.op == "Cast" and n.attrs.get("to") == TensorProto.INT8
+                and n.inputs[0].dtype == np.int32]
+
+    assert int32_to_int8_casts(gs.import_onnx(model))
+    rewritten, decisions = ev.for_simulation(model, "on")
+    graph = gs.import_onnx(onnx.shape_inference.infer_shapes(rewritten))
+    layers = [n for n in graph.nodes if n.op in ("SpikeConv", "SpikeMatMul")]
+    assert len(layers) == len(decisions) >= 2
+    assert not int32_to_int8_casts(graph)
+    assert all(n.inputs[0].dtype == np.int32 for n in layers)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ an ``Add`` in integer mode), so a file runs in any onnxruntime; the native kerne
 (``custom_ops/spike_layers.h``) gather the active inputs of every row and accumulate only their
 weights. :mod:`hnnx.passes.events` rewrites the layers of a graph that spikes feed into them.
 
-Integer mode (int8 input and weights, int32 bias and output) is exact: every executor gives the
+Integer mode (int8 weights, int8 input — or int32 input, taken as the int8 a ``Cast`` gives, so
+that int32 spikes need no cast — int32 bias and output) is exact: every executor gives the
 results of the dense integer layer. Float mode fixes the summation order (see each op's
 docstring), which the numpy reference and the native kernel follow bit for bit; the dense form
 of the function body sums in its own order, so its results differ from the reference by rounding.
@@ -25,32 +26,46 @@ from hnnx.ops.arrays import FunctionBody
 from hnnx.ops.declare import (NO_TIME, TIME_MAJOR, Attribute, NodeView, OpDeclaration, Port, TypeConstraint,
                               port_key)
 
-_MODE = Attribute("mode", str, "float", "numeric mode: `float` (float32) or `integer` (int8 input and weights, "
-                                        "int32 bias and output)", choices=("float", "integer"))
-_TYPES = (TypeConstraint("T", ("tensor(float)", "tensor(int8)"), "float32 in float mode, int8 in integer mode"),
+_MODE = Attribute("mode", str, "float", "numeric mode: `float` (float32) or `integer` (int8 weights, int8 or int32 "
+                                        "input, int32 bias and output)", choices=("float", "integer"))
+_TYPES = (TypeConstraint("X", ("tensor(float)", "tensor(int8)", "tensor(int32)"),
+                         "float32 in float mode; int8 in integer mode, or int32 taken as int8 (as Cast gives)"),
+          TypeConstraint("T", ("tensor(float)", "tensor(int8)"), "float32 in float mode, int8 in integer mode"),
           TypeConstraint("B", ("tensor(float)", "tensor(int32)"), "float32 in float mode, int32 in integer mode"))
-_INPUT_TYPE = {"float": onnx.TensorProto.FLOAT, "integer": onnx.TensorProto.INT8}
-_OUTPUT_TYPE = {"float": onnx.TensorProto.FLOAT, "integer": onnx.TensorProto.INT32}
-_NUMPY_INPUT = {"float": np.dtype(np.float32), "integer": np.dtype(np.int8)}
-_NUMPY_OUTPUT = {"float": np.dtype(np.float32), "integer": np.dtype(np.int32)}
+_NUMPY_TYPES = {  # per mode: (x's allowed dtypes, weight's, bias and y's)
+    "float": ((np.dtype(np.float32),), np.dtype(np.float32), np.dtype(np.float32)),
+    "integer": ((np.dtype(np.int8), np.dtype(np.int32)), np.dtype(np.int8), np.dtype(np.int32)),
+}
+
+
+def _elem_name(dtype: np.dtype) -> str:
+    return onnx.TensorProto.DataType.Name(onnx.helper.np_dtype_to_tensor_dtype(dtype)).lower()
 
 
 def _check_elem_types(view: NodeView, elem_types: list[int | None], op: str) -> None:
     mode = view.attrs["mode"]
-    wanted = (_INPUT_TYPE[mode], _INPUT_TYPE[mode], _OUTPUT_TYPE[mode])
+    inputs, weight, bias = _NUMPY_TYPES[mode]
+    wanted = ([onnx.helper.np_dtype_to_tensor_dtype(d) for d in inputs], [onnx.helper.np_dtype_to_tensor_dtype(weight)],
+              [onnx.helper.np_dtype_to_tensor_dtype(bias)])
     for index, (port, elem) in enumerate(zip(("x", "weight", "bias"), elem_types)):
-        if elem and elem != wanted[index]:
-            raise NodeError(view.name, f"{port} of a {mode}-mode {op} must be "
-                                       f"{onnx.TensorProto.DataType.Name(wanted[index]).lower()}, got "
+        if elem and elem not in wanted[index]:
+            names = " or ".join(onnx.TensorProto.DataType.Name(e).lower() for e in wanted[index])
+            raise NodeError(view.name, f"{port} of a {mode}-mode {op} must be {names}, got "
                                        f"{onnx.TensorProto.DataType.Name(elem).lower()}")
 
 
 def _check_arrays(view: NodeView, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> None:
     mode = view.attrs["mode"]
-    for port, array, wanted in (("x", x, _NUMPY_INPUT[mode]), ("weight", weight, _NUMPY_INPUT[mode]),
-                                ("bias", bias, _NUMPY_OUTPUT[mode])):
-        if array is not None and array.dtype != wanted:
-            raise NodeError(view.name, f"{port} of a {mode}-mode layer must be {wanted}, got {array.dtype}")
+    inputs, weight_type, bias_type = _NUMPY_TYPES[mode]
+    for port, array, wanted in (("x", x, inputs), ("weight", weight, (weight_type,)), ("bias", bias, (bias_type,))):
+        if array is not None and array.dtype not in wanted:
+            raise NodeError(view.name, f"{port} of a {mode}-mode layer must be "
+                                       f"{' or '.join(str(d) for d in wanted)}, got {array.dtype}")
+
+
+def _as_int8(x: np.ndarray) -> np.ndarray:
+    """An integer layer's input as int8: int32 keeps its low 8 bits (two's complement), as ``Cast`` does."""
+    return x.astype(np.int8) if x.dtype != np.int8 else x
 
 
 def _wrap_int32(total: np.ndarray) -> np.ndarray:
@@ -102,13 +117,14 @@ class SpikeMatMul(_SpikeLayer):
     weight every term counts. The dense function body (``MatMul`` + ``Add``) sums in another order:
     its results differ by rounding (for dyadic inputs whose sums are exact, not at all).
 
-    Integer mode (int8 ``x`` and ``weight``, int32 ``bias`` and ``y``): the exact sum, wrapping
-    around in int32, plus the bias — bit for bit what ``MatMulInteger`` + ``Add`` give.
+    Integer mode (int8 ``weight``, int8 ``x`` — or int32 ``x``, taken as ``Cast(x, int8)``: its low
+    8 bits — int32 ``bias`` and ``y``): the exact sum, wrapping around in int32, plus the bias — bit
+    for bit what ``MatMulInteger`` + ``Add`` give.
     """
 
     name = "SpikeMatMul"
     inputs = (
-        Port("x", "spikes, [..., K]", type="T", time=TIME_MAJOR),
+        Port("x", "spikes, [..., K]", type="X", time=TIME_MAJOR),
         Port("weight", "weights, [K, M]", type="T", time=NO_TIME),
         Port("bias", "per-output offset, [M]", type="B", optional=True, time=NO_TIME),
     )
@@ -138,7 +154,7 @@ class SpikeMatMul(_SpikeLayer):
             raise NodeError(view.name, f"SpikeMatMul bias must have shape [{outputs}], got {list(bias.shape)}")
         rows = x.reshape(-1, inputs)
         if view.attrs["mode"] == "integer":
-            acc = _wrap_int32(rows.astype(np.int64) @ weight.astype(np.int64))
+            acc = _wrap_int32(_as_int8(rows).astype(np.int64) @ weight.astype(np.int64))
         else:
             acc = np.zeros((rows.shape[0], outputs), np.float32)
             for i in range(inputs):  # the defined order: ascending input index, float32 each step
@@ -157,7 +173,8 @@ class SpikeMatMul(_SpikeLayer):
     def build_body(cls, view: NodeView, body: FunctionBody) -> None:
         top = body.top
         integer = view.attrs["mode"] == "integer"
-        y = top.op("MatMulInteger" if integer else "MatMul", body.input(0), body.input(1))
+        x = top.op("Cast", body.input(0), to=onnx.TensorProto.INT8) if integer else body.input(0)
+        y = top.op("MatMulInteger" if integer else "MatMul", x, body.input(1))
         body.set_output(0, top.op("Add", y, body.input(2)) if view.has_input(2) else y)
 
 
@@ -192,13 +209,14 @@ class SpikeConv(_SpikeLayer):
     visits only the active channels of each pixel gives these results bit for bit. The dense
     function body (``Conv``) sums in another order: its results differ by rounding.
 
-    Integer mode (int8 ``x`` and ``weight``, int32 ``bias`` and ``y``): the exact sum, wrapping
-    around in int32, plus the bias — bit for bit what ``ConvInteger`` + ``Add`` give.
+    Integer mode (int8 ``weight``, int8 ``x`` — or int32 ``x``, taken as ``Cast(x, int8)``: its low
+    8 bits — int32 ``bias`` and ``y``): the exact sum, wrapping around in int32, plus the bias — bit
+    for bit what ``ConvInteger`` + ``Add`` give.
     """
 
     name = "SpikeConv"
     inputs = (
-        Port("x", "spikes, [B, C, H, W]", type="T", time=TIME_MAJOR),
+        Port("x", "spikes, [B, C, H, W]", type="X", time=TIME_MAJOR),
         Port("weight", "kernels, [M, C / group, kh, kw]", type="T", time=NO_TIME),
         Port("bias", "per-output-channel offset, [M]", type="B", optional=True, time=NO_TIME),
     )
@@ -264,6 +282,8 @@ class SpikeConv(_SpikeLayer):
         if bias is not None and bias.shape != (outputs,):
             raise NodeError(view.name, f"SpikeConv bias must have shape [{outputs}], got {list(bias.shape)}")
         integer = a["mode"] == "integer"
+        if integer:
+            x = _as_int8(x)
         acc = np.zeros((x.shape[0], outputs, height, width), np.int64 if integer else np.float32)
         rows = np.arange(height) * a["stride_h"] - a["pad_top"]
         columns = np.arange(width) * a["stride_w"] - a["pad_left"]
@@ -308,7 +328,7 @@ class SpikeConv(_SpikeLayer):
             inputs = [body.input(0), body.input(1)] + ([body.input(2)] if view.has_input(2) else [])
             body.set_output(0, top.op("Conv", *inputs, **conv))
             return
-        acc = top.op("ConvInteger", body.input(0), body.input(1), **conv)
+        acc = top.op("ConvInteger", top.op("Cast", body.input(0), to=onnx.TensorProto.INT8), body.input(1), **conv)
         if view.has_input(2):
             acc = top.op("Add", acc, top.op("Unsqueeze", body.input(2), body.literal_1d([0, 2, 3])))
         body.set_output(0, acc)

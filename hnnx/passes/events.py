@@ -173,6 +173,18 @@ def _conv_attrs(node: gs.Node, weight: np.ndarray) -> dict[str, int] | None:
             "dilation_h": int(dilations[0]), "dilation_w": int(dilations[1]), "group": int(a.get("group", 1))}
 
 
+def _uncast_int32(x: gs.Tensor) -> gs.Tensor:
+    """The int32 tensor that ``x`` casts to int8, when it does: an integer spike-input op reads
+    int32 input as that Cast would (its low 8 bits), so it takes the int32 spikes (of an integer
+    LIF, say) directly and the Cast goes unless something else reads it."""
+    producer = x.inputs[0] if len(x.inputs) == 1 else None
+    if (producer is not None and producer.op == "Cast" and producer.domain in (None, "", "ai.onnx")
+            and producer.attrs.get("to") == onnx.TensorProto.INT8 and producer.inputs
+            and producer.inputs[0].dtype == np.int32):
+        return producer.inputs[0]
+    return x
+
+
 def _find_layer(graph: gs.Graph, node: gs.Node, spikes: Mapping[str, tuple[str, ...]], kept: set[str]
                 ) -> _Layer | None:
     """The spike-input layer that ``node`` starts, or None."""
@@ -193,7 +205,7 @@ def _find_layer(graph: gs.Graph, node: gs.Node, spikes: Mapping[str, tuple[str, 
             return None
         outputs = weight.shape[0] if conv else weight.shape[1]
         add, bias = _bias_add(graph, out, outputs, np.int32, kept, conv)
-        return _Layer(node, "SpikeConv" if conv else "SpikeMatMul", True, x, weight, bias,
+        return _Layer(node, "SpikeConv" if conv else "SpikeMatMul", True, _uncast_int32(x), weight, bias,
                       add.outputs[0] if add is not None else out, [node] + ([add] if add is not None else []), attrs)
     if weight.dtype != np.float32 or x.dtype not in (None, np.float32):
         return None
