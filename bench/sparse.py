@@ -23,8 +23,7 @@ threads (default 2), torch with as many:
 4. ``hnnx event-driven`` — ``hnnx.SpikeMatMul`` / ``hnnx.SpikeConv`` on the native kernels:
    the active inputs of every row gathered, only their weight rows added.
 
-Time: median of ``--repeats`` (default 5) runs after one warm-up, the contenders taking turns
-run by run (a slow spell of a shared machine falls on all of them). The speed-up column divides
+Time: median of ``--repeats`` (default 5) runs after one warm-up. The speed-up column divides
 the fastest dense contender of the mode (onnxruntime's layers, and for integer also the exact
 float form) by the event-driven time; the crossover is the firing rate at which they meet
 (interpolated between the sweep's points). Integer results are checked bit for bit against
@@ -53,7 +52,7 @@ from hnnx import ops
 from hnnx.passes.events import integer_as_float
 from hnnx.passes.manager import run_passes
 from hnnx.runtime import native
-from tables import format_table, interleaved_medians, require_native_kernels
+from tables import format_table, median_seconds, require_native_kernels
 
 SEED = 11
 RATES = (0.01, 0.02, 0.05, 0.10, 0.20, 0.50)
@@ -186,7 +185,7 @@ def sweep(layer: Layer, integer: bool, threads: int, repeats: int) -> tuple[list
             x = spikes(layer, rate, integer, rng)
             runs = {name: (lambda c=c: c.run(None, {"x": x})[0]) if isinstance(c, ort.InferenceSession)
                     else (lambda c=c: c(x)) for name, c in contenders.items()}
-            seconds = interleaved_medians(runs, repeats)
+            seconds = {name: median_seconds(run, repeats) for name, run in runs.items()}
             expected, got = runs["onnxruntime dense"](), runs["hnnx event-driven"]()
             if integer:
                 differ = int(np.count_nonzero(expected != got))

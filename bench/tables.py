@@ -31,21 +31,6 @@ def median_seconds(fn: Callable[[], object], repeats: int, warm_up: bool = True)
     return statistics.median(times)
 
 
-def interleaved_medians(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median wall time of each of ``runs``, timed in ``repeats`` rounds that call every contender
-    once in turn (after one untimed warm-up call each): a slow spell of a shared machine then
-    falls on all contenders rather than on one."""
-    for run in runs.values():
-        run()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            started = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - started)
-    return {name: statistics.median(samples) for name, samples in times.items()}
-
-
 def require_native_kernels() -> None:
     """Stop the benchmark with the reason when the hnnx native kernels are not active."""
     from hnnx.runtime import native
