@@ -59,8 +59,10 @@ struct DenseRun {
   size_t rows, row_block;                 // compute: rows per work item
   static constexpr size_t kGatherRows = 16;  // gather: rows per work item
   bool every;
-  AlignedArray<uint32_t> index;  // [rows, inputs]: room for every input of each row
-  AlignedArray<A> value;
+  AlignedArray<uint32_t> index;  // [rows, inputs + kChunk]: room for every input of each row
+  AlignedArray<A> value;         // [rows, inputs]
+  AlignedArray<A> ones;          // [ones_count]: the values of a row of spikes
+  size_t ones_count = 0;
   std::vector<spike::EventRow<X>> events;
   std::vector<uint32_t> order;  // rows by descending event count: rows summed together end together
   const spike::Out<X>* bias;
@@ -72,7 +74,8 @@ struct DenseRun {
   void gather(size_t block) {
     const size_t k = layout->inputs;
     for (size_t r = block * kGatherRows; r < std::min(rows, (block + 1) * kGatherRows); ++r) {
-      events[r] = spike::gather_row<X>(x + r * k, k, every, index.data() + r * k, value.data() + r * k);
+      events[r] = spike::gather_row<X>(x + r * k, k, every, index.data() + r * (k + spike::kChunk),
+                                       value.data() + r * k, ones.data());
     }
   }
 
@@ -124,8 +127,13 @@ class SpikeMatMulKernel {
     shape.back() = static_cast<int64_t>(layout->outputs);
     run.y = context.GetOutput(0, shape).GetTensorMutableData<spike::Out<X>>();
     if (run.rows == 0 || layout->outputs == 0) return;
-    run.index.resize(std::max<size_t>(1, run.rows * layout->inputs));
+    run.index.resize(run.rows * (layout->inputs + spike::kChunk));
     run.value.resize(std::max<size_t>(1, run.rows * layout->inputs));
+    if (run.ones_count < layout->inputs) {
+      run.ones.resize(layout->inputs);
+      std::fill(run.ones.data(), run.ones.data() + layout->inputs, spike::Acc<X>(1));
+      run.ones_count = layout->inputs;
+    }
     run.events.resize(run.rows);
     // Work items: every tile with all rows when the tiles alone keep the threads busy, else
     // the rows split too (in multiples of 8, the rows summed at once).

@@ -151,6 +151,22 @@ inline __m256i low_byte_not_one(__m256i v) {
 }
 #endif
 
+constexpr size_t kChunk = 8;  // event lists are read 8 entries at a time (past their end too)
+
+// The positions of the set bits of every byte value, ascending (8 slots), and how many there are.
+struct BytePositions {
+  uint8_t index[256][8] = {};
+  uint8_t count[256] = {};
+  constexpr BytePositions() {
+    for (int byte = 0; byte < 256; ++byte) {
+      for (int bit = 0; bit < 8; ++bit) {
+        if (byte >> bit & 1) index[byte][count[byte]++] = static_cast<uint8_t>(bit);
+      }
+    }
+  }
+};
+inline constexpr BytePositions kBytePositions{};
+
 // ----------------------------------------------------------------------------- dense
 // The active inputs of one row (a sample at a step): indices ascending, their values, and
 // whether every value is 1 (spikes: the weights are added without a multiplication).
@@ -162,64 +178,80 @@ struct EventRow {
   bool unit = true;
 };
 
-// The active inputs among x[0 .. n), n ≤ 64, as a bit mask (bit i: x[i] active as an X).
+// The active inputs among x[0 .. n), n ≤ 64, as a bit mask (bit i: x[i] active as an X, or
+// `every`); `odd` collects whether an active value is not 1.
 template <typename X, typename In>
-inline uint64_t active_mask(const In* x, size_t n) {
+inline uint64_t active_mask(const In* x, size_t n, bool every, uint32_t& odd) {
 #if defined(__AVX2__)
   if (n == 64) {
+    uint64_t mask = 0, not_one = 0;
     if constexpr (std::is_same_v<In, float>) {
-      uint64_t mask = 0;
       for (int k = 0; k < 8; ++k) {
-        const __m256 zero = _mm256_setzero_ps();
         const __m256 v = _mm256_loadu_ps(x + 8 * k);
-        mask |= static_cast<uint64_t>(_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_NEQ_UQ))) << (8 * k);
+        const __m256 on = every ? _mm256_castsi256_ps(_mm256_set1_epi32(-1))
+                                : _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_NEQ_UQ);  // NaN active, −0 not
+        mask |= static_cast<uint64_t>(_mm256_movemask_ps(on)) << (8 * k);
+        not_one |= static_cast<uint64_t>(_mm256_movemask_ps(_mm256_and_ps(on, _mm256_cmp_ps(v, _mm256_set1_ps(1.0f), _CMP_NEQ_UQ))));
       }
-      return mask;  // NEQ_UQ: NaN counts as active, −0 as inactive (x != 0)
     } else if constexpr (std::is_same_v<In, int32_t>) {
-      uint64_t mask = 0;
       for (int k = 0; k < 8; ++k) {
         const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 8 * k));
-        mask |= static_cast<uint64_t>(_mm256_movemask_ps(_mm256_castsi256_ps(low_byte_active(v)))) << (8 * k);
+        const __m256i on = every ? _mm256_set1_epi32(-1) : low_byte_active(v);
+        mask |= static_cast<uint64_t>(_mm256_movemask_ps(_mm256_castsi256_ps(on))) << (8 * k);
+        not_one |= static_cast<uint64_t>(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_and_si256(on, low_byte_not_one(v)))));
       }
-      return mask;
     } else {
-      uint64_t mask = 0;
       for (int k = 0; k < 2; ++k) {
         const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32 * k));
-        const auto zero = static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_cmpeq_epi8(v, _mm256_setzero_si256())));
-        mask |= static_cast<uint64_t>(~zero) << (32 * k);
+        const __m256i on = every ? _mm256_set1_epi8(-1)
+                                 : _mm256_xor_si256(_mm256_cmpeq_epi8(v, _mm256_setzero_si256()), _mm256_set1_epi8(-1));
+        mask |= static_cast<uint64_t>(static_cast<uint32_t>(_mm256_movemask_epi8(on))) << (32 * k);
+        not_one |= static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_andnot_si256(_mm256_cmpeq_epi8(v, _mm256_set1_epi8(1)), on)));
       }
-      return mask;
     }
+    odd |= static_cast<uint32_t>(not_one != 0);
+    return mask;
   }
 #endif
   uint64_t mask = 0;
-  for (size_t i = 0; i < n; ++i) mask |= static_cast<uint64_t>(active(input_value<X>(x[i]))) << i;
+  for (size_t i = 0; i < n; ++i) {
+    const X v = input_value<X>(x[i]);
+    const uint32_t on = static_cast<uint32_t>(active(v) | every);
+    mask |= static_cast<uint64_t>(on) << i;
+    odd |= on & static_cast<uint32_t>(v != X(1));
+  }
   return mask;
 }
 
-// Gather the active inputs of x[0 .. k) into index/value (room for k each). `every`: count
-// every input (a non-finite weight: skipping would drop 0·inf = NaN).
+// Gather the active inputs of x[0 .. k) (every input with `every`: a non-finite weight, where
+// skipping would drop 0·inf = NaN): their indices ascending into `index` (room for k + kChunk:
+// the positions of a byte's set bits are written 8 at a time) and, unless every active value is
+// 1, their values into `value` (room for k); a row of spikes points at `ones` instead (the
+// values a mixed group of rows reads).
 template <typename X, typename In>
-EventRow<X> gather_row(const In* x, size_t k, bool every, uint32_t* index, Acc<X>* value) {
+EventRow<X> gather_row(const In* x, size_t k, bool every, uint32_t* index, Acc<X>* value, const Acc<X>* ones) {
   size_t n = 0;
   uint32_t not_unit = 0;  // some active value is not 1
   for (size_t base = 0; base < k; base += 64) {  // one pass over x, 64 inputs at a time
     const size_t span = std::min<size_t>(64, k - base);
-    uint64_t bits = every ? (span == 64 ? ~uint64_t{0} : (uint64_t{1} << span) - 1) : active_mask<X>(x + base, span);
-    for (size_t i = base; i < base + span; ++i) {
-      const X v = input_value<X>(x[i]);
-      not_unit |= static_cast<uint32_t>((active(v) | every) & (v != X(1)));
-    }
-    while (bits) {
-      const size_t i = base + static_cast<size_t>(__builtin_ctzll(bits));
-      bits &= bits - 1;
-      index[n] = static_cast<uint32_t>(i);
-      value[n] = widen(input_value<X>(x[i]));
-      ++n;
+    const uint64_t bits = active_mask<X>(x + base, span, every, not_unit);
+    for (size_t b = 0; b * 8 < span; ++b) {
+      const unsigned byte = static_cast<unsigned>(bits >> (8 * b)) & 0xffu;
+      const uint8_t* slots = kBytePositions.index[byte];
+      const uint32_t first = static_cast<uint32_t>(base + 8 * b);
+#if defined(__AVX2__)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(index + n),
+                          _mm256_add_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(slots))),
+                                           _mm256_set1_epi32(static_cast<int>(first))));
+#else
+      for (size_t j = 0; j < 8; ++j) index[n + j] = first + slots[j];
+#endif
+      n += kBytePositions.count[byte];
     }
   }
-  return {index, value, n, not_unit == 0};
+  if (not_unit == 0) return {index, ones, n, true};
+  for (size_t j = 0; j < n; ++j) value[j] = widen(input_value<X>(x[index[j]]));
+  return {index, value, n, false};
 }
 
 // Weights [K, M] as tiles of `width` columns: tile t holds W[i, t·width + lane] at
@@ -399,21 +431,6 @@ ConvLayout<X> lay_out_conv(const X* weight, const ConvGeometry& s) {
   return layout;
 }
 
-constexpr size_t kChunk = 8;  // event lists are read 8 entries at a time (past their end too)
-
-// The positions of the set bits of every byte value, ascending (8 slots), and how many there are.
-struct BytePositions {
-  uint8_t index[256][8] = {};
-  uint8_t count[256] = {};
-  constexpr BytePositions() {
-    for (int byte = 0; byte < 256; ++byte) {
-      for (int bit = 0; bit < 8; ++bit) {
-        if (byte >> bit & 1) index[byte][count[byte]++] = static_cast<uint8_t>(bit);
-      }
-    }
-  }
-};
-inline constexpr BytePositions kBytePositions{};
 
 // The active channels of every pixel of one sample x [C, H, W], per group, ascending, as
 // weight-row offsets (channel · `width`): those of pixel p in group g are row[start[p·G + g] …],
