@@ -10,7 +10,8 @@
 //                                   x[b, c, iy, ix]·W[m, c, ky, kx]) + b[m]
 //
 // sums starting at +0. Skipping inputs that are 0 is exact for finite weights (a ±0 term leaves
-// a sum that is never −0 unchanged); a layer with a non-finite weight counts every input.
+// a sum that is never −0 unchanged); a layer with a non-finite weight counts every input. An
+// integer layer (int8 weights) reads int8 input, or int32 input as the int8 a Cast gives.
 //
 // Weights are laid out once (`DenseLayout`, `ConvLayout`) as column tiles of `width` outputs
 // (8 to 64 lanes): tile[input][lane], so one active input adds one contiguous run of lanes, and
