@@ -192,6 +192,9 @@ def _echo_written(paths: list[Path]) -> None:
               help="Spike-input layers on the event-driven native kernels: auto: integer layers whose firing rate "
                    "pays (measured on the first batch), on: every one, float layers too (their sums change order), "
                    "off: none. auto and on also run integer layers as exact float layers.")
+@click.option("--event-float", "event_float", is_flag=True,
+              help="With --event-driven auto, decide float spike-input layers by their firing rate too (their sums "
+                   "change order: outputs differ from the dense layers by rounding).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 @_worker_options
 @_plot_option("Write PNG plots into DIR: a spike raster of every probed spike tensor (without --probe: of every "
@@ -200,7 +203,7 @@ def _echo_written(paths: list[Path]) -> None:
 def simulate(model: Path, data: Path, labels: Path | None, batch_size: int, probes: tuple[str, ...],
              threads: int | None, output: Path | None, chunk_steps: int | None, memory_limit: int | None,
              progress: bool, workers: int | None, ray_address: str | None, plot_dir: Path | None,
-             event_driven: str = "auto") -> None:
+             event_driven: str = "auto", event_float: bool = False) -> None:
     """Run MODEL (an .onnx file, or a chip program directory written by `hnnx lower`) on a
     dataset: accuracy, firing rates, probes."""
     import hnnx
@@ -225,7 +228,8 @@ def simulate(model: Path, data: Path, labels: Path | None, batch_size: int, prob
             probes = tuple(node.output[0] for node in spiking_neurons(proto.graph))
         result = hnnx.simulate(proto, data, labels=labels, batch_size=batch_size, probes=probes,
                                threads=threads, progress=progress and sys.stderr.isatty(), chunk_steps=chunk_steps,
-                               memory_limit=memory_limit, workers=workers, ray=ray, event_driven=event_driven)
+                               memory_limit=memory_limit, workers=workers, ray=ray, event_driven=event_driven,
+                               event_float=event_float)
     click.echo(result.summary())
     if output is not None:
         result.save(output)

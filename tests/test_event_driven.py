@@ -15,6 +15,7 @@ kernels, the ``event_driven`` and ``integer_as_float`` passes and ``hnnx simulat
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -444,8 +445,10 @@ def test_decisions_follow_the_rates_and_the_float_opt_in(monkeypatch: pytest.Mon
         ("conv2", False, f"firing rate 0.500 > {ev.PAYS_BELOW['SpikeConv']}: dense is faster"),
         ("dense", False, f"firing rate 0.500 > {ev.PAYS_BELOW['SpikeMatMul']}: dense is faster")]
     assert [d[1] for d in decide(integer, rates={"lif": 0.5}, mode="on")] == [True, True]
-    assert {d[2] for d in decide(floating, rates={"lif": 0.01})} == {
-        "a float layer (its summation order would change; opt in)"}
+    assert {d[2] for d in decide(floating, rates={"lif": 0.01})} == {ev.FLOAT_NOT_OPTED_IN}
+    # opted in, float layers are decided by their rate like integer ones
+    assert [d[1] for d in decide(floating, rates={"lif": 0.01}, float_layers=True)] == [True, True]
+    assert decide(floating, rates={"lif": 0.5}, float_layers=True) == decide(integer, rates={"lif": 0.5})
     assert decide(integer, rates={"lif": 0.01}, mode="off") == []
     # a narrow dense layer (7 outputs) stays dense in auto, whatever its rate; "on" still takes it
     monkeypatch.setattr(ev, "EVENT_MIN_OUTPUTS", 32)
@@ -583,6 +586,28 @@ def test_simulate_measures_rates_on_the_first_batch_then_goes_event_driven(libra
     assert "event-driven: conv2 (hnnx.SpikeConv)" in result.summary()
 
 
+def test_simulate_decides_float_layers_by_rate_when_opted_in(library: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``event_float=True``: ``auto`` measures the rates of a float graph on the first batch and
+    rewrites its layers like integer ones; without it the float layers stay dense."""
+    monkeypatch.setitem(ev.PAYS_BELOW, "SpikeConv", 1.0)
+    monkeypatch.setitem(ev.PAYS_BELOW, "SpikeMatMul", 1.0)
+    monkeypatch.setattr(ev, "EVENT_MIN_OUTPUTS", 1)
+    model = snn_graph(integer=False)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    x = np.random.default_rng(10).integers(0, 4, (24, 3, 6, 6)).astype(np.float32)
+    before = native.kernel_calls(library, "SpikeConv")
+    result = hnnx.simulate(model, {"x": x}, batch_size=8, event_driven="auto", event_float=True)
+    assert native.kernel_calls(library, "SpikeConv") - before == 2  # batches 2 and 3
+    assert [(layer.name, layer.rewritten) for layer in result.event_layers] == [("conv2", True), ("dense", True)]
+    assert all(layer.rate is not None for layer in result.event_layers)
+    dense = hnnx.simulate(model, {"x": x}, batch_size=8, event_driven="off")
+    for key, value in dense.outputs.items():
+        np.testing.assert_allclose(result.outputs[key], value, rtol=1e-5, atol=1e-5)
+    not_opted = hnnx.simulate(model, {"x": x}, batch_size=8, event_driven="auto")
+    assert [(layer.rewritten, layer.reason) for layer in not_opted.event_layers] == [
+        (False, ev.FLOAT_NOT_OPTED_IN), (False, ev.FLOAT_NOT_OPTED_IN)]
+
+
 def test_cli_event_driven_flag(tmp_path: Path, quantized_models: dict[str, Path]) -> None:
     from hnnx.datasets import load_digits
 
@@ -599,3 +624,10 @@ def test_cli_event_driven_flag(tmp_path: Path, quantized_models: dict[str, Path]
     bad = CliRunner().invoke(main, ["simulate", str(quantized_models["snn_conv"]), "--input", str(data),
                                     "--event-driven", "always"])
     assert bad.exit_code == 2 and "always" in bad.output
+    # --event-float: the float model's layers are decided by their measured rates, not left alone
+    for flags, opted in (([], False), (["--event-float"], True)):
+        result = CliRunner().invoke(main, ["simulate", str(models.path("snn_conv")), "--input", str(data),
+                                           "--batch-size", "32", *flags])
+        assert result.exit_code == 0, result.output
+        assert ("opt in with --event-float" in result.output) != opted, result.output
+        assert bool(re.search(r"firing rate \d\.\d{3} [≤>]", result.output)) == opted, result.output

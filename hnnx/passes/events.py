@@ -63,6 +63,7 @@ EXACT_LIMIT = 1 << 24
 
 MODES = ("auto", "on", "off")
 RATE_UNKNOWN = "firing rate unknown"
+FLOAT_NOT_OPTED_IN = "a float layer (its summation order would change: opt in with --event-float or on)"
 
 
 @dataclass(frozen=True)
@@ -288,7 +289,7 @@ def event_driven(rates: Mapping[str, float] | None = None, mode: str = "auto", f
             rate = _rate(sources, known)
             limit = PAYS_BELOW[layer.op]
             if not layer.integer and not float_layers:
-                rewrite, reason = False, "a float layer (its summation order would change; opt in)"
+                rewrite, reason = False, FLOAT_NOT_OPTED_IN
             elif mode == "on":
                 rewrite, reason = True, "event-driven: on"
             elif layer.op == "SpikeMatMul" and layer.weight.shape[1] < EVENT_MIN_OUTPUTS:

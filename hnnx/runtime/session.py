@@ -62,8 +62,9 @@ class Simulator:
     again and again on chunks of a sequence, where it only raises the peak).
     ``event_driven`` (``"off"``, ``"auto"``, ``"on"``) and ``event_rates`` (firing rates by
     spiking node): spike-input layers on the event-driven native kernels and integer layers as
-    exact float layers (:func:`hnnx.passes.events.for_simulation`); ``self.event_layers``
-    holds the decisions and ``self.event_rates_wanted`` whether measured rates could change them.
+    exact float layers (:func:`hnnx.passes.events.for_simulation`; ``event_float``: ``"auto"``
+    decides float layers by their rate too); ``self.event_layers`` holds the decisions and
+    ``self.event_rates_wanted`` whether measured rates could change them.
     ``ranges``: tensor name → channel axis (None: the whole tensor) of tensors whose minimum,
     maximum and number of values each run reduces inside the graph, into ``last_ranges``
     (``{name: (min [channels], max [channels], count)}``; min and max NaN if a value was NaN or
@@ -75,13 +76,13 @@ class Simulator:
     def __init__(self, model: onnx.ModelProto, probes: Sequence[str] = (), firing_rates: bool = True,
                  threads: int | None = None, native: bool | None = None, memory_pattern: bool = True,
                  event_driven: str = "off", event_rates: Mapping[str, float] | None = None,
-                 ranges: Mapping[str, int | None] | None = None) -> None:
+                 ranges: Mapping[str, int | None] | None = None, event_float: bool = False) -> None:
         # The event-driven passes read and rewrite weights: they get a full copy; otherwise the
         # copy holds placeholders and the weights go to onnxruntime as arrays (see _split_weights).
         model, self._weights = (_copy(model), {}) if event_driven != "off" else _split_weights(model)
         ops.attach_functions(model)
         model, self.event_layers, self.event_rates_wanted = _event_driven(model, event_driven, event_rates, probes,
-                                                                          native)
+                                                                          native, event_float)
         if event_driven != "off":
             model, self._weights = _split_weights(model)
         self.inputs = [spec_of(vi) for vi in model.graph.input if vi.name not in _initializer_names(model)]
@@ -228,16 +229,18 @@ def _register_native(options: ort.SessionOptions, model: onnx.ModelProto, native
 
 
 def _event_driven(model: onnx.ModelProto, mode: str, rates: Mapping[str, float] | None, probes: Sequence[str],
-                  native: bool | None) -> tuple[onnx.ModelProto, list, bool]:
-    """The model rewritten for ``mode`` (spike-input layers only when the native kernels run),
-    the decisions, and whether measured firing rates are wanted."""
+                  native: bool | None, float_layers: bool = False) -> tuple[onnx.ModelProto, list, bool]:
+    """The model rewritten for ``mode`` (spike-input layers only when the native kernels run; float
+    ones with ``mode="on"``, or by their rate with ``float_layers``), the decisions, and whether
+    measured firing rates are wanted."""
     if mode == "off":
         return model, [], False
     from hnnx.passes.events import for_simulation, rates_wanted
     from hnnx.runtime import native as native_kernels
 
     kernels = native is not False and native_kernels.status().active
-    model, decisions = for_simulation(model, mode, rates, keep=probes, spike_layers=kernels)
+    model, decisions = for_simulation(model, mode, rates, keep=probes, float_layers=True if float_layers else None,
+                                      spike_layers=kernels)
     return model, decisions, rates_wanted(decisions)
 
 

@@ -103,6 +103,7 @@ def simulate(
     ray: bool | str | None = None,
     event_driven: str = "auto",
     event_rates: Mapping[str, float] | None = None,
+    event_float: bool = False,
 ) -> SimulationResult:
     """Run ``model`` over every sample of ``data`` in batches of ``batch_size``.
 
@@ -121,8 +122,10 @@ def simulate(
     ``event_driven``: ``"auto"`` runs integer spike-input layers on the event-driven kernels when
     their firing rate pays (``event_rates`` by spiking node, else measured on the first batch) and
     integer layers as exact float layers; ``"on"`` every spike-input layer, float ones too (their
-    summation order changes); ``"off"`` none (:mod:`hnnx.passes.events`). Whole-sequence
-    runs in one process only; chunked and sharded runs use the layers as they are.
+    summation order changes); ``"off"`` none (:mod:`hnnx.passes.events`). ``event_float``: with
+    ``"auto"``, float spike-input layers are decided by their firing rate too (opting in to their
+    changed summation order). Whole-sequence runs in one process only; chunked and sharded runs use
+    the layers as they are.
     """
     from hnnx.model import load
 
@@ -140,7 +143,8 @@ def simulate(
                                  memory_limit=memory_limit, workers=workers, ray=ray)
     return joined(collect_batches(model, data, labels=labels, batch_size=batch_size, probes=probes, threads=threads,
                                   progress=progress, native=native, chunk_steps=chunk_steps,
-                                  memory_limit=memory_limit, event_driven=event_driven, event_rates=event_rates))
+                                  memory_limit=memory_limit, event_driven=event_driven, event_rates=event_rates,
+                                  event_float=event_float))
 
 
 @dataclass
@@ -168,7 +172,7 @@ def collect_batches(model: onnx.ModelProto, data: str | os.PathLike | Mapping[st
                     labels: str | os.PathLike | np.ndarray | None, batch_size: int, probes: Sequence[str],
                     threads: int | None, progress: bool, native: bool | None, chunk_steps: int | None,
                     memory_limit: int | None, event_driven: str = "off",
-                    event_rates: Mapping[str, float] | None = None) -> Batches:
+                    event_rates: Mapping[str, float] | None = None, event_float: bool = False) -> Batches:
     """Run ``model`` over ``data`` in one process (arguments as :func:`simulate`); the batches' results."""
     parts = None
     if chunk_steps is None:
@@ -188,7 +192,7 @@ def collect_batches(model: onnx.ModelProto, data: str | os.PathLike | Mapping[st
                        outputs, probe_specs, batch_axes, run.chunk_steps,
                        run.whole_sequence if run.chunk_steps else {})
     simulator = Simulator(model, probes=probes, threads=threads, native=native, event_driven=event_driven,
-                          event_rates=event_rates)
+                          event_rates=event_rates, event_float=event_float)
     dataset = load_dataset(data, simulator.inputs, labels)
     collected: dict[str, list[np.ndarray]] = {}
     spike_sums = {layer.name: [0.0, 0] for layer in simulator.spiking_layers}
@@ -212,7 +216,7 @@ def collect_batches(model: onnx.ModelProto, data: str | os.PathLike | Mapping[st
                                                             {**counts, **simulator.last_event_counts}, event_rates)
                 if rewrite:
                     simulator = Simulator(model, probes=probes, threads=threads, native=native,
-                                          event_driven=event_driven, event_rates=rates)
+                                          event_driven=event_driven, event_rates=rates, event_float=event_float)
                 else:
                     simulator.event_layers, simulator.event_rates_wanted = layers, False
             bar.update(stop - start)
