@@ -567,15 +567,20 @@ def test_integer_layers_take_int32_spikes_without_their_cast(quantized_models: d
 # ---------------------------------------------------------------------------------------------
 # 4. hnnx.simulate and the command line
 # ---------------------------------------------------------------------------------------------
-def test_simulate_measures_rates_on_the_first_batch_then_goes_event_driven(library: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """With no rates given, batch 1 runs dense and its measured rates decide for the others."""
+def batched_snn(monkeypatch: pytest.MonkeyPatch, integer: bool, seed: int) -> tuple[onnx.ModelProto, np.ndarray]:
+    """The small SNN with a free batch size and 24 samples; every rate pays and every layer counts."""
     monkeypatch.setitem(ev.PAYS_BELOW, "SpikeConv", 1.0)
     monkeypatch.setitem(ev.PAYS_BELOW, "SpikeMatMul", 1.0)
     monkeypatch.setattr(ev, "EVENT_MIN_OUTPUTS", 1)
-    model = snn_graph(integer=True)
+    model = snn_graph(integer=integer)
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
-    x = np.random.default_rng(9).integers(0, 4, (24, 3, 6, 6)).astype(np.float32)
+    return model, np.random.default_rng(seed).integers(0, 4, (24, 3, 6, 6)).astype(np.float32)
+
+
+def test_simulate_measures_rates_on_the_first_batch_then_goes_event_driven(library: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no rates given, batch 1 runs dense and its measured rates decide for the others."""
+    model, x = batched_snn(monkeypatch, integer=True, seed=9)
     before = native.kernel_calls(library, "SpikeConv")
     result = hnnx.simulate(model, {"x": x}, batch_size=8, event_driven="auto")
     assert native.kernel_calls(library, "SpikeConv") - before == 2  # batches 2 and 3
@@ -589,12 +594,7 @@ def test_simulate_measures_rates_on_the_first_batch_then_goes_event_driven(libra
 def test_simulate_decides_float_layers_by_rate_when_opted_in(library: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``event_float=True``: ``auto`` measures the rates of a float graph on the first batch and
     rewrites its layers like integer ones; without it the float layers stay dense."""
-    monkeypatch.setitem(ev.PAYS_BELOW, "SpikeConv", 1.0)
-    monkeypatch.setitem(ev.PAYS_BELOW, "SpikeMatMul", 1.0)
-    monkeypatch.setattr(ev, "EVENT_MIN_OUTPUTS", 1)
-    model = snn_graph(integer=False)
-    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
-    x = np.random.default_rng(10).integers(0, 4, (24, 3, 6, 6)).astype(np.float32)
+    model, x = batched_snn(monkeypatch, integer=False, seed=10)
     before = native.kernel_calls(library, "SpikeConv")
     result = hnnx.simulate(model, {"x": x}, batch_size=8, event_driven="auto", event_float=True)
     assert native.kernel_calls(library, "SpikeConv") - before == 2  # batches 2 and 3
