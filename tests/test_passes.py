@@ -167,6 +167,30 @@ def test_preprocess_keeps_bundled_models_equivalent() -> None:
         assert np.array_equal(_run(processed, {"pixels": x})[0], _run(model, {"pixels": x})[0]), name
 
 
+def test_preprocess_folds_conv_batchnorm_chains() -> None:
+    """Conv → BatchNormalization → Relu blocks: fold_batchnorm folds each BN into its Conv and
+    decompose_batchnorm, running next in the same pipeline, passes over the folded nodes."""
+    nodes, weights = [], {}
+    x = "x"
+    for b in range(2):
+        weights |= {f"w{b}": RNG.normal(0, 0.5, (3, 3, 3, 3)).astype(np.float32),
+                    f"g{b}": RNG.uniform(0.5, 1.5, 3).astype(np.float32), f"be{b}": RNG.normal(0, 0.1, 3).astype(np.float32),
+                    f"m{b}": RNG.normal(0, 0.1, 3).astype(np.float32), f"v{b}": RNG.uniform(0.5, 1.5, 3).astype(np.float32)}
+        nodes += [helper.make_node("Conv", [x, f"w{b}"], [f"c{b}"], pads=[1, 1, 1, 1], name=f"conv{b}"),
+                  helper.make_node("BatchNormalization", [f"c{b}", f"g{b}", f"be{b}", f"m{b}", f"v{b}"], [f"n{b}"],
+                                   name=f"bn{b}"),
+                  helper.make_node("Relu", [f"n{b}"], [f"r{b}"], name=f"relu{b}")]
+        x = f"r{b}"
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 5, 5])],
+                   [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", 3, 5, 5])], weights)
+    changes: dict[str, bool] = {}
+    processed = passes.preprocess(model, changes=changes)
+    assert changes["fold_batchnorm"] and not changes["decompose_batchnorm"]
+    assert [n.op_type for n in processed.graph.node] == ["Conv", "Relu", "Conv", "Relu"]
+    data = RNG.random((2, 3, 5, 5)).astype(np.float32)
+    np.testing.assert_allclose(_run(processed, {"x": data})[0], _run(model, {"x": data})[0], rtol=1e-5, atol=1e-5)
+
+
 def test_a_failing_pass_is_reported_by_name() -> None:
     @passes.graph_pass
     def broken(graph: object) -> bool:

@@ -116,6 +116,8 @@ def decompose_batchnorm(graph: gs.Graph) -> bool:
     changed = False
     standard = (None, "", "ai.onnx")
     for bn in [node for node in graph.nodes if node.op == "BatchNormalization" and node.domain in standard]:
+        if not bn.inputs:  # folded into its layer by fold_batchnorm, awaiting the cleanup
+            continue
         x, params = bn.inputs[0], bn.inputs[1:5]
         if len(bn.outputs) != 1 or bn.attrs.get("training_mode", 0) or x.shape is None or len(x.shape) < 2:
             continue
