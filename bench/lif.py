@@ -44,8 +44,6 @@ import argparse
 import logging
 import os
 import platform
-import statistics
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -56,7 +54,7 @@ from onnx import TensorProto, helper
 
 from hnnx import ops
 from hnnx.runtime import native
-from tables import format_table
+from tables import format_table, median_seconds
 
 SEED = 20240611
 CURRENT_MEAN = 0.3
@@ -219,16 +217,6 @@ def copy_runners(nbytes: int) -> list[Runner]:
 
 
 # ---------------------------------------------------------------------------- timing
-def median_seconds(run: Runner, repeats: int) -> float:
-    """Median wall time of ``repeats`` calls of ``run`` after one warm-up call."""
-    run()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
-
 
 def measure(make: Callable[[], Runner], repeats: int) -> Cell:
     """Build a contender and time it; a missing package becomes a 'not installed' cell."""

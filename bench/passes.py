@@ -16,9 +16,7 @@ Run: python bench/passes.py
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from hnnx import passes
 from hnnx.ops import ONNX_OPSET
+from tables import median_seconds
 
 
 def chain_model(blocks: int, channels: int = 4, size: int = 8, seed: int = 0) -> onnx.ModelProto:
@@ -58,14 +57,6 @@ def chain_model(blocks: int, channels: int = 4, size: int = 8, seed: int = 0) ->
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)], ir_version=10)
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
 
 def ort_pre_process(model: onnx.ModelProto, folder: Path) -> Callable[[], object]:
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -85,13 +76,16 @@ def main() -> None:
     x = np.random.default_rng(1).normal(0, 1, (2, 4, 8, 8)).astype(np.float32)
     before = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
     after = ort.InferenceSession(processed.SerializeToString()).run(None, {"x": x})[0]
-    rows: list[tuple[str, float]] = [("hnnx preprocess (all passes)", median_seconds(lambda: passes.preprocess(model), args.repeats))]
+    rows: list[tuple[str, float]] = [
+        ("hnnx preprocess (all passes)", median_seconds(lambda: passes.preprocess(model), args.repeats, warm_up=False))]
     for single in (passes.remove_identities, passes.fold_constants, passes.fold_batchnorm, passes.fold_time):
-        rows.append((f"hnnx infer_shapes + {single.__name__}",
-                     median_seconds(lambda: passes.run_passes(model, [passes.infer_shapes, single]), args.repeats)))
+        rows.append((f"hnnx infer_shapes + {single.name}",
+                     median_seconds(lambda: passes.run_passes(model, [passes.infer_shapes, single]), args.repeats,
+                                    warm_up=False)))
     with tempfile.TemporaryDirectory() as folder:
         try:
-            rows.append(("onnxruntime quant_pre_process", median_seconds(ort_pre_process(model, Path(folder)), args.repeats)))
+            pre_process = ort_pre_process(model, Path(folder))
+            rows.append(("onnxruntime quant_pre_process", median_seconds(pre_process, args.repeats, warm_up=False)))
         except Exception as exc:  # a missing or failing peer is reported, not faked
             rows.append((f"onnxruntime quant_pre_process (failed: {type(exc).__name__})", float("nan")))
     print(f"pre-processing benchmark — {len(model.graph.node):,} nodes in, {len(processed.graph.node):,} nodes out; "

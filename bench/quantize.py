@@ -83,6 +83,7 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import imagenet_graphs  # noqa: E402
+from tables import median_seconds  # noqa: E402
 
 import hnnx  # noqa: E402
 from hnnx import models  # noqa: E402
@@ -235,16 +236,6 @@ def measure_accuracy(data: DigitsSplit, folder: Path) -> list[AccuracyRow]:
             rows.append(AccuracyRow(name, label, float_accuracy, results))
     return rows
 
-
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``repeats`` calls of ``fn`` after one warm-up call."""
-    fn()  # warm-up: lazy imports and first-use costs (measured separately, in a fresh process)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def time_contenders(name: str) -> list[str]:

@@ -55,11 +55,9 @@ import logging
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -70,7 +68,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from tables import format_table
+from tables import format_table, median_seconds
 
 SEED = 7
 STEPS = 8
@@ -278,15 +276,6 @@ class Row:
     peak_mib: float | None = None
     outputs: tuple[np.ndarray, ...] = field(default_factory=tuple)
 
-
-def median_seconds(run: Callable[[], object], repeats: int) -> float:
-    run()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def _resident_kib(field_name: str) -> int | None:
