@@ -30,12 +30,18 @@ def fold_time(graph: gs.Graph) -> bool:
     Where shape inference left a rank unknown, it is followed from the graph inputs: hnnx
     nodes answer it from their declarations, standard ops by the rules below.
     """
+    standard = (None, "", "ai.onnx")
+    per_frame = [n for n in graph.nodes if n.op in _SPATIAL_RANK and n.domain in standard and n.inputs]
+    if all(_SPATIAL_RANK[n.op](n) <= 0 or (n.inputs[0].shape is not None
+                                            and len(n.inputs[0].shape) != _SPATIAL_RANK[n.op](n) + 3)
+           for n in per_frame):
+        return False  # every per-frame op's input has a known rank, none time-major: no ranks to follow
     graph.toposort()
     ranks: dict[str, int] = {}
     changed = False
     for node in list(graph.nodes):
         _propagate_rank(node, ranks)
-        if node.op not in _SPATIAL_RANK or node.domain not in (None, "", "ai.onnx"):
+        if node.op not in _SPATIAL_RANK or node.domain not in standard:
             continue
         x = node.inputs[0]
         spatial = _SPATIAL_RANK[node.op](node)
