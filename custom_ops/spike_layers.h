@@ -179,48 +179,50 @@ struct EventRow {
   bool unit = true;
 };
 
-// The active inputs among x[0 .. n), n ≤ 64, as a bit mask (bit i: x[i] active as an X, or
-// `every`); `odd` collects whether an active value is not 1.
+// Whether input x counts (active as an X, or `every`); `odd` collects whether a counted value is not 1.
+template <typename X, typename In>
+inline uint32_t active_input(In x, bool every, uint32_t& odd) {
+  const X v = input_value<X>(x);
+  const uint32_t on = static_cast<uint32_t>(active(v) | every);
+  odd |= on & static_cast<uint32_t>(v != X(1));
+  return on;
+}
+
+// The same for 8 consecutive inputs x[0 .. 8): bit i says whether x[i] counts.
+template <typename X, typename In>
+inline uint32_t active_lanes(const In* x, bool every, uint32_t& odd) {
+#if defined(__AVX2__)
+  if constexpr (std::is_same_v<In, float>) {
+    const __m256 v = _mm256_loadu_ps(x);
+    const __m256 on = every ? _mm256_castsi256_ps(_mm256_set1_epi32(-1))
+                            : _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_NEQ_UQ);  // NaN active, −0 not
+    odd |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_and_ps(on, _mm256_cmp_ps(v, _mm256_set1_ps(1.0f), _CMP_NEQ_UQ))));
+    return static_cast<uint32_t>(_mm256_movemask_ps(on));
+  } else if constexpr (std::is_same_v<In, int32_t>) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
+    const __m256i on = every ? _mm256_set1_epi32(-1) : low_byte_active(v);
+    odd |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_and_si256(on, low_byte_not_one(v)))));
+    return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(on)));
+  } else {
+    const __m128i v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(x));
+    const __m128i on = every ? _mm_set1_epi8(-1) : _mm_xor_si128(_mm_cmpeq_epi8(v, _mm_setzero_si128()), _mm_set1_epi8(-1));
+    odd |= static_cast<uint32_t>(_mm_movemask_epi8(_mm_andnot_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8(1)), on))) & 0xffu;
+    return static_cast<uint32_t>(_mm_movemask_epi8(on)) & 0xffu;
+  }
+#else
+  uint32_t bits = 0;
+  for (size_t i = 0; i < 8; ++i) bits |= active_input<X>(x[i], every, odd) << i;
+  return bits;
+#endif
+}
+
+// The inputs among x[0 .. n), n ≤ 64, that count, as a bit mask (bit i: x[i]).
 template <typename X, typename In>
 inline uint64_t active_mask(const In* x, size_t n, bool every, uint32_t& odd) {
-#if defined(__AVX2__)
-  if (n == 64) {
-    uint64_t mask = 0, not_one = 0;
-    if constexpr (std::is_same_v<In, float>) {
-      for (int k = 0; k < 8; ++k) {
-        const __m256 v = _mm256_loadu_ps(x + 8 * k);
-        const __m256 on = every ? _mm256_castsi256_ps(_mm256_set1_epi32(-1))
-                                : _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_NEQ_UQ);  // NaN active, −0 not
-        mask |= static_cast<uint64_t>(_mm256_movemask_ps(on)) << (8 * k);
-        not_one |= static_cast<uint64_t>(_mm256_movemask_ps(_mm256_and_ps(on, _mm256_cmp_ps(v, _mm256_set1_ps(1.0f), _CMP_NEQ_UQ))));
-      }
-    } else if constexpr (std::is_same_v<In, int32_t>) {
-      for (int k = 0; k < 8; ++k) {
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 8 * k));
-        const __m256i on = every ? _mm256_set1_epi32(-1) : low_byte_active(v);
-        mask |= static_cast<uint64_t>(_mm256_movemask_ps(_mm256_castsi256_ps(on))) << (8 * k);
-        not_one |= static_cast<uint64_t>(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_and_si256(on, low_byte_not_one(v)))));
-      }
-    } else {
-      for (int k = 0; k < 2; ++k) {
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32 * k));
-        const __m256i on = every ? _mm256_set1_epi8(-1)
-                                 : _mm256_xor_si256(_mm256_cmpeq_epi8(v, _mm256_setzero_si256()), _mm256_set1_epi8(-1));
-        mask |= static_cast<uint64_t>(static_cast<uint32_t>(_mm256_movemask_epi8(on))) << (32 * k);
-        not_one |= static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_andnot_si256(_mm256_cmpeq_epi8(v, _mm256_set1_epi8(1)), on)));
-      }
-    }
-    odd |= static_cast<uint32_t>(not_one != 0);
-    return mask;
-  }
-#endif
   uint64_t mask = 0;
-  for (size_t i = 0; i < n; ++i) {
-    const X v = input_value<X>(x[i]);
-    const uint32_t on = static_cast<uint32_t>(active(v) | every);
-    mask |= static_cast<uint64_t>(on) << i;
-    odd |= on & static_cast<uint32_t>(v != X(1));
-  }
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) mask |= static_cast<uint64_t>(active_lanes<X>(x + i, every, odd)) << i;
+  for (; i < n; ++i) mask |= static_cast<uint64_t>(active_input<X>(x[i], every, odd)) << i;
   return mask;
 }
 
@@ -463,41 +465,11 @@ inline uint64_t transpose_bits8(uint64_t m) {
 }
 
 // The activity of 8 pixels (p … p + 7) of up to 8 channel planes, 8 × 8 bits: byte j, bit i =
-// x[j][p + i] is active (or `every`); `odd` collects active values that are not 1.
+// x[j][p + i] counts (active, or `every`); `odd` collects counted values that are not 1.
 template <typename X, typename In>
 inline uint64_t active_block(const In* const* planes, size_t count, size_t p, bool every, uint32_t& odd) {
   uint64_t rows = 0;
-  for (size_t j = 0; j < count; ++j) {
-    const In* v = planes[j] + p;
-    uint32_t bits = 0;
-#if defined(__AVX2__)
-    if constexpr (std::is_same_v<In, float>) {
-      const __m256 values = _mm256_loadu_ps(v);
-      const __m256 on = every ? _mm256_castsi256_ps(_mm256_set1_epi32(-1))
-                              : _mm256_cmp_ps(values, _mm256_setzero_ps(), _CMP_NEQ_UQ);  // NaN active, −0 not
-      bits = static_cast<uint32_t>(_mm256_movemask_ps(on));
-      odd |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_and_ps(on, _mm256_cmp_ps(values, _mm256_set1_ps(1.0f), _CMP_NEQ_UQ))));
-    } else if constexpr (std::is_same_v<In, int32_t>) {
-      const __m256i values = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v));
-      const __m256i on = every ? _mm256_set1_epi32(-1) : low_byte_active(values);
-      bits = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(on)));
-      odd |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_and_si256(on, low_byte_not_one(values)))));
-    } else {
-      const __m128i values = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(v));
-      const __m128i on = every ? _mm_set1_epi8(-1) : _mm_xor_si128(_mm_cmpeq_epi8(values, _mm_setzero_si128()), _mm_set1_epi8(-1));
-      bits = static_cast<uint32_t>(_mm_movemask_epi8(on)) & 0xffu;
-      odd |= static_cast<uint32_t>(_mm_movemask_epi8(_mm_andnot_si128(_mm_cmpeq_epi8(values, _mm_set1_epi8(1)), on))) & 0xffu;
-    }
-#else
-    for (size_t i = 0; i < 8; ++i) {
-      const X value = input_value<X>(v[i]);
-      const uint32_t on = static_cast<uint32_t>(active(value) | every);
-      bits |= on << i;
-      odd |= on & static_cast<uint32_t>(value != X(1));
-    }
-#endif
-    rows |= static_cast<uint64_t>(bits) << (8 * j);
-  }
+  for (size_t j = 0; j < count; ++j) rows |= static_cast<uint64_t>(active_lanes<X>(planes[j] + p, every, odd)) << (8 * j);
   return rows;
 }
 
@@ -520,12 +492,7 @@ void gather_pixels(const In* x, const ConvGeometry& s, bool every, size_t width,
     }
     for (; p < pixels; ++p) {  // the last < 8 pixels
       uint32_t byte = 0;
-      for (size_t j = 0; j < count; ++j) {
-        const X value = input_value<X>(planes[j][p]);
-        const uint32_t on = static_cast<uint32_t>(active(value) | every);
-        byte |= on << j;
-        not_unit |= on & static_cast<uint32_t>(value != X(1));
-      }
+      for (size_t j = 0; j < count; ++j) byte |= active_input<X>(planes[j][p], every, not_unit) << j;
       mask_bytes[p * 8 * words + c0 / 8] = static_cast<uint8_t>(byte);
     }
   }

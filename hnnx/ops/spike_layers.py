@@ -38,10 +38,6 @@ _NUMPY_TYPES = {  # per mode: (x's allowed dtypes, weight's, bias and y's)
 }
 
 
-def _elem_name(dtype: np.dtype) -> str:
-    return onnx.TensorProto.DataType.Name(onnx.helper.np_dtype_to_tensor_dtype(dtype)).lower()
-
-
 def _check_elem_types(view: NodeView, elem_types: list[int | None], op: str) -> None:
     mode = view.attrs["mode"]
     inputs, weight, bias = _NUMPY_TYPES[mode]
