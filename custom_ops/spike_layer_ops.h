@@ -57,9 +57,11 @@ struct DenseRun {
   const spike::DenseLayout<X>* layout;
   const In* x;
   size_t rows, row_block;                 // compute: rows per work item
+  size_t step = 1;                        // compute: input blocks per step
   static constexpr size_t kGatherRows = 16;  // gather: rows per work item
   bool every;
   AlignedArray<uint32_t> index;  // [rows, inputs + kChunk]: room for every input of each row
+  AlignedArray<uint32_t> start;  // [rows, blocks + 1]: each input block's first event in the row's list
   AlignedArray<A> value;         // [rows, inputs]
   AlignedArray<A> ones;          // [ones_count]: the values of a row of spikes
   size_t ones_count = 0;
@@ -74,15 +76,15 @@ struct DenseRun {
   void gather(size_t block) {
     const size_t k = layout->inputs;
     for (size_t r = block * kGatherRows; r < std::min(rows, (block + 1) * kGatherRows); ++r) {
-      events[r] = spike::gather_row<X>(x + r * k, k, every, index.data() + r * (k + spike::kChunk),
-                                       value.data() + r * k, ones.data());
+      events[r] = spike::gather_row<X>(x + r * k, k, every, layout->block, index.data() + r * (k + spike::kChunk),
+                                       start.data() + r * (layout->blocks + 1), value.data() + r * k, ones.data());
     }
   }
 
   void compute(size_t item) const {
     const size_t t = item % layout->tiles, block = item / layout->tiles;
     const size_t r0 = block * row_block;
-    spike::dense_rows<X>(*layout, t, events.data(), order.data(), r0, std::min(rows, r0 + row_block), bias, y);
+    spike::dense_rows<X>(*layout, t, step, events.data(), order.data(), r0, std::min(rows, r0 + row_block), bias, y);
   }
 
   static void gather_entry(void* self, size_t block) { static_cast<DenseRun*>(self)->gather(block); }
@@ -128,6 +130,7 @@ class SpikeMatMulKernel {
     run.y = context.GetOutput(0, shape).GetTensorMutableData<spike::Out<X>>();
     if (run.rows == 0 || layout->outputs == 0) return;
     run.index.resize(run.rows * (layout->inputs + spike::kChunk));
+    run.start.resize(run.rows * (layout->blocks + 1));
     run.value.resize(std::max<size_t>(1, run.rows * layout->inputs));
     if (run.ones_count < layout->inputs) {
       run.ones.resize(layout->inputs);
@@ -141,6 +144,9 @@ class SpikeMatMulKernel {
                                                                                         layout->tiles));
     run.row_block = ((run.rows + splits - 1) / splits + 7) / 8 * 8;
     parallel_for(context, run.gather_blocks(), &run, &DenseRun<X, In>::gather_entry);
+    size_t events = 0;
+    for (const spike::EventRow<X>& row : run.events) events += row.count;
+    run.step = spike::dense_step(events, run.rows, layout->blocks);
     run.order.resize(run.rows);
     for (size_t r = 0; r < run.rows; ++r) run.order[r] = static_cast<uint32_t>(r);
     std::stable_sort(run.order.begin(), run.order.end(),

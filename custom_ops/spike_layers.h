@@ -14,14 +14,15 @@
 // integer layer (int8 weights) reads int8 input, or int32 input as the int8 a Cast gives.
 //
 // Weights are laid out once (`DenseLayout`, `ConvLayout`) as column tiles of `width` outputs
-// (8 to 64 lanes): tile[input][lane], so one active input adds one contiguous run of lanes, and
-// the tile of a dense layer fits the L2 cache; a convolution sums a row of output pixels under
-// one kernel position at a time, whose weights fit the L1 cache. The sums of several rows
-// (dense) or the lanes of a tile (conv) are independent chains, which keeps the adders busy
-// although each sum is sequential. Integer mode keeps the weights int8 (a quarter of the memory
-// traffic), widens them on load and sums exactly in uint32 lanes, wrapping as int32 arithmetic
-// does. The work is bound by loading weight rows: one 64-byte line per active input and 16
-// float (64 int8) outputs.
+// (8 to 64 lanes): tile[input][lane], so one active input adds one contiguous run of lanes. A
+// dense layer sums a tile 32 KiB of weights (a block of inputs) at a time, every row adding its
+// events in the block while the block is L1-resident (and the next one is prefetched); a
+// convolution sums a row of output pixels under one kernel position at a time, whose weights fit
+// the L1 cache. The sums of several rows (dense) or the lanes of a tile (conv) are independent
+// chains, which keeps the adders busy although each sum is sequential. Integer mode keeps the
+// weights int8 (a quarter of the memory traffic), widens them on load and sums exactly in uint32
+// lanes, wrapping as int32 arithmetic does. The work is bound by loading weight rows: 128 bytes
+// (32 float outputs) or 64 bytes (64 int8 outputs) per active input.
 
 #pragma once
 
@@ -177,6 +178,7 @@ struct EventRow {
   const Acc<X>* value = nullptr;
   size_t count = 0;
   bool unit = true;
+  const uint32_t* start = nullptr;  // [blocks + 1]: the first event of each input block, then count
 };
 
 // Whether input x counts (active as an X, or `every`); `odd` collects whether a counted value is not 1.
@@ -228,14 +230,17 @@ inline uint64_t active_mask(const In* x, size_t n, bool every, uint32_t& odd) {
 
 // Gather the active inputs of x[0 .. k) (every input with `every`: a non-finite weight, where
 // skipping would drop 0·inf = NaN): their indices ascending into `index` (room for k + kChunk:
-// the positions of a byte's set bits are written 8 at a time) and, unless every active value is
-// 1, their values into `value` (room for k); a row of spikes points at `ones` instead (the
-// values a mixed group of rows reads).
+// the positions of a byte's set bits are written 8 at a time), the position in that list of the
+// first index of every `block` inputs (a multiple of 64) into `start` (room for ⌈k/block⌉ + 1,
+// the last entry the count) and, unless every active value is 1, their values into `value`
+// (room for k); a row of spikes points at `ones` instead (the values a mixed group of rows reads).
 template <typename X, typename In>
-EventRow<X> gather_row(const In* x, size_t k, bool every, uint32_t* index, Acc<X>* value, const Acc<X>* ones) {
+EventRow<X> gather_row(const In* x, size_t k, bool every, size_t block, uint32_t* index, uint32_t* start,
+                       Acc<X>* value, const Acc<X>* ones) {
   size_t n = 0;
   uint32_t not_unit = 0;  // some active value is not 1
   for (size_t base = 0; base < k; base += 64) {  // one pass over x, 64 inputs at a time
+    if (base % block == 0) start[base / block] = static_cast<uint32_t>(n);
     const size_t span = std::min<size_t>(64, k - base);
     const uint64_t bits = active_mask<X>(x + base, span, every, not_unit);
     for (size_t b = 0; b * 8 < span; ++b) {
@@ -252,27 +257,33 @@ EventRow<X> gather_row(const In* x, size_t k, bool every, uint32_t* index, Acc<X
       n += kBytePositions.count[byte];
     }
   }
-  if (not_unit == 0) return {index, ones, n, true};
+  start[(k + block - 1) / block] = static_cast<uint32_t>(n);
+  if (not_unit == 0) return {index, ones, n, true, start};
   for (size_t j = 0; j < n; ++j) value[j] = widen(input_value<X>(x[index[j]]));
-  return {index, value, n, false};
+  return {index, value, n, false, start};
 }
 
 // Weights [K, M] as tiles of `width` columns: tile t holds W[i, t·width + lane] at
-// [t][i][lane], zero past column M, in the input type (int8 stays int8).
+// [t][i][lane], zero past column M, in the input type (int8 stays int8). A tile is summed a block
+// of `block` inputs at a time (32 KiB of weights: L1-resident while every row adds its events).
 template <typename X>
 struct DenseLayout {
   size_t inputs = 0, outputs = 0, width = 0, tiles = 0;
-  std::vector<X> data;  // [tiles][inputs][width]
-  bool finite = true;   // float: every weight finite (zero inputs may be skipped)
+  size_t block = 0, blocks = 0;  // inputs per block (a multiple of 64), blocks per tile
+  std::vector<X> data;           // [tiles][inputs][width]
+  bool finite = true;            // float: every weight finite (zero inputs may be skipped)
 
   const X* tile(size_t t) const { return data.data() + t * inputs * width; }
 };
 
-// The tile width: as wide as fits 256 KiB per tile (L2-resident while every row passes over it),
-// at most 64 lanes and no wider than the outputs need.
-inline size_t dense_tile_width(size_t inputs, size_t outputs, size_t bytes) {
-  size_t width = 64;
-  while (width > kLanes && (width * inputs * bytes > (size_t{256} << 10) || width >= outputs + kLanes)) width /= 2;
+constexpr size_t kBlockBytes = size_t{32} << 10;
+
+// The tile width: 128 bytes of float weights per input (32 lanes; two cache lines per event, the
+// fewest accumulators that still keep the adders busy), 64 of int8 (64 lanes), no wider than the
+// outputs need.
+inline size_t dense_tile_width(size_t outputs, size_t bytes) {
+  size_t width = bytes == 1 ? 64 : 32;
+  while (width > kLanes && width >= outputs + kLanes) width /= 2;
   return width;
 }
 
@@ -281,8 +292,10 @@ DenseLayout<X> lay_out_dense(const X* weight, size_t inputs, size_t outputs) {
   DenseLayout<X> layout;
   layout.inputs = inputs;
   layout.outputs = outputs;
-  layout.width = dense_tile_width(inputs, outputs, sizeof(X));
+  layout.width = dense_tile_width(outputs, sizeof(X));
   layout.tiles = (outputs + layout.width - 1) / layout.width;
+  layout.block = std::max<size_t>(64, kBlockBytes / (layout.width * sizeof(X)) / 64 * 64);
+  layout.blocks = std::max<size_t>(1, (inputs + layout.block - 1) / layout.block);
   layout.data.assign(layout.tiles * inputs * layout.width, X(0));
   for (size_t i = 0; i < inputs; ++i) {
     for (size_t m = 0; m < outputs; ++m) {
@@ -294,90 +307,139 @@ DenseLayout<X> lay_out_dense(const X* weight, size_t inputs, size_t outputs) {
   return layout;
 }
 
-// Sum the tile's weight rows of the events of RI rows at once, NV lane vectors per row: the
-// RI·NV sums are independent, so the adders' latency overlaps. Rows share the loop while all
-// have events left (rows come grouped by similar counts); the rest of each row runs alone.
-// out: [RI][NV·8].
+// The rows of a work item between blocks: partial sums and how far each row's events are added.
+template <typename X>
+struct DenseScratch {
+  std::vector<Acc<X>> partial;   // [rows][width]
+  std::vector<uint32_t> cursor;  // [rows]
+};
+
+// The inputs below block `end` of a tile for RI rows at once (their RI·NV sums are independent
+// chains, which keeps the adders busy): the rows add their next events together while every row
+// has one below the end; a row with more carries them into the next step (a row's events are
+// still added in ascending order). At the last step each row adds what it has left alone.
+// partial: [RI][NV·8], +0 before the first step; cursor: [RI], the events added so far.
 template <typename X, int NV, int RI, bool UNIT>
-void accumulate_rows(const X* tile, const EventRow<X>* const* rows, Acc<X>* out) {
+void accumulate_block(const X* tile, const EventRow<X>* const* rows, size_t end, bool last, Acc<X>* partial,
+                      uint32_t* cursor) {
   using V = Lanes<X>;
   constexpr size_t width = NV * kLanes;
   V acc[RI][NV];
+  const uint32_t* index[RI];
+  const Acc<X>* value[RI];
+  size_t common = SIZE_MAX;
   for (int r = 0; r < RI; ++r) {
-    for (int v = 0; v < NV; ++v) acc[r][v] = V{};  // +0
+    for (int v = 0; v < NV; ++v) acc[r][v] = load_vector<V>(partial + r * width + v * kLanes);
+    index[r] = rows[r]->index + cursor[r];
+    value[r] = rows[r]->value + cursor[r];
+    common = std::min<size_t>(common, rows[r]->start[end] - cursor[r]);
   }
-  size_t common = rows[0]->count;
-  for (int r = 1; r < RI; ++r) common = std::min(common, rows[r]->count);
-  auto add = [&](int r, size_t j) {
-    add_row<X, NV, UNIT>(acc[r], tile + static_cast<size_t>(rows[r]->index[j]) * width, rows[r]->value + j);
-  };
   for (size_t j = 0; j < common; ++j) {
-    for (int r = 0; r < RI; ++r) add(r, j);
+    for (int r = 0; r < RI; ++r) add_row<X, NV, UNIT>(acc[r], tile + static_cast<size_t>(index[r][j]) * width, value[r] + j);
   }
   for (int r = 0; r < RI; ++r) {
-    for (size_t j = common; j < rows[r]->count; ++j) add(r, j);
+    size_t added = common;
+    if (last) {
+      for (; cursor[r] + added < rows[r]->count; ++added) {
+        add_row<X, NV, UNIT>(acc[r], tile + static_cast<size_t>(index[r][added]) * width, value[r] + added);
+      }
+    }
+    cursor[r] += static_cast<uint32_t>(added);
+    for (int v = 0; v < NV; ++v) store_vector(partial + r * width + v * kLanes, acc[r][v]);
   }
-  for (int r = 0; r < RI; ++r) std::memcpy(out + r * width, acc[r], sizeof acc[r]);
 }
 
-// Rows order[r0 … r1) (row numbers, grouped by similar event counts) against tile t:
-// y[row, t·width + lane] = sum + bias.
+template <typename X, int NV, int RI>
+inline void accumulate_block(const X* tile, const EventRow<X>* const* rows, size_t end, bool last, Acc<X>* partial,
+                             uint32_t* cursor) {
+  bool unit = true;
+  for (int r = 0; r < RI; ++r) unit = unit && rows[r]->unit;
+  if (unit) {
+    accumulate_block<X, NV, RI, true>(tile, rows, end, last, partial, cursor);
+  } else {
+    accumulate_block<X, NV, RI, false>(tile, rows, end, last, partial, cursor);
+  }
+}
+
+// Rows order[r0 … r1) (row numbers, grouped by similar event counts) against tile t, `step`
+// blocks of inputs at a time: y[row, t·width + lane] = sum + bias. While a step is summed, the
+// next one is prefetched, a few lines per group of rows.
 template <typename X, int NV>
-void dense_tile_rows(const DenseLayout<X>& layout, size_t t, const EventRow<X>* rows, const uint32_t* order,
-                     size_t r0, size_t r1, const Out<X>* bias, Out<X>* y) {
+void dense_tile_rows(const DenseLayout<X>& layout, size_t t, size_t step, const EventRow<X>* rows,
+                     const uint32_t* order, size_t r0, size_t r1, const Out<X>* bias, Out<X>* y) {
   using A = Acc<X>;
   constexpr int RI = 8 / NV;  // 8 independent vector sums in flight
   constexpr size_t width = NV * kLanes;
-  alignas(64) A sums[RI * width];
+  constexpr size_t kRowBytes = width * sizeof(X);
+  thread_local DenseScratch<X> scratch;
+  const size_t count = r1 - r0;
+  scratch.partial.assign(count * width, A{});  // +0
+  scratch.cursor.assign(count, 0);
   const X* tile = layout.tile(t);
   const size_t m0 = t * width;
   const size_t lanes = std::min(width, layout.outputs - m0);
-  auto write = [&](size_t row, const A* sum) {
-    Out<X>* out = y + row * layout.outputs + m0;
-    for (size_t lane = 0; lane < lanes; ++lane) out[lane] = finish<X>(sum[lane], bias, m0 + lane);
-  };
-  // Bring the tile into the cache in order (the hardware prefetcher streams it) rather than line
-  // by line as random events first touch it.
+  const size_t groups = count / RI + count % RI;
   const char* bytes = reinterpret_cast<const char*>(tile);
-  for (size_t b = 0; b < layout.inputs * width * sizeof(X); b += 64) __builtin_prefetch(bytes + b, 0, 2);
+  // The cache lines of the step that starts at block kb.
+  auto lines = [&](size_t kb) {
+    const size_t i0 = std::min(layout.inputs, kb * layout.block);
+    return (std::min(layout.inputs - i0, step * layout.block) * kRowBytes + 63) / 64;
+  };
+  for (size_t line = 0; line < lines(0); ++line) __builtin_prefetch(bytes + line * 64, 0, 2);
   const EventRow<X>* group[RI];
-  size_t r = r0;
-  for (; r + RI <= r1; r += RI) {
-    bool unit = true;
-    for (int k = 0; k < RI; ++k) {
-      group[k] = rows + order[r + k];
-      unit = unit && group[k]->unit;
+  for (size_t kb = 0; kb < layout.blocks; kb += step) {
+    const size_t end = std::min(layout.blocks, kb + step);
+    const bool last = end == layout.blocks;
+    const char* next = bytes + end * layout.block * kRowBytes;
+    const size_t next_lines = lines(end);
+    const size_t per_group = (next_lines + groups - 1) / groups;
+    size_t line = 0;
+    auto prefetch_next = [&] {
+      for (const size_t stop = std::min(next_lines, line + per_group); line < stop; ++line) {
+        __builtin_prefetch(next + line * 64, 0, 2);
+      }
+    };
+    size_t r = 0;
+    for (; r + RI <= count; r += RI) {
+      for (int k = 0; k < RI; ++k) group[k] = rows + order[r0 + r + k];
+      accumulate_block<X, NV, RI>(tile, group, end, last, scratch.partial.data() + r * width, scratch.cursor.data() + r);
+      prefetch_next();
     }
-    if (unit) {
-      accumulate_rows<X, NV, RI, true>(tile, group, sums);
-    } else {
-      accumulate_rows<X, NV, RI, false>(tile, group, sums);
+    for (; r < count; ++r) {
+      group[0] = rows + order[r0 + r];
+      accumulate_block<X, NV, 1>(tile, group, end, last, scratch.partial.data() + r * width, scratch.cursor.data() + r);
+      prefetch_next();
     }
-    for (int k = 0; k < RI; ++k) write(order[r + k], sums + k * width);
   }
-  for (; r < r1; ++r) {
-    group[0] = rows + order[r];
-    if (group[0]->unit) {
-      accumulate_rows<X, NV, 1, true>(tile, group, sums);
-    } else {
-      accumulate_rows<X, NV, 1, false>(tile, group, sums);
-    }
-    write(order[r], sums);
+  for (size_t r = 0; r < count; ++r) {
+    const A* sum = scratch.partial.data() + r * width;
+    Out<X>* out = y + static_cast<size_t>(order[r0 + r]) * layout.outputs + m0;
+    for (size_t lane = 0; lane < lanes; ++lane) out[lane] = finish<X>(sum[lane], bias, m0 + lane);
   }
 }
 
+// Blocks per step: a row has at least kStepEvents events per step on average (a step loads and
+// stores each row's partial sums: with few events a block is not worth its own step).
+constexpr size_t kStepEvents = 16;
+
+inline size_t dense_step(size_t events, size_t rows, size_t blocks) {
+  const size_t steps = std::clamp<size_t>(events / std::max<size_t>(1, rows) / kStepEvents, 1, blocks);
+  return (blocks + steps - 1) / steps;
+}
+
 template <typename X>
-void dense_rows(const DenseLayout<X>& layout, size_t t, const EventRow<X>* rows, const uint32_t* order, size_t r0,
-                size_t r1, const Out<X>* bias, Out<X>* y) {
+void dense_rows(const DenseLayout<X>& layout, size_t t, size_t step, const EventRow<X>* rows, const uint32_t* order,
+                size_t r0, size_t r1, const Out<X>* bias, Out<X>* y) {
+  if (r1 <= r0) return;
   switch (layout.width / kLanes) {
     case 1:
-      return dense_tile_rows<X, 1>(layout, t, rows, order, r0, r1, bias, y);
+      return dense_tile_rows<X, 1>(layout, t, step, rows, order, r0, r1, bias, y);
     case 2:
-      return dense_tile_rows<X, 2>(layout, t, rows, order, r0, r1, bias, y);
+      return dense_tile_rows<X, 2>(layout, t, step, rows, order, r0, r1, bias, y);
     case 4:
-      return dense_tile_rows<X, 4>(layout, t, rows, order, r0, r1, bias, y);
+      return dense_tile_rows<X, 4>(layout, t, step, rows, order, r0, r1, bias, y);
     default:
-      return dense_tile_rows<X, 8>(layout, t, rows, order, r0, r1, bias, y);
+      return dense_tile_rows<X, 8>(layout, t, step, rows, order, r0, r1, bias, y);
   }
 }
 

@@ -283,6 +283,35 @@ def test_native_many_rows_over_threads_and_no_bias(library: Path, op: str) -> No
 
 
 @pytest.mark.parametrize("integer", [False, True], ids=["float", "integer"])
+def test_native_dense_sums_over_input_blocks(library: Path, integer: bool) -> None:
+    """1,500 inputs: several input blocks per column tile (the kernel sums a block at a time and
+    carries a row's extra events to the next one). Rows summed together whose events lie in
+    different blocks (equal counts: first block only against last block only), rows of spikes
+    next to rows of signed values, empty rows, an odd number of rows; dense and sparse calls (a
+    sparse call merges blocks into longer steps)."""
+    rng = np.random.default_rng(31 + integer)
+    dtype = np.int8 if integer else np.float32
+    inputs, outputs, rows = 1500, 100, 67
+    w = (rng.integers(-128, 128, (inputs, outputs)).astype(np.int8) if integer
+         else rng.normal(0, 1, (inputs, outputs)).astype(np.float32))
+    b = rng.integers(-1000, 1000, outputs).astype(np.int32) if integer else rng.normal(0, 1, outputs).astype(np.float32)
+    node = ops.make_node("SpikeMatMul", ["x", "w", "b"], ["y"], name="blocks", mode="integer" if integer else "float")
+    for rate in (0.3, 0.01):
+        x = (rng.random((rows, inputs)) < rng.uniform(0, 2 * rate, (rows, 1))).astype(dtype)
+        x[5:9] = 0
+        x[10, :] = 0
+        x[10, rng.choice(200, 40, replace=False)] = 1  # the first block only
+        x[11, :] = 0
+        x[11, inputs - 1 - rng.choice(200, 40, replace=False)] = 1  # the last block only
+        x[20:40:3] *= rng.integers(-3, 4, (7, inputs)).astype(dtype)  # values, among rows of spikes
+        (expected,) = ops.run_reference(node, x, w, b)
+        model = layer_model(node, {"x": x}, {"w": w, "b": b}, ELEM[expected.dtype])
+        for threads in (1, 2):
+            same_bits(run_native(model, {"x": x}, library, "SpikeMatMul", threads=threads), expected,
+                      f"SpikeMatMul over input blocks, rate {rate}, {threads} threads")
+
+
+@pytest.mark.parametrize("integer", [False, True], ids=["float", "integer"])
 def test_native_conv_over_many_channels(library: Path, integer: bool) -> None:
     """130 channels (active-channel masks of three words), dense firing (long event lists per
     pixel, over several copies of 8), signed values, stride 2, two groups."""
