@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include "ort_support.h"
@@ -138,10 +139,12 @@ class SpikeMatMulKernel {
       run.ones_count = layout->inputs;
     }
     run.events.resize(run.rows);
-    // Work items: every tile with all rows when the tiles alone keep the threads busy, else
-    // the rows split too (in multiples of 8, the rows summed at once).
-    const size_t splits = std::max<size_t>(1, std::min<size_t>((run.rows + 7) / 8, (32 + layout->tiles - 1) /
-                                                                                        layout->tiles));
+    // Work items: every tile with all rows when the tiles alone keep the threads busy (4 items
+    // per hardware thread), else the rows split too, in multiples of 8 (the more rows an item
+    // has, the more events share each block of weights).
+    const size_t items = 4 * std::max<size_t>(1, std::thread::hardware_concurrency());
+    const size_t splits = std::max<size_t>(1, std::min<size_t>((run.rows + 7) / 8, (items + layout->tiles - 1) /
+                                                                                       layout->tiles));
     run.row_block = ((run.rows + splits - 1) / splits + 7) / 8 * 8;
     parallel_for(context, run.gather_blocks(), &run, &DenseRun<X, In>::gather_entry);
     size_t events = 0;

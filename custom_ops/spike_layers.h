@@ -385,13 +385,20 @@ void dense_tile_rows(const DenseLayout<X>& layout, size_t t, size_t step, const 
     const size_t i0 = std::min(layout.inputs, kb * layout.block);
     return (std::min(layout.inputs - i0, step * layout.block) * kRowBytes + 63) / 64;
   };
-  for (size_t line = 0; line < lines(0); ++line) __builtin_prefetch(bytes + line * 64, 0, 2);
+  // Prefetch only blocks whose lines the rows' events touch about once or more (a few rows with
+  // few events would fetch lines they never read).
+  size_t item_events = 0;
+  for (size_t r = r0; r < r1; ++r) item_events += rows[order[r]].count;
+  const bool prefetch = item_events / layout.blocks >= layout.block * kRowBytes / 64;
+  if (prefetch) {
+    for (size_t line = 0; line < lines(0); ++line) __builtin_prefetch(bytes + line * 64, 0, 2);
+  }
   const EventRow<X>* group[RI];
   for (size_t kb = 0; kb < layout.blocks; kb += step) {
     const size_t end = std::min(layout.blocks, kb + step);
     const bool last = end == layout.blocks;
     const char* next = bytes + end * layout.block * kRowBytes;
-    const size_t next_lines = lines(end);
+    const size_t next_lines = prefetch ? lines(end) : 0;
     const size_t per_group = (next_lines + groups - 1) / groups;
     size_t line = 0;
     auto prefetch_next = [&] {
