@@ -311,6 +311,18 @@ def test_native_dense_sums_over_input_blocks(library: Path, integer: bool) -> No
                       f"SpikeMatMul over input blocks, rate {rate}, {threads} threads")
 
 
+def test_native_dense_with_weights_on_huge_pages(library: Path) -> None:
+    """Weights of 4 MiB or more are laid out on 2 MiB pages where the system allows: the same sums."""
+    rng = np.random.default_rng(8)
+    x = (rng.random((2, 9, 1100)) < 0.1).astype(np.float32)
+    w = rng.normal(0, 1, (1100, 1000)).astype(np.float32)
+    assert w.nbytes >= 4 << 20
+    node = ops.make_node("SpikeMatMul", ["x", "w"], ["y"], name="large")
+    (expected,) = ops.run_reference(node, x, w)
+    model = layer_model(node, {"x": x}, {"w": w}, TensorProto.FLOAT)
+    same_bits(run_native(model, {"x": x}, library, "SpikeMatMul", threads=2), expected, "SpikeMatMul, 4.2 MB of weights")
+
+
 @pytest.mark.parametrize("integer", [False, True], ids=["float", "integer"])
 def test_native_conv_over_many_channels(library: Path, integer: bool) -> None:
     """130 channels (active-channel masks of three words), dense firing (long event lists per
