@@ -5,8 +5,10 @@ What is measured
 Every bundled model with ``hnnx.A2S``/``hnnx.S2A`` nodes (the hybrid ANN/SNN models and the
 SNNs, whose input coding and output decoding are HUs) runs over the digits test split in batches
 of ``--batch-size`` (default 128) as ``hnnx simulate`` runs it (``hnnx.Simulator`` with its
-firing-rate taps, its integer layers as exact float layers: ``event_driven="auto"`` without
-firing rates, so no layer is event-driven), in float and as the ``tianjicx`` integer model
+firing-rate taps, its integer layers as exact float layers, ``event_driven="off"``: no layer
+is event-driven, and no rate tap is added for a layer fed by a rate-coding A2S, which
+``"auto"`` without rates would add to the native model only, where the A2S is a spike source),
+in float and as the ``tianjicx`` integer model
 ``hnnx.quantize`` writes (calibrated on 256 training images). Three ways, with the same ``--threads``:
 
 1. ``function bodies`` — no native kernel: LIF, A2S and S2A run their ONNX function bodies.
@@ -59,7 +61,7 @@ def with_hu_bodies(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def passes(model: onnx.ModelProto, batches: list[np.ndarray], threads: int, kernels: bool, count: int,
-           event_driven: str = "auto") -> Callable[[], list[np.ndarray]]:
+           event_driven: str = "off") -> Callable[[], list[np.ndarray]]:
     """``count`` passes over ``batches`` on a Simulator of ``model``: the first output of every batch."""
     simulator = hnnx.Simulator(model, threads=threads, native=kernels, event_driven=event_driven, event_rates={})
     name = simulator.inputs[0].name
