@@ -1,7 +1,7 @@
 // hnnx.SpikeMatMul and hnnx.SpikeConv — event-driven spike-input layers, free of onnxruntime types.
 //
 // A row of spikes (a sample at a step) has few active inputs; these kernels gather them once
-// (`gather_row`, `gather_pixels`) and add only their weight rows, in the order of the ops'
+// (`gather_row`, `gather_masks`) and add only their weight rows, in the order of the ops'
 // definitions (hnnx/ops/spike_layers.py), so float results equal the numpy reference bit for bit
 // when compiled without floating-point contraction:
 //
@@ -542,13 +542,14 @@ ConvLayout<X> lay_out_conv(const X* weight, const ConvGeometry& s) {
 }
 
 
-// The active channels of every pixel of one sample x [C, H, W], per group, ascending, as
-// weight-row offsets (channel · `width`): those of pixel p in group g are row[start[p·G + g] …],
-// `count[p·G + g]` of them, with their values (only when some value is not 1). The lists follow
-// each other, and the buffers hold 8 entries more than the last list: a list may be read 8
-// entries at a time, past its end. Built from a bit mask of the active channels of each pixel
-// (one vectorizable pass over x), whose set bits are then listed 8 channels at a time through a
-// table of the set bits of every byte (no branch on the number of events).
+// The active channels of every pixel of one sample x [C, H, W]: first a bit mask per pixel (one
+// vectorizable pass over x, `gather_masks`), which spikes of an ungrouped layer are summed from
+// directly; else (`list_pixels`) per group, ascending, as weight-row offsets (channel · `width`):
+// those of pixel p in group g are row[start[p·G + g] …], `count[p·G + g]` of them, with their
+// values (only when some value is not 1). The lists follow each other, and the buffers hold 8
+// entries more than the last list: a list may be read 8 entries at a time, past its end. The
+// masks' set bits are listed 8 channels at a time through a table of the set bits of every byte
+// (no branch on the number of events).
 template <typename X>
 struct PixelEvents {
   std::vector<uint64_t> masks;  // [H·W][words]: bit c % 64 of word c / 64
@@ -580,9 +581,11 @@ inline uint64_t active_block(const In* const* planes, size_t count, size_t p, bo
   return rows;
 }
 
+// Every pixel's mask of active channels (counted: active, or all with `every`), and whether every
+// counted value is 1 (`unit`).
 template <typename X, typename In>
-void gather_pixels(const In* x, const ConvGeometry& s, bool every, size_t width, PixelEvents<X>& events) {
-  const size_t pixels = s.pixels(), cells = pixels * s.groups, words = (s.channels + 63) / 64;
+void gather_masks(const In* x, const ConvGeometry& s, bool every, PixelEvents<X>& events) {
+  const size_t pixels = s.pixels(), words = (s.channels + 63) / 64;
   events.masks.assign(pixels * words, 0);
   uint32_t not_unit = 0;  // some active value is not 1
   // Eight channels and eight pixels at a time: a bit mask per plane row of 8 pixels (one compare
@@ -603,8 +606,14 @@ void gather_pixels(const In* x, const ConvGeometry& s, bool every, size_t width,
       mask_bytes[p * 8 * words + c0 / 8] = static_cast<uint8_t>(byte);
     }
   }
-  const bool unit = not_unit == 0;
-  events.unit = unit;
+  events.unit = not_unit == 0;
+}
+
+// The masks' channels listed per pixel and group, with their values unless `unit`.
+template <typename X, typename In>
+void list_pixels(const In* x, const ConvGeometry& s, size_t width, PixelEvents<X>& events) {
+  const size_t pixels = s.pixels(), cells = pixels * s.groups, words = (s.channels + 63) / 64;
+  const bool unit = events.unit;
   events.start.resize(cells);
   events.count.resize(cells);
   const size_t room = s.channels * pixels + 64 + kChunk;  // every channel, a byte's 8 slots, a read past the end
@@ -653,6 +662,25 @@ void gather_pixels(const In* x, const ConvGeometry& s, bool every, size_t width,
       }
       events.start[p * s.groups + g] = static_cast<uint32_t>(first);
       events.count[p * s.groups + g] = static_cast<uint32_t>(n - first);
+    }
+  }
+}
+
+// A pixel of spikes: whether any of its channels is active (its mask words, `words` of them).
+inline bool any_active(const uint64_t* mask, size_t words) {
+  uint64_t any = 0;
+  for (size_t w = 0; w < words; ++w) any |= mask[w];
+  return any != 0;
+}
+
+// acc += the weight rows (`width` lanes apart from `position`) of a pixel's active channels,
+// ascending: the set bits of its mask words, taken lowest first.
+template <typename X, int NV>
+inline void add_mask_rows(Lanes<X>* acc, const X* position, const uint64_t* mask, size_t words, size_t width) {
+  for (size_t w = 0; w < words; ++w) {
+    const X* rows = position + w * 64 * width;
+    for (uint64_t bits = mask[w]; bits != 0; bits &= bits - 1) {
+      add_row<X, NV, true>(acc, rows + static_cast<size_t>(__builtin_ctzll(bits)) * width, nullptr);
     }
   }
 }
@@ -744,8 +772,9 @@ void write_row(const Acc<X>* row, size_t out_w, size_t lanes, size_t m0, size_t 
 // (positions, then channels), sums starting at +0 (a stored float32 sum reloads as it is). One
 // position's weights (C/g rows of `width` lanes) serve the whole row from the L1 cache, where an
 // output pixel at a time would fetch every position's rows from L2 again for each pixel. The row
-// is then written channel-major.
-template <typename X, int NV, bool UNIT>
+// is then written channel-major. MASKS: spikes, ungrouped — the active channels come from each
+// pixel's mask bits (lowest first), not from lists.
+template <typename X, int NV, bool UNIT, bool MASKS = false>
 void conv_sample_rows(const ConvLayout<X>& layout, const ConvGeometry& s, ConvScratch<X>& scratch,
                       const Out<X>* bias, bool stream, Out<X>* y) {
   using A = Acc<X>;
@@ -754,7 +783,7 @@ void conv_sample_rows(const ConvLayout<X>& layout, const ConvGeometry& s, ConvSc
   const PixelEvents<X>& events = scratch.events;
   std::vector<A>& row = scratch.sums;
   row.resize(s.out_w * width);
-  const size_t plane = s.out_h * s.out_w, position_size = layout.rows * width;
+  const size_t plane = s.out_h * s.out_w, position_size = layout.rows * width, words = (s.channels + 63) / 64;
   for (size_t g = 0; g < s.groups; ++g) {
     for (size_t t = 0; t < layout.tiles; ++t) {
       const X* tile = layout.tile(g, t);
@@ -773,14 +802,21 @@ void conv_sample_rows(const ConvLayout<X>& layout, const ConvGeometry& s, ConvSc
               const int64_t ix = static_cast<int64_t>(ox) * s.stride_w + shift;
               if (ix < 0 || ix >= static_cast<int64_t>(s.width)) continue;
               const size_t cell = (input_row + static_cast<size_t>(ix)) * s.groups + g;
-              const size_t count = events.count[cell];
-              if (count == 0) continue;
-              const uint32_t* list = events.row.data() + events.start[cell];
-              const A* values = UNIT ? nullptr : events.value.data() + events.start[cell];  // (none for spikes)
               A* out = row.data() + ox * width;
               V acc[NV];  // vector loads into registers (a copy of the array goes through the stack, and stalls)
-              for (int v = 0; v < NV; ++v) acc[v] = load_vector<V>(out + v * kLanes);
-              for (size_t e = 0; e < count; ++e) add_row<X, NV, UNIT>(acc, position + list[e], UNIT ? nullptr : values + e);
+              if constexpr (MASKS) {
+                const uint64_t* mask = events.masks.data() + cell * words;
+                if (!any_active(mask, words)) continue;
+                for (int v = 0; v < NV; ++v) acc[v] = load_vector<V>(out + v * kLanes);
+                add_mask_rows<X, NV>(acc, position, mask, words, width);
+              } else {
+                const size_t count = events.count[cell];
+                if (count == 0) continue;
+                const uint32_t* list = events.row.data() + events.start[cell];
+                const A* values = UNIT ? nullptr : events.value.data() + events.start[cell];  // (none for spikes)
+                for (int v = 0; v < NV; ++v) acc[v] = load_vector<V>(out + v * kLanes);
+                for (size_t e = 0; e < count; ++e) add_row<X, NV, UNIT>(acc, position + list[e], UNIT ? nullptr : values + e);
+              }
               for (int v = 0; v < NV; ++v) store_vector(out + v * kLanes, acc[v]);
             }
           }
@@ -805,15 +841,16 @@ constexpr size_t kScatterSumsBytes = size_t{32} << 10;
 // row-major order, so an output pixel receives its positions (ky, kx) ascending — the input row
 // and column grow with them — and each position's channels ascending: the op's order, sums
 // starting at +0 (storing a float32 sum leaves it as it is). Work follows the events only; the
-// sums are then written channel-major, a row of output pixels at a time.
-template <typename X, int NV, bool UNIT>
+// sums are then written channel-major, a row of output pixels at a time. MASKS as for
+// conv_sample_rows.
+template <typename X, int NV, bool UNIT, bool MASKS = false>
 void conv_sample_scatter(const ConvLayout<X>& layout, const ConvGeometry& s, ConvScratch<X>& scratch,
                          const Out<X>* bias, bool stream, Out<X>* y) {
   using A = Acc<X>;
   using V = Lanes<X>;
   constexpr size_t width = NV * kLanes;
   const PixelEvents<X>& events = scratch.events;
-  const size_t plane = s.out_h * s.out_w, position_size = layout.rows * width;
+  const size_t plane = s.out_h * s.out_w, position_size = layout.rows * width, words = (s.channels + 63) / 64;
   std::vector<A>& sums = scratch.sums;
   sums.resize(plane * width);
   // The (kernel offset, output index) pairs each input row and column reaches, in kernel order.
@@ -844,10 +881,19 @@ void conv_sample_scatter(const ConvLayout<X>& layout, const ConvGeometry& s, Con
       for (size_t iy = 0; iy < s.height; ++iy) {
         for (size_t ix = 0; ix < s.width; ++ix) {
           const size_t cell = (iy * s.width + ix) * s.groups + g;
-          const size_t count = events.count[cell];
-          if (count == 0) continue;
-          const uint32_t* list = events.row.data() + events.start[cell];
-          const A* values = UNIT ? nullptr : events.value.data() + events.start[cell];  // (none for spikes)
+          size_t count = 0;
+          const uint64_t* mask = nullptr;
+          const uint32_t* list = nullptr;
+          const A* values = nullptr;
+          if constexpr (MASKS) {
+            mask = events.masks.data() + cell * words;
+            if (!any_active(mask, words)) continue;
+          } else {
+            count = events.count[cell];
+            if (count == 0) continue;
+            list = events.row.data() + events.start[cell];
+            values = UNIT ? nullptr : events.value.data() + events.start[cell];  // (none for spikes)
+          }
           for (uint32_t r = row_first[iy]; r < row_first[iy + 1]; ++r) {
             const Reach vertical = row_reach[r];
             for (uint32_t c = col_first[ix]; c < col_first[ix + 1]; ++c) {
@@ -856,7 +902,11 @@ void conv_sample_scatter(const ConvLayout<X>& layout, const ConvGeometry& s, Con
               A* out = sums.data() + (vertical.output * s.out_w + horizontal.output) * width;
               V acc[NV];  // vector loads into registers (a copy of the array goes through the stack, and stalls)
               for (int v = 0; v < NV; ++v) acc[v] = load_vector<V>(out + v * kLanes);
-              for (size_t e = 0; e < count; ++e) add_row<X, NV, UNIT>(acc, position + list[e], UNIT ? nullptr : values + e);
+              if constexpr (MASKS) {
+                add_mask_rows<X, NV>(acc, position, mask, words, width);
+              } else {
+                for (size_t e = 0; e < count; ++e) add_row<X, NV, UNIT>(acc, position + list[e], UNIT ? nullptr : values + e);
+              }
               for (int v = 0; v < NV; ++v) store_vector(out + v * kLanes, acc[v]);
             }
           }
@@ -870,10 +920,20 @@ void conv_sample_scatter(const ConvLayout<X>& layout, const ConvGeometry& s, Con
   }
 }
 
-template <typename X, int NV>
-void conv_sample_unit(const ConvLayout<X>& layout, const ConvGeometry& s, ConvScratch<X>& scratch,
+// One sample's sums in NV lane vectors, once its channel masks are gathered: input-driven
+// (conv_sample_scatter) when the whole sample's partial sums fit the L1 cache, else a row of
+// output pixels at a time (conv_sample_rows). Spikes of an ungrouped layer are added straight
+// from each pixel's mask bits; other inputs (values, groups) from the listed events.
+template <typename X, typename In, int NV>
+void conv_sample_sums(const ConvLayout<X>& layout, const ConvGeometry& s, ConvScratch<X>& scratch, const In* x,
                       const Out<X>* bias, bool stream, Out<X>* y) {
   const bool scatter = s.out_h * s.out_w * layout.width * sizeof(Acc<X>) <= kScatterSumsBytes;
+  if (scratch.events.unit && s.groups == 1) {
+    scatter ? conv_sample_scatter<X, NV, true, true>(layout, s, scratch, bias, stream, y)
+            : conv_sample_rows<X, NV, true, true>(layout, s, scratch, bias, stream, y);
+    return;
+  }
+  list_pixels<X>(x, s, layout.width, scratch.events);
   if (scratch.events.unit) {
     scatter ? conv_sample_scatter<X, NV, true>(layout, s, scratch, bias, stream, y)
             : conv_sample_rows<X, NV, true>(layout, s, scratch, bias, stream, y);
@@ -888,19 +948,19 @@ template <typename X, typename In>
 void conv_sample(const ConvLayout<X>& layout, const ConvGeometry& s, const In* x, bool every, const Out<X>* bias,
                  bool stream, Out<X>* y) {
   thread_local ConvScratch<X> scratch;
-  gather_pixels<X>(x, s, every, layout.width, scratch.events);
+  gather_masks<X>(x, s, every, scratch.events);
   switch (layout.width / kLanes) {
     case 1:
-      conv_sample_unit<X, 1>(layout, s, scratch, bias, stream, y);
+      conv_sample_sums<X, In, 1>(layout, s, scratch, x, bias, stream, y);
       break;
     case 2:
-      conv_sample_unit<X, 2>(layout, s, scratch, bias, stream, y);
+      conv_sample_sums<X, In, 2>(layout, s, scratch, x, bias, stream, y);
       break;
     case 4:
-      conv_sample_unit<X, 4>(layout, s, scratch, bias, stream, y);
+      conv_sample_sums<X, In, 4>(layout, s, scratch, x, bias, stream, y);
       break;
     default:
-      conv_sample_unit<X, 8>(layout, s, scratch, bias, stream, y);
+      conv_sample_sums<X, In, 8>(layout, s, scratch, x, bias, stream, y);
   }
 #if defined(__AVX2__)
   if (stream) _mm_sfence();  // non-temporal stores are weakly ordered: visible before the work item ends

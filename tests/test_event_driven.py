@@ -323,6 +323,29 @@ def test_native_dense_with_weights_on_huge_pages(library: Path) -> None:
     same_bits(run_native(model, {"x": x}, library, "SpikeMatMul", threads=2), expected, "SpikeMatMul, 4.2 MB of weights")
 
 
+@pytest.mark.parametrize("stride", [1, 3], ids=["row-kernel", "scatter-kernel"])
+@pytest.mark.parametrize("integer", [False, True, "int32"], ids=["float", "integer", "integer-int32-x"])
+def test_native_conv_spikes_over_several_mask_words(library: Path, integer: bool | str, stride: int) -> None:
+    """Spikes of 150 channels in one group: summed from each pixel's three 64-bit channel masks
+    (the lowest bit first, word by word), by the row kernel (a large output) and the scatter
+    kernel (a small one); some pixels silent, some with every channel active."""
+    rng = np.random.default_rng(40 + stride)
+    dtype = np.int8 if integer else np.float32
+    x = (rng.random((3, 150, 17, 19)) < 0.15).astype(dtype)
+    x[0, :, 2, 3] = 1
+    x[1, :, 5:9, :] = 0
+    w = (rng.integers(-128, 128, (40, 150, 3, 3)).astype(np.int8) if integer
+         else rng.normal(0, 1, (40, 150, 3, 3)).astype(np.float32))
+    node = ops.make_node("SpikeConv", ["x", "w"], ["y"], name="masks", mode="integer" if integer else "float",
+                         stride_h=stride, stride_w=stride, pad_top=1, pad_left=1, pad_bottom=1, pad_right=1)
+    (expected,) = ops.run_reference(node, x, w)
+    if integer == "int32":
+        x = as_int32_input(rng, x)
+    model = layer_model(node, {"x": x}, {"w": w}, ELEM[expected.dtype])
+    same_bits(run_native(model, {"x": x}, library, "SpikeConv", threads=2), expected,
+              f"SpikeConv, 150 channels of spikes, stride {stride}")
+
+
 @pytest.mark.parametrize("integer", [False, True], ids=["float", "integer"])
 def test_native_conv_over_many_channels(library: Path, integer: bool) -> None:
     """130 channels (active-channel masks of three words), dense firing (long event lists per
