@@ -706,9 +706,10 @@ inline void transpose8(V* v) {
   }
 }
 
-// The (kernel offset, output index) pairs an input row or column reaches.
+// What an input row or column reaches: a kernel offset and an output index, as element offsets
+// into a tile's weights and into the partial sums.
 struct Reach {
-  uint32_t kernel, output;
+  size_t weights, sums;
 };
 
 // A thread's working memory for one sample of a convolution, kept from call to call (no
@@ -853,9 +854,10 @@ void conv_sample_scatter(const ConvLayout<X>& layout, const ConvGeometry& s, Con
   const size_t plane = s.out_h * s.out_w, position_size = layout.rows * width, words = (s.channels + 63) / 64;
   std::vector<A>& sums = scratch.sums;
   sums.resize(plane * width);
-  // The (kernel offset, output index) pairs each input row and column reaches, in kernel order.
+  // What each input row and column reaches, in kernel order; a kernel step and an output step
+  // are `kernel_step` weights and `output_step` sums apart.
   auto reaches = [](size_t inputs, size_t kernel, size_t outputs, int64_t stride, int64_t pad, int64_t dilation,
-                    std::vector<uint32_t>& first, std::vector<Reach>& pairs) {
+                    size_t kernel_step, size_t output_step, std::vector<uint32_t>& first, std::vector<Reach>& pairs) {
     first.assign(inputs + 1, 0);
     pairs.clear();
     for (size_t i = 0; i < inputs; ++i) {
@@ -863,15 +865,19 @@ void conv_sample_scatter(const ConvLayout<X>& layout, const ConvGeometry& s, Con
       for (size_t k = 0; k < kernel; ++k) {
         const int64_t scaled = static_cast<int64_t>(i) + pad - static_cast<int64_t>(k) * dilation;
         if (scaled < 0 || scaled % stride != 0 || static_cast<size_t>(scaled / stride) >= outputs) continue;
-        pairs.push_back({static_cast<uint32_t>(k), static_cast<uint32_t>(scaled / stride)});
+        pairs.push_back({k * kernel_step, static_cast<size_t>(scaled / stride) * output_step});
       }
     }
     first[inputs] = static_cast<uint32_t>(pairs.size());
   };
   std::vector<uint32_t>&row_first = scratch.row_first, &col_first = scratch.col_first;
   std::vector<Reach>&row_reach = scratch.row_reach, &col_reach = scratch.col_reach;
-  reaches(s.height, s.kernel_h, s.out_h, s.stride_h, s.pad_top, s.dilation_h, row_first, row_reach);
-  reaches(s.width, s.kernel_w, s.out_w, s.stride_w, s.pad_left, s.dilation_w, col_first, col_reach);
+  reaches(s.height, s.kernel_h, s.out_h, s.stride_h, s.pad_top, s.dilation_h, s.kernel_w * position_size,
+          s.out_w * width, row_first, row_reach);
+  reaches(s.width, s.kernel_w, s.out_w, s.stride_w, s.pad_left, s.dilation_w, position_size, width, col_first,
+          col_reach);
+  const uint32_t *rows_first = row_first.data(), *cols_first = col_first.data();
+  const Reach *rows_reach = row_reach.data(), *cols_reach = col_reach.data();
   for (size_t g = 0; g < s.groups; ++g) {
     for (size_t t = 0; t < layout.tiles; ++t) {
       const X* tile = layout.tile(g, t);
@@ -894,12 +900,12 @@ void conv_sample_scatter(const ConvLayout<X>& layout, const ConvGeometry& s, Con
             list = events.row.data() + events.start[cell];
             values = UNIT ? nullptr : events.value.data() + events.start[cell];  // (none for spikes)
           }
-          for (uint32_t r = row_first[iy]; r < row_first[iy + 1]; ++r) {
-            const Reach vertical = row_reach[r];
-            for (uint32_t c = col_first[ix]; c < col_first[ix + 1]; ++c) {
-              const Reach horizontal = col_reach[c];
-              const X* position = tile + (vertical.kernel * s.kernel_w + horizontal.kernel) * position_size;
-              A* out = sums.data() + (vertical.output * s.out_w + horizontal.output) * width;
+          for (uint32_t r = rows_first[iy]; r < rows_first[iy + 1]; ++r) {
+            const Reach vertical = rows_reach[r];
+            for (uint32_t c = cols_first[ix]; c < cols_first[ix + 1]; ++c) {
+              const Reach horizontal = cols_reach[c];
+              const X* position = tile + vertical.weights + horizontal.weights;
+              A* out = sums.data() + vertical.sums + horizontal.sums;
               V acc[NV];  // vector loads into registers (a copy of the array goes through the stack, and stalls)
               for (int v = 0; v < NV; ++v) acc[v] = load_vector<V>(out + v * kLanes);
               if constexpr (MASKS) {
