@@ -5,10 +5,11 @@ What is measured
 Every bundled model with ``hnnx.A2S``/``hnnx.S2A`` nodes (the hybrid ANN/SNN models and the
 SNNs, whose input coding and output decoding are HUs) runs over the digits test split in batches
 of ``--batch-size`` (default 128) as ``hnnx simulate`` runs it (``hnnx.Simulator`` with its
-firing-rate taps, its integer layers as exact float layers, ``event_driven="off"``: no layer
-is event-driven, and no rate tap is added for a layer fed by a rate-coding A2S, which
-``"auto"`` without rates would add to the native model only, where the A2S is a spike source),
-in float and as the ``tianjicx`` integer model
+firing-rate taps, ``event_driven="auto"``: its integer layers as exact float layers), in (1)–(3)
+with a firing rate of 1 given for every spike source, so that no layer is event-driven and no
+rate tap is added (without rates, ``"auto"`` would measure the rate of a rate-coding A2S — in the
+native model only, where the A2S is a spike node rather than inlined ops), in float and as the
+``tianjicx`` integer model
 ``hnnx.quantize`` writes (calibrated on 256 training images). Three ways, with the same ``--threads``:
 
 1. ``function bodies`` — no native kernel: LIF, A2S and S2A run their ONNX function bodies.
@@ -60,10 +61,20 @@ def with_hu_bodies(model: onnx.ModelProto) -> onnx.ModelProto:
     return onnx.inliner.inline_selected_functions(model, [(ops.DOMAIN, op) for op in HYBRID_UNITS])
 
 
+def dense_rates(model: onnx.ModelProto) -> dict[str, float]:
+    """A firing rate of 1 for every spike source of ``model``'s spike-input layers: with these rates
+    ``event_driven="auto"`` keeps every layer dense and measures no rate."""
+    decisions = hnnx.Simulator(model, native=True, event_driven="auto", event_rates={}).event_layers
+    return {source: 1.0 for layer in decisions for source in layer.sources}
+
+
 def passes(model: onnx.ModelProto, batches: list[np.ndarray], threads: int, kernels: bool, count: int,
-           event_driven: str = "off") -> Callable[[], list[np.ndarray]]:
-    """``count`` passes over ``batches`` on a Simulator of ``model``: the first output of every batch."""
-    simulator = hnnx.Simulator(model, threads=threads, native=kernels, event_driven=event_driven, event_rates={})
+           event_driven: str = "auto") -> Callable[[], list[np.ndarray]]:
+    """``count`` passes over ``batches`` on a Simulator of ``model``: the first output of every batch;
+    with ``event_driven="auto"`` every layer dense (rates of 1), with ``"on"`` every spike-input layer
+    event-driven."""
+    rates = dense_rates(model) if event_driven == "auto" else {}
+    simulator = hnnx.Simulator(model, threads=threads, native=kernels, event_driven=event_driven, event_rates=rates)
     name = simulator.inputs[0].name
 
     def run() -> list[np.ndarray]:
