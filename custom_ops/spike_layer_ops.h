@@ -142,7 +142,7 @@ class SpikeMatMulKernel {
     // Work items: every tile with all rows when the tiles alone keep the threads busy (4 items
     // per hardware thread), else the rows split too, in multiples of 8 (the more rows an item
     // has, the more events share each block of weights).
-    const size_t items = 4 * std::max<size_t>(1, std::thread::hardware_concurrency());
+    static const size_t items = 4 * std::max<size_t>(1, std::thread::hardware_concurrency());
     const size_t splits = std::max<size_t>(1, std::min<size_t>((run.rows + 7) / 8, (items + layout->tiles - 1) /
                                                                                        layout->tiles));
     run.row_block = ((run.rows + splits - 1) / splits + 7) / 8 * 8;
