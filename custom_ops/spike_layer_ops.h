@@ -141,10 +141,13 @@ class SpikeMatMulKernel {
     run.events.resize(run.rows);
     // Work items: every tile with all rows when the tiles alone keep the threads busy (4 items
     // per hardware thread), else the rows split too, in multiples of 8 (the more rows an item
-    // has, the more events share each block of weights).
+    // has, the more events share each block of weights) — at most kItemRows rows per item, which
+    // bounds a thread's partial sums (kItemRows × 32 float or 64 int32 lanes: 1 MiB at most).
     static const size_t items = 4 * std::max<size_t>(1, std::thread::hardware_concurrency());
-    const size_t splits = std::max<size_t>(1, std::min<size_t>((run.rows + 7) / 8, (items + layout->tiles - 1) /
-                                                                                       layout->tiles));
+    constexpr size_t kItemRows = 4096;
+    const size_t splits = std::max<size_t>(
+        (run.rows + kItemRows - 1) / kItemRows,
+        std::min<size_t>((run.rows + 7) / 8, (items + layout->tiles - 1) / layout->tiles));
     run.row_block = ((run.rows + splits - 1) / splits + 7) / 8 * 8;
     parallel_for(context, run.gather_blocks(), &run, &DenseRun<X, In>::gather_entry);
     size_t events = 0;

@@ -311,6 +311,18 @@ def test_native_dense_sums_over_input_blocks(library: Path, integer: bool) -> No
                       f"SpikeMatMul over input blocks, rate {rate}, {threads} threads")
 
 
+def test_native_dense_splits_many_rows_into_bounded_items(library: Path) -> None:
+    """10,000 rows: more than one work item's worth (4,096) even where the column tiles alone
+    would keep the threads busy — the rows are split, each item's sums bounded."""
+    rng = np.random.default_rng(9)
+    x = (rng.random((10_000, 300)) < 0.1).astype(np.float32)
+    w = rng.normal(0, 1, (300, 300)).astype(np.float32)
+    node = ops.make_node("SpikeMatMul", ["x", "w"], ["y"], name="tall")
+    (expected,) = ops.run_reference(node, x, w)
+    model = layer_model(node, {"x": x}, {"w": w}, TensorProto.FLOAT)
+    same_bits(run_native(model, {"x": x}, library, "SpikeMatMul", threads=2), expected, "SpikeMatMul, 10,000 rows")
+
+
 def test_native_dense_with_weights_on_huge_pages(library: Path) -> None:
     """Weights of 4 MiB or more are laid out on 2 MiB pages where the system allows: the same sums."""
     rng = np.random.default_rng(8)
