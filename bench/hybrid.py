@@ -44,6 +44,7 @@ import onnxruntime as ort
 import hnnx
 from hnnx import models, ops
 from hnnx.datasets import load_digits
+from hnnx.passes.events import for_simulation
 from tables import format_table, median_seconds, require_native_kernels
 
 SPEEDUP_TARGET = 1.5
@@ -64,7 +65,7 @@ def with_hu_bodies(model: onnx.ModelProto) -> onnx.ModelProto:
 def dense_rates(model: onnx.ModelProto) -> dict[str, float]:
     """A firing rate of 1 for every spike source of ``model``'s spike-input layers: with these rates
     ``event_driven="auto"`` keeps every layer dense and measures no rate."""
-    decisions = hnnx.Simulator(model, native=True, event_driven="auto", event_rates={}).event_layers
+    _, decisions = for_simulation(model, "auto")
     return {source: 1.0 for layer in decisions for source in layer.sources}
 
 

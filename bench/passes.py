@@ -57,7 +57,6 @@ def chain_model(blocks: int, channels: int = 4, size: int = 8, seed: int = 0) ->
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)], ir_version=10)
 
 
-
 def ort_pre_process(model: onnx.ModelProto, folder: Path) -> Callable[[], object]:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 

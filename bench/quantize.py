@@ -237,7 +237,6 @@ def measure_accuracy(data: DigitsSplit, folder: Path) -> list[AccuracyRow]:
     return rows
 
 
-
 def time_contenders(name: str) -> list[str]:
     return hnnx_contenders() + ([ORT, ORT_PRE] if name in ANN_MODELS else [])
 

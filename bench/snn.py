@@ -277,7 +277,6 @@ class Row:
     outputs: tuple[np.ndarray, ...] = field(default_factory=tuple)
 
 
-
 def _resident_kib(field_name: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
