@@ -5,7 +5,7 @@
 // compiled without floating-point contraction (-ffp-contract=off, no -ffast-math).
 //
 // Layout: the current is time-major `[T, M]` (M = neurons, the product of the dims after
-// axis 0), spikes likewise. One call of `LifStepFn` runs all T steps for a block of
+// axis 0) — or one step `[1, M]` read at every step (attribute `steps`) — spikes `[T, M]`. One call of `LifStepFn` runs all T steps for a block of
 // n ≤ kBlock neurons whose state (membrane v, adaptive threshold θa, refractory counter)
 // lives in small block-local arrays, so each input element is read once and each spike
 // written once; the per-neuron inner loop is branch-free and vectorizes. A recurrent node
@@ -145,18 +145,19 @@ __attribute__((always_inline)) inline T lif_neuron(const LifConstants<T>& c, T x
 }
 
 // Run `steps` time steps for neurons [0, n) of a block.
-//   x, spikes: the block's first neuron at step 0; step t is at offset t·stride.
+//   x: the block's first neuron at step 0; step t's current is at offset t·x_step (0: the same
+//   current every step, a node with `steps` > 0). spikes: likewise at offset t·stride.
 //   v, theta_a, counter: block-local state, updated in place (theta_a / counter only read
 //   when ADAPT / REFR).
 template <typename T, Reset RESET, bool ADAPT, bool REFR>
-void lif_block_steps(const LifConstants<T>& c, const T* __restrict x, T* __restrict spikes, std::size_t stride,
-                     std::size_t steps, std::size_t n, T* __restrict v, T* __restrict theta_a,
+void lif_block_steps(const LifConstants<T>& c, const T* __restrict x, std::size_t x_step, T* __restrict spikes,
+                     std::size_t stride, std::size_t steps, std::size_t n, T* __restrict v, T* __restrict theta_a,
                      int32_t* __restrict counter) {
   // The constants as a local copy: the compiler cannot prove that stores to the spike array
   // leave a struct behind a reference unchanged, and would otherwise reload (and not vectorize).
   const LifConstants<T> k = c;
   for (std::size_t t = 0; t < steps; ++t) {
-    const T* __restrict xt = x + t * stride;
+    const T* __restrict xt = x + t * x_step;
     T* __restrict st = spikes + t * stride;
 #pragma GCC ivdep
     for (std::size_t i = 0; i < n; ++i) {
@@ -172,13 +173,13 @@ using RecurrentSum = std::conditional_t<std::is_same_v<T, float>, double, int64_
 
 // Run `steps` time steps of the f neurons of one sample of a recurrent node: step t adds
 // r[i] = Σ_j last[j]·w[j·f + i] to the current (hnnx/ops/lif.py `add_recurrence`).
-//   x, spikes: the sample's first neuron at step 0; step t is at offset t·stride.
+//   x, spikes: the sample's first neuron at step 0; step t at offset t·x_step, t·stride.
 //   last: the spikes of the step before (updated in place); sum: scratch of f accumulators.
 // Presynaptic neurons that did not spike add ±0 terms, which leave a sum started at +0
 // unchanged; they are skipped, so the cost follows the spike count (event-driven).
 template <typename T, Reset RESET, bool ADAPT, bool REFR>
-void lif_recurrent_steps(const LifConstants<T>& c, const T* __restrict x, T* __restrict spikes,
-                         std::size_t stride, std::size_t steps, std::size_t f, const T* __restrict w,
+void lif_recurrent_steps(const LifConstants<T>& c, const T* __restrict x, std::size_t x_step,
+                         T* __restrict spikes, std::size_t stride, std::size_t steps, std::size_t f, const T* __restrict w,
                          T* __restrict v, T* __restrict theta_a, int32_t* __restrict counter, T* __restrict last,
                          RecurrentSum<T>* __restrict sum) {
   using Sum = RecurrentSum<T>;
@@ -197,7 +198,7 @@ void lif_recurrent_steps(const LifConstants<T>& c, const T* __restrict x, T* __r
         }
       }
     }
-    const T* __restrict xt = x + t * stride;
+    const T* __restrict xt = x + t * x_step;
     T* __restrict st = spikes + t * stride;
     for (std::size_t i = 0; i < f; ++i) {
       T u;
@@ -214,12 +215,12 @@ void lif_recurrent_steps(const LifConstants<T>& c, const T* __restrict x, T* __r
 }
 
 template <typename T>
-using LifStepFn = void (*)(const LifConstants<T>&, const T*, T*, std::size_t, std::size_t, std::size_t, T*, T*,
-                           int32_t*);
+using LifStepFn = void (*)(const LifConstants<T>&, const T*, std::size_t, T*, std::size_t, std::size_t, std::size_t,
+                           T*, T*, int32_t*);
 
 template <typename T>
-using LifRecurrentFn = void (*)(const LifConstants<T>&, const T*, T*, std::size_t, std::size_t, std::size_t,
-                                const T*, T*, T*, int32_t*, T*, RecurrentSum<T>*);
+using LifRecurrentFn = void (*)(const LifConstants<T>&, const T*, std::size_t, T*, std::size_t, std::size_t,
+                                std::size_t, const T*, T*, T*, int32_t*, T*, RecurrentSum<T>*);
 
 // The pair of instantiations for one node's structure.
 template <typename T>

@@ -27,6 +27,7 @@ struct LifNode : NodeLabel {
   OptionalFloat v_lower;
   float theta_alpha = 1.0f, theta_beta = 0.0f, theta_increment = 0.0f;
   int64_t refractory = 0;
+  int64_t steps = 0;  // > 0: the current [1, N, ...] is that of each of `steps` steps
 };
 
 inline Reset parse_reset(const LifNode& node, const std::string& text) {
@@ -61,6 +62,8 @@ inline LifNode describe_lif(const OrtKernelInfo* info) {
   node.theta_beta = float_attr(info, "theta_beta", 0.0f);
   node.theta_increment = float_attr(info, "theta_increment", 0.0f);
   node.refractory = int_attr(info, "refractory", 0);
+  node.steps = int_attr(info, "steps", 0);
+  if (node.steps < 0) node.fail("steps must be ≥ 0");
   const int64_t bits = int_attr(info, "state_bits", 28);
 
   if (!(node.alpha >= 0.0f && node.alpha <= 1.0f)) node.fail("alpha must lie in [0, 1]");
@@ -140,6 +143,7 @@ struct LifRun {
   const LifConstants<T>* c;
   LifFunctions<T> functions;
   const T* current;
+  size_t current_step;  // offset of one step's current: `neurons`, or 0 when every step has the same
   T* spikes;
   size_t neurons, steps;
   T v_fill;
@@ -199,7 +203,7 @@ struct LifRun {
     const size_t first = block * kBlock;
     const size_t n = std::min(kBlock, neurons - first);
     initial(first, n, v, theta_a, counter);
-    functions.block(*c, current + first, spikes + first, neurons, steps, n, v, theta_a, counter);
+    functions.block(*c, current + first, current_step, spikes + first, neurons, steps, n, v, theta_a, counter);
     final(first, n, v, theta_a, counter);
   }
 
@@ -216,7 +220,7 @@ struct LifRun {
     } else {
       std::fill(last.begin(), last.end(), T(0));
     }
-    functions.recurrent(*c, current + first, spikes + first, neurons, steps, f, weight, v.data(), theta_a.data(),
+    functions.recurrent(*c, current + first, current_step, spikes + first, neurons, steps, f, weight, v.data(), theta_a.data(),
                         counter.data(), last.data(), sum.data());
     final(first, f, v.data(), theta_a.data(), counter.data());
     if (last_out) std::memcpy(last_out + first, last.data(), f * sizeof(T));
@@ -253,8 +257,14 @@ class LifKernel {
   void compute(Ort::KernelContext context) {
     count_call(OpId::kLif);
     const Ort::ConstValue current = context.GetInput(0);
-    const std::vector<int64_t> shape = current.GetTensorTypeAndShapeInfo().GetShape();
+    std::vector<int64_t> shape = current.GetTensorTypeAndShapeInfo().GetShape();
     if (shape.empty()) node_.fail("current must have a time axis: [T, N, ...], got a scalar");
+    const bool constant = node_.steps > 0;
+    if (constant && shape[0] != 1) {
+      node_.fail("with steps = " + std::to_string(node_.steps) + " the current is one step's, [1, N, ...], got " +
+                 shape_text(shape));
+    }
+    if (constant) shape[0] = node_.steps;  // the spikes' shape
     const std::vector<int64_t> neuron_shape(shape.begin() + 1, shape.end());
     size_t neurons = 1;
     for (int64_t d : neuron_shape) neurons *= static_cast<size_t>(d);
@@ -264,6 +274,7 @@ class LifKernel {
     run.c = &constants_;
     run.functions = functions_;
     run.current = current.GetTensorData<T>();
+    run.current_step = constant ? 0 : neurons;
     run.neurons = neurons;
     run.steps = static_cast<size_t>(shape[0]);
     run.v_fill = v_fill_;

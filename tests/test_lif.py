@@ -26,7 +26,7 @@ RESET_MODES = ("hard", "soft", "soft_constant", "none")
 LIF_DEFAULTS: dict[str, Any] = {
     "mode": "float", "threshold": 1.0, "reset_mode": "hard", "v_reset": 0.0, "reset_decrement": 0.0,
     "v_init": 0.0, "alpha": 1.0, "beta": 0.0, "v_lower": None, "refractory": 0, "theta_alpha": 1.0,
-    "theta_beta": 0.0, "theta_increment": 0.0, "state_bits": 28,
+    "theta_beta": 0.0, "theta_increment": 0.0, "state_bits": 28, "steps": 0,
 }
 
 
@@ -587,6 +587,7 @@ BAD_ATTRIBUTES = [
     ({"tau": 2.0}, "tau"),
     ({"refractory": -1}, "refractory"),
     ({"refractory": 1.5}, "refractory"),
+    ({"steps": -1}, "steps"),
     ({"threshold": "1"}, "threshold"),
     ({"threshold": float("inf")}, "threshold"),
     ({**INTEGER, "threshold": 0.5}, "threshold"),

@@ -16,6 +16,7 @@ from onnx import TensorProto, helper
 import hnnx.ops
 from conftest import assert_same_array, build_model, elem_of, run_model_both_ways, run_onnxruntime
 from hnnx.errors import NodeError
+import test_lif
 from test_lif import scalar_lif
 from test_native import library, run_native  # noqa: F401  (the native library fixture)
 
@@ -155,13 +156,15 @@ def scalar_recurrent_lif(attrs: dict[str, Any], current: np.ndarray, weight: np.
 # ---------------------------------------------------------------------------------------------
 # Running one node on every path
 # ---------------------------------------------------------------------------------------------
-def output_types(op: str, outputs: list[str], current: np.ndarray) -> dict[str, tuple[int, tuple]]:
+def output_types(op: str, outputs: list[str], current: np.ndarray, steps: int = 0) -> dict[str, tuple[int, tuple]]:
+    """The output types of a neuron node on ``current`` (``steps`` > 0: one step's current, repeated)."""
     elem, neurons = elem_of(current), current.shape[1:]
+    every_step = (steps, *neurons) if steps else current.shape
     types = []
     for index in range(len(outputs)):
         per_step = index == 0
         fixed_int = op == "LIF" and index == 3
-        types.append((TensorProto.INT32 if fixed_int else elem, current.shape if per_step else neurons))
+        types.append((TensorProto.INT32 if fixed_int else elem, every_step if per_step else neurons))
     return {name: kind for name, kind in zip(outputs, types) if name}
 
 
@@ -191,7 +194,7 @@ def run_everywhere(op: str, attrs: dict[str, Any], inputs: dict[str, np.ndarray 
     check([t.numpy() for t in decl.torch_forward(view, *tensors)], "torch")
     feeds = {name: array for name, array in zip(names, arrays) if name}
     model = build_model([node], {k: (elem_of(v), v.shape) for k, v in feeds.items()},
-                        output_types(op, outputs, current))
+                        output_types(op, outputs, current, attrs.get("steps", 0)))
     got = run_model_both_ways(model, feeds)
     check(got, "onnxruntime")
     if native_library is not None:
@@ -301,6 +304,37 @@ def test_recurrent_lif_random_configurations_agree_on_all_paths(seed: int, integ
     expected = scalar_recurrent_lif(attrs, inputs["current"], inputs["recurrent_weight"], inputs["last_spikes0"],
                                     v0=inputs["v0"])
     run_everywhere("LIF", attrs, inputs, outputs, expected, native_library=library)
+
+
+@pytest.mark.parametrize("recurrent", [False, True], ids=["feedforward", "recurrent"])
+@pytest.mark.parametrize("integer", [False, True], ids=["float", "integer"])
+@pytest.mark.parametrize("seed", range(8))
+def test_lif_constant_current_equals_the_current_repeated(seed: int, integer: bool, recurrent: bool,
+                                                          library: Any) -> None:
+    """``steps`` > 0: one step's current ``[1, N, ...]`` applied at each step gives what the
+    scalar reference gives on that current repeated ``steps`` times — on every path, native too."""
+    if recurrent:
+        attrs, inputs, outputs = recurrent_lif_case(seed, integer)
+    else:
+        case = test_lif.random_case(seed, integer)
+        attrs, inputs = dict(case.attrs), {"current": case.current, **case.initial}
+        outputs = list(test_lif.OUTPUT_NAMES[: case.n_outputs])
+    steps = max(int(inputs["current"].shape[0]), 3)
+    one = inputs["current"][:1]
+    repeated = np.repeat(one, steps, axis=0)
+    if recurrent:
+        expected = scalar_recurrent_lif(attrs, repeated, inputs["recurrent_weight"], inputs["last_spikes0"],
+                                        v0=inputs["v0"])
+    else:
+        expected = test_lif.scalar_lif(attrs, repeated, **case.initial)
+    run_everywhere("LIF", {**attrs, "steps": steps}, {**inputs, "current": one}, outputs, expected,
+                   native_library=library)
+
+
+def test_lif_constant_current_of_several_steps_is_refused() -> None:
+    node = hnnx.ops.make_node("LIF", ["current"], ["spikes"], name="repeating_lif", steps=4)
+    with pytest.raises(NodeError, match="repeating_lif.*one step"):
+        hnnx.ops.run_reference(node, np.zeros((2, 3), np.float32))
 
 
 @pytest.mark.parametrize("integer", [False, True], ids=["float", "integer"])

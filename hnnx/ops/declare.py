@@ -208,6 +208,9 @@ class OpDeclaration:
     neuron: ClassVar[bool] = False
     """A neuron: integrates the current at input 0 into a membrane state, and has an integer
     form whose constants scale with that current (``integer_attributes(view, scale)``)."""
+    constant_current: ClassVar[str | None] = None
+    """The attribute that, set to T > 0, makes input 0 one step's current ``[1, N, ...]``
+    applied at each of T steps; None when the op has no such form."""
     inputs: ClassVar[tuple[Port, ...]]
     outputs: ClassVar[tuple[Port, ...]]
     attributes: ClassVar[tuple[Attribute, ...]]

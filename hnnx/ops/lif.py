@@ -95,6 +95,12 @@ class LIF(OpDeclaration):
     ``256·theta_alpha`` must be integers. Integer arithmetic is exact (the leak product
     is formed in int64).
 
+    ``steps > 0``: the current is the same at every step — ``current [1, N, ...]`` is applied
+    at each of ``steps`` steps (spikes ``[steps, N, ...]``), as for a frame coded directly and
+    passed through layers once rather than once per step; the neuron then reads one step's
+    current instead of ``steps`` copies of it. ``steps = 0`` (default): the current holds every
+    step.
+
     ``surrogate``/``surrogate_width`` do not change the forward pass; they choose the
     pseudo-derivative ``∂s/∂v`` used when training (rectangle: ``1/w`` inside
     ``|v − θ| < w/2``).
@@ -102,8 +108,9 @@ class LIF(OpDeclaration):
 
     name = "LIF"
     neuron = True
+    constant_current = "steps"
     inputs = (
-        Port("current", "input current per step, [T, N, ...]", time=TIME_MAJOR),
+        Port("current", "input current per step, [T, N, ...] ([1, N, ...] with `steps` > 0)", time=TIME_MAJOR),
         Port("v0", "initial membrane potential, broadcastable to [N, ...]", optional=True, time=NO_TIME),
         Port("theta0", "initial adaptive-threshold component θa, broadcastable to [N, ...]", optional=True,
              time=NO_TIME),
@@ -145,6 +152,8 @@ class LIF(OpDeclaration):
         Attribute("surrogate", str, "rectangle", "training pseudo-derivative: rectangle, sigmoid or atan",
                   choices=SURROGATES),
         Attribute("surrogate_width", float, 1.0, "width of the surrogate window (> 0)"),
+        Attribute("steps", int, 0, "> 0: `current` [1, N, ...] is the current of each of `steps` steps "
+                  "(a constant current); 0: `current` holds every step"),
     )
 
     # ------------------------------------------------------------------ validation
@@ -152,6 +161,8 @@ class LIF(OpDeclaration):
     def validate(cls, attrs: dict[str, Any], node: str) -> None:
         if attrs["refractory"] < 0:
             raise NodeError(node, f"LIF attribute 'refractory' must be ≥ 0, got {attrs['refractory']}")
+        if attrs["steps"] < 0:
+            raise NodeError(node, f"LIF attribute 'steps' must be ≥ 0, got {attrs['steps']}")
         validate_neuron(cls.name, attrs, node, MEMBRANE_CONSTANTS, Q8_FACTORS)
 
     @classmethod
@@ -160,7 +171,8 @@ class LIF(OpDeclaration):
 
     @classmethod
     def structure(cls, view: NodeView) -> str:
-        return neuron_structure(view, _flags(view), ("leak", "beta", "sat", "adapt", "theta_leak", "refr", "rec"))
+        return neuron_structure(view, _flags(view), ("leak", "beta", "sat", "adapt", "theta_leak", "refr", "rec",
+                                                     "constant"))
 
     @classmethod
     def check_types(cls, view: NodeView, elem_types: list[int | None]) -> None:
@@ -174,7 +186,8 @@ class LIF(OpDeclaration):
     def output_shapes(cls, view: NodeView, shapes: list[list[Any] | None]) -> list[list[Any] | None]:
         current = shapes[0]
         neurons = None if current is None else list(current[1:])
-        return [current, neurons, neurons, neurons, neurons][: view.n_outputs]
+        spikes = current if current is None or not view.attrs["steps"] else [view.attrs["steps"], *neurons]
+        return [spikes, neurons, neurons, neurons, neurons][: view.n_outputs]
 
     @classmethod
     def emits_spikes(cls, view: NodeView) -> bool:
@@ -275,6 +288,7 @@ class LIF(OpDeclaration):
         integer = view.attrs["mode"] == "integer"
         xp = NumpyOps(integer, view.attrs)
         flags = _flags(view)
+        current = every_step(view, xp, current)
         rows = check_recurrence(view, flags.rec, current.shape, recurrent_weight)
         neuron_shape = tuple(current.shape[1:])
         states = _initial_states(xp, flags, neuron_shape, v0, theta0, refractory0, last_spikes0)
@@ -302,6 +316,11 @@ class LIF(OpDeclaration):
         xp = OnnxOps(top, flags.integer)
         elem = xp.elem
         current = body.input(0)
+        if flags.constant:  # [1, N, ...] → [steps, N, ...]
+            steps = top.op("Reshape", body.attr_value("steps", "value_int"), body.literal_1d([1]))
+            one_shape = top.op("Shape", current)
+            current = top.op("Expand", current, top.op("Concat", steps, top.op("Slice", one_shape, body.literal_1d([1]),
+                                                                                  body.literal_1d([2**62])), axis=0))
         shape = top.op("Shape", current)
         neuron_shape = top.op("Slice", shape, body.literal_1d([1]), body.literal_1d([2**62]))
         size = top.op("ReduceProd", neuron_shape, keepdims=1)
@@ -332,6 +351,19 @@ class LIF(OpDeclaration):
             body.set_output(index, top.op("Reshape", final, neuron_shape, allowzero=1))
 
 
+def every_step(view: NodeView, xp: Any, current: Any) -> Any:
+    """The current of every step, ``[T, N, ...]``: ``current`` itself, or for a node with
+    ``steps > 0`` its single step ``[1, N, ...]`` repeated ``steps`` times (NodeError when
+    ``current`` holds more than one step)."""
+    steps = view.attrs[LIF.constant_current]
+    if not steps:
+        return current
+    if len(current.shape) < 1 or current.shape[0] != 1:
+        raise NodeError(view.name, f"LIF with steps = {steps} takes the current of one step, [1, N, ...], "
+                                   f"got {list(current.shape)}")
+    return xp.expand_time(current, steps)
+
+
 def _state_of(flags: SimpleNamespace, arrays: list[Any]) -> LIFState:
     """A :class:`LIFState` from the carried arrays in port order."""
     arrays = list(arrays)
@@ -346,6 +378,7 @@ def _run_eager(view: NodeView, xp: Any, current: Any, v0: Any, theta0: Any, refr
                last_spikes0: Any = None, recurrent_weight: Any = None) -> tuple[Any, ...]:
     """Multi-step LIF in an eager namespace (numpy or torch)."""
     flags = _flags(view)
+    current = every_step(view, xp, current)
     rows = check_recurrence(view, flags.rec, tuple(current.shape), recurrent_weight)
     neuron_shape = tuple(current.shape[1:])
     states = _initial_states(xp, flags, neuron_shape, v0, theta0, refractory0, last_spikes0)
@@ -387,13 +420,15 @@ def _admitted(xp: Any, flags: SimpleNamespace, states: list[Any]) -> list[Any]:
 def _flags(view: NodeView) -> SimpleNamespace:
     """Which parts of the equations a node uses (its structure)."""
     a = view.attrs
-    return neuron_flags(
+    flags = neuron_flags(
         a,
         adapt=(a["theta_alpha"] != 1.0 or a["theta_beta"] != 0.0 or a["theta_increment"] != 0.0
                or view.has_input(2) or view.has_output(2)),
         refr=a["refractory"] > 0 or view.has_input(3) or view.has_output(3),
         rec=view.has_input(5),
     )
+    flags.constant = a["steps"] > 0  # one step's current, repeated
+    return flags
 
 
 # ---------------------------------------------------------------------------- shared by the neuron ops
