@@ -340,8 +340,9 @@ def _direct_coding_model(steps: int = 5) -> onnx.ModelProto:
 
 
 def test_a_layer_on_a_frame_repeated_over_time_runs_once_per_frame() -> None:
-    """hoist_repeated: the Conv runs on [N, …] and its result is repeated; spikes and membranes equal
-    the original graph's bit for bit. A probe on a tensor of the repeated chain keeps it as it is."""
+    """hoist_repeated: the Conv runs on [N, …] and the LIF takes its result as one step's current
+    repeated over the 5 steps (no copies); spikes equal the original graph's bit for bit. A probe on
+    a tensor of the repeated chain keeps it as it is; one on the current keeps the repeated current."""
     from hnnx.passes.time import hoist_repeated
 
     model = _direct_coding_model()
@@ -352,12 +353,19 @@ def test_a_layer_on_a_frame_repeated_over_time_runs_once_per_frame() -> None:
     convs = [n for n in hoisted.graph.node if n.op_type == "Conv"]
     assert len(convs) == 1 and convs[0].name == "conv_hoisted"
     assert "Reshape" not in _op_types(hoisted)  # the fold and unfold went with the repeated conv
+    (lif,) = [n for n in hoisted.graph.node if n.op_type == "LIF"]
+    producer = {out: n.op_type for n in hoisted.graph.node for out in n.output}
+    assert ops.declaration("LIF").view(lif).attrs["steps"] == 5 and producer[lif.input[0]] == "Unsqueeze"
     (want,), (got,) = _run(model, {"images": images}), _run(hoisted, {"images": images})
     assert want.shape == got.shape == (5, 3, 4, 6, 6) and want.any() and np.array_equal(want, got)
     for probe in ("repeated", "folded", "conv"):
         kept: dict[str, bool] = {}
         passes.run_passes(model, [hoist_repeated([probe])], kept)
         assert kept == {"hoist_repeated": False}, probe
+    probed = passes.run_passes(model, [hoist_repeated(["current"])])
+    (lif,) = [n for n in probed.graph.node if n.op_type == "LIF"]
+    assert ops.declaration("LIF").view(lif).attrs["steps"] == 0 and lif.input[0] == "current"
+    assert np.array_equal(_run(probed, {"images": images})[0], want)
     # A simulation with event-driven layers applies it (the probes of hnnx.simulate stay honoured).
     plain = hnnx.simulate(model, {"images": images}, event_driven="off", probes=["conv"])
     event = hnnx.simulate(model, {"images": images}, event_driven="on", probes=["current"])
@@ -367,13 +375,13 @@ def test_a_layer_on_a_frame_repeated_over_time_runs_once_per_frame() -> None:
 @pytest.mark.parametrize("steps", [5, 70], ids=["repeated-by-concat", "repeated-by-expand"])
 def test_an_expand_that_broadcasts_the_frame_is_hoisted_with_its_broadcast(steps: int) -> None:
     """Expand to [T, N, 2, 6, 6] of a frame [N, 1, 6, 6]: the frame is broadcast before the layer
-    (the result repeated by a Concat of copies up to 64 steps, by an Expand beyond)."""
+    (the result, probed, repeated by a Concat of copies up to 64 steps, by an Expand beyond)."""
     from hnnx.passes.time import hoist_repeated
 
     model = _direct_coding_model(steps)
     model.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 1
     images = RNG.uniform(0, 1, (3, 1, 6, 6)).astype(np.float32)
-    hoisted = passes.run_passes(model, [hoist_repeated()])
+    hoisted = passes.run_passes(model, [hoist_repeated(["current"])])
     assert [n.name for n in hoisted.graph.node if n.op_type == "Conv"] == ["conv_hoisted"]
     assert ("Concat" if steps <= 64 else "Expand") in [n.op_type for n in hoisted.graph.node
                                                        if n.output[0] == "current"]
@@ -393,9 +401,49 @@ def test_an_integer_direct_coding_chain_is_hoisted_in_simulation() -> None:
     simulated, _ = for_simulation(quantized, "on", {})
     hoisted = [n.op_type for n in simulated.graph.node if n.name.endswith("_hoisted")]
     assert "QuantizeLinear" in hoisted and "Reshape" not in _op_types(simulated)  # no fold: one pass per frame
+    (lif,) = [n for n in simulated.graph.node if n.op_type == "LIF"]
+    assert ops.declaration("LIF").view(lif).attrs["steps"] == 5  # the integer LIF takes one step's current
     plain = hnnx.simulate(quantized, {"images": images}, event_driven="off")
     event = hnnx.simulate(quantized, {"images": images}, event_driven="on")
     assert plain.outputs["spikes"].any() and np.array_equal(plain.outputs["spikes"], event.outputs["spikes"])
+
+
+def test_repeated_currents_gives_the_neuron_every_step_again() -> None:
+    """The inverse form for tools that split a current into steps: the LIF reads the hoisted current
+    repeated over its 5 steps (steps = 0 again), with the same spikes; the hoisted model is left as
+    it was, and a model without such a neuron comes back as itself."""
+    from hnnx.passes.time import hoist_repeated, repeated_currents
+
+    model = _direct_coding_model()
+    hoisted = passes.run_passes(model, [hoist_repeated()])
+    before = hoisted.SerializeToString()
+    repeated = repeated_currents(hoisted)
+    assert hoisted.SerializeToString() == before and repeated_currents(model) is model
+    (lif,) = [n for n in repeated.graph.node if n.op_type == "LIF"]
+    producer = {out: n.op_type for n in repeated.graph.node for out in n.output}
+    assert ops.declaration("LIF").view(lif).attrs["steps"] == 0 and producer[lif.input[0]] == "Expand"
+    images = RNG.uniform(0, 1, (3, 2, 6, 6)).astype(np.float32)
+    (want,), (got,) = _run(model, {"images": images}), _run(repeated, {"images": images})
+    assert want.any() and np.array_equal(want, got)
+
+
+def test_step_by_step_mappers_refuse_a_constant_current_naming_the_neuron() -> None:
+    """Chip mapping, BiMap and NIR export need the current of every step: a LIF with ``steps``
+    (a simulation's form) is refused with a NodeError naming it."""
+    from hnnx.chip.graph import layer_graph
+    from hnnx.errors import NodeError
+    from hnnx.interop.bimap import export_bimap
+    from hnnx.interop.nir import to_nir
+    from hnnx.passes.time import hoist_repeated
+    from hnnx.quantization import quantize
+
+    model = _direct_coding_model()
+    quantized, _ = quantize(model, {"images": RNG.uniform(0, 1, (8, 2, 6, 6)).astype(np.float32)},
+                            target="tianjicx")
+    for tool, source in ((layer_graph, quantized), (lambda m: export_bimap(m), quantized), (to_nir, model)):
+        hoisted = passes.run_passes(source, [hoist_repeated()])
+        with pytest.raises(NodeError, match=r"'lif'.*steps = 5"):
+            tool(hoisted)
 
 
 def test_an_unsqueeze_with_computed_axes_is_left_alone() -> None:

@@ -33,6 +33,7 @@ from onnx import numpy_helper
 
 from hnnx import ops
 from hnnx.errors import ModelError
+from hnnx.passes.time import refuse_constant_currents
 from hnnx.runtime.data import is_time_major, spec_of
 
 
@@ -709,4 +710,5 @@ def unroll_conv(weight: np.ndarray, in_shape: tuple[int, ...], strides: list[int
 
 def layer_graph(model: onnx.ModelProto) -> LayerGraph:
     """The chip layers of an integer graph; MappingError naming the node it cannot map."""
+    refuse_constant_currents(model, "chip mapping")
     return _Builder(model).build()

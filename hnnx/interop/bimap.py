@@ -41,6 +41,7 @@ from hnnx import ops
 from hnnx.errors import HnnxError, ModelError, NodeError
 from hnnx.model import write_atomic
 from hnnx.ops.quant import INT8_RANGE
+from hnnx.passes.time import refuse_constant_currents
 from hnnx.quantization import output_scales
 from hnnx.quantization import quantized_as
 
@@ -140,6 +141,7 @@ def export_bimap(model: onnx.ModelProto, *, graph_name: str | None = None) -> tu
         found = f"a {form} model" if form else "not a quantized model"
         raise ModelError(f"BiMap export needs a tianjicx integer graph, this is {found}: run "
                          f"`hnnx quantize MODEL -o OUT.onnx --calib DATA --target tianjicx --format int` first")
+    refuse_constant_currents(model, "BiMap export")
     return _BimapExporter(model, graph_name).run()
 
 

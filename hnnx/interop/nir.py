@@ -47,6 +47,7 @@ from onnx import helper, numpy_helper
 
 from hnnx import ops
 from hnnx.errors import ModelError, NodeError
+from hnnx.passes.time import refuse_constant_currents
 from hnnx.interop.nir_file import GAIN_DOC, Discretisation, NirGraph, NirNode, write_nir
 
 NEURON_PORTS = {"LIF": ((1, 2, 3, 4), 5), "CubaLIF": ((1, 2, 3), 4), "LI": ((1,), None), "Integrator": ((1,), None)}
@@ -86,6 +87,7 @@ def to_nir(model: onnx.ModelProto | str | os.PathLike, dt: float = 1e-4, scheme:
 
     if not isinstance(model, onnx.ModelProto):
         model = load(model)
+    refuse_constant_currents(model, "NIR export")
     return _Exporter(model, Discretisation(float(dt), scheme)).run()
 
 

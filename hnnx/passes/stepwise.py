@@ -41,6 +41,7 @@ from onnx import TensorProto, helper, numpy_helper
 from hnnx import ops
 from hnnx.errors import ModelError
 from hnnx.passes.manager import model_pass
+from hnnx.passes.time import repeated_currents
 
 STEPS_INPUT = "hnnx.steps"
 """Graph input of a chunk graph without time-major inputs: the number of steps of the call (int64 scalar)."""
@@ -234,7 +235,7 @@ def stepwise(model: onnx.ModelProto) -> bool:
     parts = stepwise_parts(model)
     if parts.chunk is None:
         return False
-    combined = _combined(parts, model)
+    combined = _combined(parts, repeated_currents(model))
     model.graph.CopyFrom(combined.graph)
     del model.functions[:]
     model.functions.extend(combined.functions)
@@ -304,7 +305,7 @@ def _infer(model: onnx.ModelProto) -> onnx.GraphProto:
 
 class _Splitter:
     def __init__(self, model: onnx.ModelProto) -> None:
-        self.model = _copy(model)
+        self.model = _copy(repeated_currents(model))
         ops.attach_functions(self.model)  # validates every hnnx node
         inferred = _infer(self.model)
         graph = self.model.graph

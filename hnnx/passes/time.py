@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Iterable
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
+from onnx import helper, numpy_helper
 
 from hnnx import ops
+from hnnx.errors import NodeError
 from hnnx.passes.manager import Pass, graph_pass
 
 # Ops that treat dim 0 as the batch and whose spatial rank follows from the node itself.
@@ -129,13 +132,14 @@ def hoist_repeated(keep: Iterable[str] = ()) -> Pass:
         """Direct coding — ``Expand(Unsqueeze(x, 0), [T, …])`` folded to ``[T·N, …]`` into a
         convolution (and the casts, quantization and constant element-wise ops around it) and
         unfolded to ``[T, N, …]`` — computes the same frame T times: the chain runs once on the
-        frame, and its result is repeated instead."""
+        frame, and its result is repeated instead — or, when a neuron that takes a constant current
+        (``LIF``'s ``steps``) reads it, given to that neuron as one step."""
         changed = False
         fixed = kept | {t.name for t in graph.outputs}
         for expand in [node for node in graph.nodes if node.op == "Expand"]:
             match = _repeated_chain(expand, fixed)
             if match is not None:
-                _hoist(graph, expand, *match)
+                _hoist(graph, expand, *match, fixed)
                 changed = True
         return changed
 
@@ -226,9 +230,26 @@ def _length(tensor: gs.Tensor) -> int | None:
     return None
 
 
-def _hoist(graph: gs.Graph, expand: gs.Node, frame: gs.Tensor, chain: list[gs.Node], unfold: gs.Node) -> None:
+def _constant_current_reader(tensor: gs.Tensor, kept: set[str]) -> gs.Node | None:
+    """The hnnx node that is ``tensor``'s only reader, at input 0 only, and can take it as one step's
+    current repeated (its declaration's ``constant_current`` attribute, not yet set); None otherwise
+    or when ``tensor`` is ``kept``."""
+    if tensor.name in kept or len(tensor.outputs) != 1:
+        return None
+    node = tensor.outputs[0]
+    if node.domain != ops.DOMAIN or node.op not in ops.REGISTRY:
+        return None
+    attribute = ops.declaration(node.op).constant_current
+    if attribute is None or node.attrs.get(attribute, 0) or [t is tensor for t in node.inputs].count(True) != 1:
+        return None
+    return node if node.inputs[0] is tensor else None
+
+
+def _hoist(graph: gs.Graph, expand: gs.Node, frame: gs.Tensor, chain: list[gs.Node], unfold: gs.Node,
+           kept: set[str]) -> None:
     """``chain`` on ``frame`` broadcast as the Expand would (its shape past the time entry), then
-    the result repeated over time into ``unfold``'s output."""
+    the result repeated over time into ``unfold``'s output — or, for a neuron that takes a constant
+    current, fed to it as one step with the number of steps."""
     base = next(node.name or node.outputs[0].name for node in chain if node.op in ("Conv", "ConvInteger"))
     frame_shape = graph.layer(op="Slice", inputs=[expand.inputs[1], _ints(f"{base}_hoist_from1", [1]),
                                                   _ints(f"{base}_hoist_end", [2**62])],
@@ -244,6 +265,11 @@ def _hoist(graph: gs.Graph, expand: gs.Node, frame: gs.Tensor, chain: list[gs.No
                       outputs=[gs.Variable(f"{base}_hoist_one", dtype=result.dtype)])[0]
     steps = int(unfold.inputs[1].values.tolist()[0])
     unfold.outputs.clear()  # the folded chain is left without readers (removed by the clean-up)
+    neuron = _constant_current_reader(result, kept)
+    if neuron is not None:  # the neuron reads the one step instead of T copies of it
+        neuron.inputs[0] = one
+        neuron.attrs[ops.declaration(neuron.op).constant_current] = steps
+        return
     if steps <= _CONCAT_STEPS:  # onnxruntime's Concat copies 3-4× faster than its Expand
         graph.layer(op="Concat", inputs=[one] * steps, outputs=[result], attrs={"axis": 0})
         return
@@ -257,3 +283,61 @@ def _hoist(graph: gs.Graph, expand: gs.Node, frame: gs.Tensor, chain: list[gs.No
 
 _CONCAT_STEPS = 64
 """Up to this many steps the repeated result is a Concat of copies, beyond it an Expand."""
+
+
+def repeated_currents(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with each neuron that takes a constant current (its declaration's
+    ``constant_current`` attribute > 0, e.g. a LIF with ``steps``; as :func:`hoist_repeated`
+    makes them) fed that current repeated over its steps instead — for the tools that split a
+    neuron's current into steps (step-by-step runs). Returns ``model`` itself when it has none,
+    else a changed copy (top-level graph)."""
+    if not any(_constant_steps(node) for node in model.graph.node):
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    nodes: list[onnx.NodeProto] = []
+    for node in copy.graph.node:
+        steps = _constant_steps(node)
+        if steps:
+            base = f"{node.name or node.output[0]}_current"
+            nodes += [helper.make_node("Constant", [], [f"{base}_{name}"],
+                                       value=numpy_helper.from_array(np.array([value], np.int64), f"{base}_{name}"))
+                      for name, value in (("steps", steps), ("from1", 1), ("end", 2**62))]
+            nodes += [helper.make_node("Shape", [node.input[0]], [f"{base}_one_shape"]),
+                      helper.make_node("Slice", [f"{base}_one_shape", f"{base}_from1", f"{base}_end"],
+                                       [f"{base}_neuron_shape"]),
+                      helper.make_node("Concat", [f"{base}_steps", f"{base}_neuron_shape"], [f"{base}_shape"], axis=0),
+                      helper.make_node("Expand", [node.input[0], f"{base}_shape"], [f"{base}_every_step"])]
+            node.input[0] = f"{base}_every_step"
+            attribute = ops.declaration(node.op_type).constant_current
+            kept = [a for a in node.attribute if a.name != attribute]
+            del node.attribute[:]
+            node.attribute.extend(kept)
+        nodes.append(node)
+    del copy.graph.node[:]
+    copy.graph.node.extend(nodes)
+    return ops.attach_functions(copy)
+
+
+def refuse_constant_currents(model: onnx.ModelProto, tool: str) -> None:
+    """NodeError naming the first neuron of ``model`` that takes a constant current (a LIF with
+    ``steps``, as a simulation's :func:`hoist_repeated` writes it): ``tool`` maps a neuron's
+    current step by step and needs the model as it was before."""
+    for node in model.graph.node:
+        steps = _constant_steps(node)
+        if steps:
+            declaration = ops.declaration(node.op_type)
+            raise NodeError(declaration.view(node).name,
+                            f"takes one step's current repeated over {steps} steps ({declaration.constant_current} "
+                            f"= {steps}, the form a simulation gives a directly coded input): {tool} needs the "
+                            f"current of every step — give it the model before that rewrite")
+
+
+def _constant_steps(node: onnx.NodeProto) -> int:
+    """The steps over which an hnnx node repeats a constant current at input 0 (0: none)."""
+    if node.domain != ops.DOMAIN or node.op_type not in ops.REGISTRY:
+        return 0
+    attribute = ops.declaration(node.op_type).constant_current
+    if attribute is None:
+        return 0
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == attribute), 0)
