@@ -260,6 +260,32 @@ def test_a2s_agrees_with_independent_reference_on_all_paths(case_id: str) -> Non
     assert y.shape == (case.attrs["steps"], *case.shape)
 
 
+@pytest.mark.parametrize("case_id", list(A2S_CASES))
+def test_a2s_repeated_step_is_what_every_step_gives(case_id: str) -> None:
+    """``A2S.repeated_step``: for direct coding, the node it describes (steps = 1) gives exactly what
+    the node gives at every one of its steps; other codings, and a call coding part of the sequence
+    (offset/count inputs), have none."""
+    case = A2S_CASES[case_id]
+    x, weight, bias = a2s_input(case, seed=len(case_id))
+    decl = hnnx.ops.declaration("A2S")
+    inputs = ["x"] + (["weight"] if weight is not None else []) + (["bias"] if bias is not None else [])
+    node = hnnx.ops.make_node("A2S", inputs, ["y"], name="coder", **case.attrs)
+    repeated = decl.repeated_step(decl.view(node))
+    if decl.view(node).attrs["coding"] != "direct":
+        assert repeated is None
+        return
+    assert repeated is not None
+    steps, attrs = repeated
+    assert steps == case.attrs["steps"]
+    one = hnnx.ops.make_node("A2S", ["x"], ["y"], name="one", **{k: v for k, v in attrs.items() if v is not None})
+    (step,) = hnnx.ops.run_reference(one, x)
+    (every,) = hnnx.ops.run_reference(node, x)
+    assert step.shape == (1, *x.shape)
+    assert_same_array(every, np.repeat(step, steps, axis=0), "every step against the one step")
+    partial = hnnx.ops.make_node("A2S", ["x", "", "", "offset"], ["y"], name="part", **case.attrs)
+    assert decl.repeated_step(decl.view(partial)) is None
+
+
 def test_a2s_cases_exercise_what_they_claim() -> None:
     """Agreement means something: rate cases both fire and stay silent, round cases hit ties
     and the clamp, sign cases produce −1, 0 and 1."""

@@ -446,6 +446,91 @@ def test_step_by_step_mappers_refuse_a_constant_current_naming_the_neuron() -> N
             tool(hoisted)
 
 
+def _a2s_coding_model(layer: str, coding: str = "direct", steps: int = 5) -> onnx.ModelProto:
+    """pixels [N, 2, 6, 6] (conv) or [N, 12] (dense) coded by an A2S over T steps, folded to [T·N, …],
+    a Conv (or a Gemm with bias, or a MatMul then Add), unfolded to [T, N, …], a LIF: the bundled
+    models' form."""
+    conv = layer == "conv"
+    frame, out = ([2, 6, 6], [4, 6, 6]) if conv else ([12], [7])
+    nodes = [ops.make_node("A2S", ["pixels"], ["coded"], name="coder", steps=steps, coding=coding, seed=3),
+             helper.make_node("Reshape", ["coded", "fold"], ["folded"])]
+    if conv:
+        nodes.append(helper.make_node("Conv", ["folded", "w", "b"], ["layer"], pads=[1, 1, 1, 1], name="conv"))
+        w = RNG.normal(0, 0.5, (4, 2, 3, 3))
+    elif layer == "gemm":
+        nodes.append(helper.make_node("Gemm", ["folded", "w", "b"], ["layer"], transB=1, name="dense"))
+        w = RNG.normal(0, 0.5, (7, 12))
+    else:
+        nodes += [helper.make_node("MatMul", ["folded", "w"], ["product"], name="dense"),
+                  helper.make_node("Add", ["product", "b"], ["layer"])]
+        w = RNG.normal(0, 0.5, (12, 7))
+    nodes += [helper.make_node("Reshape", ["layer", "unfold"], ["current"]),
+              ops.make_node("LIF", ["current"], ["spikes"], name="lif", threshold=0.5, alpha=0.9)]
+    constants = {"fold": np.array([-1, *frame], np.int64), "unfold": np.array([steps, -1, *out], np.int64),
+                 "w": w.astype(np.float32), "b": RNG.normal(0, 0.1, out[0]).astype(np.float32)}
+    return _model(nodes, [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", *frame])],
+                  [helper.make_tensor_value_info("spikes", TensorProto.FLOAT, [steps, "N", *out])], constants)
+
+
+@pytest.mark.parametrize("layer", ["conv", "gemm", "matmul"])
+def test_a_layer_fed_by_a_direct_coding_a2s_runs_once_per_frame(layer: str) -> None:
+    """An A2S whose steps are all the same (direct coding, as its declaration says) is a repeated frame
+    too: the A2S codes one step, the layer runs on it once and the LIF takes the result as a constant
+    current; spikes equal the original graph's bit for bit. A rate-coding A2S is left alone."""
+    from hnnx.passes.time import hoist_repeated
+
+    model = _a2s_coding_model(layer)
+    pixels = RNG.uniform(0, 1, (3, 2, 6, 6) if layer == "conv" else (3, 12)).astype(np.float32)
+    changes: dict[str, bool] = {}
+    hoisted = passes.run_passes(model, [hoist_repeated()], changes)
+    assert changes == {"hoist_repeated": True}
+    (coder,) = [n for n in hoisted.graph.node if n.op_type == "A2S"]
+    (lif,) = [n for n in hoisted.graph.node if n.op_type == "LIF"]
+    assert ops.declaration("A2S").view(coder).attrs["steps"] == 1
+    assert ops.declaration("LIF").view(lif).attrs["steps"] == 5
+    assert _op_types(hoisted).count("Reshape") == 1  # the one step as a frame; the fold and unfold went
+    (want,), (got,) = _run(model, {"pixels": pixels}), _run(hoisted, {"pixels": pixels})
+    assert want.shape == got.shape and 0 < want.mean() < 1 and np.array_equal(want, got)
+    unchanged: dict[str, bool] = {}
+    passes.run_passes(_a2s_coding_model(layer, coding="rate"), [hoist_repeated()], unchanged)
+    assert unchanged == {"hoist_repeated": False}
+
+
+def test_a_fold_whose_rows_are_not_frames_is_left_alone() -> None:
+    """A fold to rows of half a frame ([N, 12] frames as rows of 6): the layer does not run per frame,
+    so nothing is hoisted and the graph runs as it is."""
+    from hnnx.passes.time import hoist_repeated
+
+    model = _a2s_coding_model("gemm")
+    weights = {init.name: init for init in model.graph.initializer}
+    weights["fold"].CopyFrom(numpy_helper.from_array(np.array([-1, 6], np.int64), "fold"))
+    weights["w"].CopyFrom(numpy_helper.from_array(RNG.normal(0, 0.5, (7, 6)).astype(np.float32), "w"))
+    changes: dict[str, bool] = {}
+    kept = passes.run_passes(model, [hoist_repeated()], changes)
+    assert changes == {"hoist_repeated": False}
+    pixels = RNG.uniform(0, 1, (4, 12)).astype(np.float32)
+    assert _run(kept, {"pixels": pixels})[0].shape == (5, 8, 7)
+
+
+def test_a_quantized_direct_coding_a2s_chain_is_hoisted_in_simulation() -> None:
+    """The tianjicx int form (QuantizeLinear → A2S → ConvInteger → bias): the A2S input's rank is
+    followed through the QuantizeLinear; the simulation codes one step and the integer spikes equal
+    the integer graph's bit for bit."""
+    from hnnx.passes.events import for_simulation
+    from hnnx.quantization import quantize
+
+    model = _a2s_coding_model("conv")
+    pixels = RNG.uniform(0, 1, (8, 2, 6, 6)).astype(np.float32)
+    quantized, _ = quantize(model, {"pixels": pixels}, target="tianjicx")
+    simulated, _ = for_simulation(quantized, "on", {})
+    steps = {n.op_type: ops.declaration(n.op_type).view(n).attrs["steps"] for n in simulated.graph.node
+             if n.op_type in ("A2S", "LIF")}
+    assert steps == {"A2S": 1, "LIF": 5}
+    plain = hnnx.simulate(quantized, {"pixels": pixels}, event_driven="off")
+    event = hnnx.simulate(quantized, {"pixels": pixels}, event_driven="on")
+    assert plain.outputs["spikes"].any() and np.array_equal(plain.outputs["spikes"], event.outputs["spikes"])
+
+
 def test_an_unsqueeze_with_computed_axes_is_left_alone() -> None:
     """Axes that the graph computes (as an inlined function body may): no hoisting, no error."""
     from hnnx.passes.time import hoist_repeated

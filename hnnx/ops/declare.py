@@ -216,6 +216,13 @@ class OpDeclaration:
     attributes: ClassVar[tuple[Attribute, ...]]
     type_constraints: ClassVar[tuple[TypeConstraint, ...]]
 
+    @classmethod
+    def repeated_step(cls, view: NodeView) -> tuple[int, dict[str, Any]] | None:
+        """When every step of the node's time-major output 0 (``[T, N, ...]``, from an input 0
+        ``[N, ...]``) is the same: ``(T, attributes)`` of the node that computes that one step,
+        ``[1, N, ...]``, from the same inputs; None otherwise (the default)."""
+        return None
+
     # ------------------------------------------------------------------ attributes
     @classmethod
     def attribute(cls, name: str) -> Attribute:

@@ -170,6 +170,14 @@ class A2S(OpDeclaration):
         return view.attrs["coding"] == "rate"
 
     @classmethod
+    def repeated_step(cls, view: NodeView) -> tuple[int, dict[str, Any]] | None:
+        """Direct coding of the whole sequence (no offset/count inputs): every step is the coded
+        ``x``, which the node with ``steps = 1`` gives."""
+        if view.attrs["coding"] != "direct" or view.has_input(3) or view.has_input(4):
+            return None
+        return view.attrs["steps"], {**view.attrs, "steps": 1}
+
+    @classmethod
     def state_spec(cls, view: NodeView) -> tuple[StateSpec, ...]:
         """``offset``: the absolute index of the next step to code (input 3, output 1 ``end``; 0 at
         the start), a scalar."""

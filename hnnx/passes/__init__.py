@@ -15,7 +15,7 @@ Each pass declares what it works on (graph or model) and returns whether it chan
 | ``stepwise`` | model | the stateful form: K steps per call, every node's state a graph input/output |
 | ``event_driven(rates, mode)`` | graph | spike-input layers become ``hnnx.SpikeMatMul``/``hnnx.SpikeConv`` where the firing rate pays (not in ``preprocess``: simulation applies it) |
 | ``integer_as_float(keep)`` | graph | integer layers whose sums stay below 2^24 run as exact float layers (simulation) |
-| ``hoist_repeated(keep)`` | graph | a Conv on a frame repeated over time (direct coding) runs once per frame, its result repeated — or, for a LIF reading it, given as one step's current (``steps``) (simulation; ``time.repeated_currents`` undoes the latter) |
+| ``hoist_repeated(keep)`` | graph | a Conv/dense layer on a frame repeated over time (direct coding: ``Expand``, or an A2S whose steps are all the same) runs once per frame, its result repeated — or, for a LIF reading it, given as one step's current (``steps``) (simulation; ``time.repeated_currents`` undoes the latter) |
 
 ``preprocess(model)`` runs them all, in that order, after the intake passes
 (:mod:`hnnx.passes.intake`: hnnx opset check, initializers listed as inputs, opset upgrade,

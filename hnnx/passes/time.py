@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import onnx
@@ -129,32 +130,60 @@ def hoist_repeated(keep: Iterable[str] = ()) -> Pass:
 
     @graph_pass(subgraphs=False)
     def hoist_repeated(graph: gs.Graph) -> bool:
-        """Direct coding — ``Expand(Unsqueeze(x, 0), [T, …])`` folded to ``[T·N, …]`` into a
-        convolution (and the casts, quantization and constant element-wise ops around it) and
-        unfolded to ``[T, N, …]`` — computes the same frame T times: the chain runs once on the
-        frame, and its result is repeated instead — or, when a neuron that takes a constant current
-        (``LIF``'s ``steps``) reads it, given to that neuron as one step."""
+        """Direct coding — a frame repeated over T steps (``Expand(Unsqueeze(x, 0), [T, …])``, or an
+        hnnx node whose steps are all the same, such as an A2S with direct coding), folded to
+        ``[T·N, …]`` into a layer (a convolution or a dense layer, and the casts, quantization and
+        constant element-wise ops around it) and unfolded to ``[T, N, …]`` — computes the same frame
+        T times: the chain runs once on the frame, and its result is repeated instead — or, when a
+        neuron that takes a constant current (``LIF``'s ``steps``) reads it, given to that neuron as
+        one step."""
         changed = False
         fixed = kept | {t.name for t in graph.outputs}
-        for expand in [node for node in graph.nodes if node.op == "Expand"]:
-            match = _repeated_chain(expand, fixed)
+        for node in list(graph.nodes):
+            source = _repeat_source(node, fixed)
+            match = None if source is None else _folded_chain(source, fixed)
             if match is not None:
-                _hoist(graph, expand, *match, fixed)
+                _hoist(graph, source, *match, fixed)
                 changed = True
         return changed
 
     return hoist_repeated
 
 
-_PER_FRAME = {"Conv", "ConvInteger", "Cast", "QuantizeLinear", "DequantizeLinear", "Relu", "Clip", "Add", "Sub", "Mul"}
+_PER_FRAME = {"Conv", "ConvInteger", "Gemm", "MatMul", "MatMulInteger", "Cast", "QuantizeLinear", "DequantizeLinear",
+              "Relu", "Clip", "Add", "Sub", "Mul"}
 """Ops the hoisted chain may hold: each output frame depends on its input frame only, given
 constant other inputs that do not vary over the batch axis."""
+_LAYERS = {"Conv", "ConvInteger", "Gemm", "MatMul", "MatMulInteger"}
+"""The chain must hold one of these: what is worth running once per frame."""
 
 
-def _repeated_chain(expand: gs.Node, kept: set[str]) -> tuple[gs.Tensor, list[gs.Node], gs.Node] | None:
-    """(frame, chain, unfold) where ``expand`` repeats ``frame`` over a new leading axis into a
-    fold → per-frame ops (a convolution among them) → unfold chain that nothing else reads and
-    whose tensors are not ``kept`` (probes, graph outputs); None for anything else."""
+@dataclass
+class _RepeatSource:
+    """A frame repeated over a new leading (time) axis: ``repeated`` ``[T, N, …]`` holds ``steps``
+    copies of a frame of rank ``rank``; ``frame(graph, base, fold)`` adds the nodes that compute
+    the frame ``[N, …]`` once (``fold``: the constant shape ``[−1, …]`` that folded the repetition).
+    ``dims``: the frame's dims past the batch axis, which the fold must keep (None: not checked)."""
+
+    repeated: gs.Tensor
+    rank: int
+    steps: int | None
+    frame: Callable[[gs.Graph, str, gs.Constant], gs.Tensor]
+    dims: tuple[Any, ...] | None = None
+
+
+def _repeat_source(node: gs.Node, kept: set[str]) -> _RepeatSource | None:
+    """``node`` as the source of a repeated frame: an ``Expand`` of an ``Unsqueeze`` on axis 0
+    (to the frame's rank + 1), or an hnnx node whose declaration says every step of its output is
+    the same (``repeated_step``); None for anything else."""
+    if node.op == "Expand":
+        return _expand_source(node)
+    if node.domain == ops.DOMAIN and node.op in ops.REGISTRY:
+        return _hnnx_source(node, kept)
+    return None
+
+
+def _expand_source(expand: gs.Node) -> _RepeatSource | None:
     unsqueeze = expand.inputs[0].inputs[0] if expand.inputs[0].inputs else None
     if unsqueeze is None or unsqueeze.op != "Unsqueeze" or not expand.outputs:
         return None
@@ -168,7 +197,67 @@ def _repeated_chain(expand: gs.Node, kept: set[str]) -> tuple[gs.Tensor, list[gs
         return None
     if _length(expand.inputs[1]) != rank + 1:
         return None  # an Expand of another (or an unknown) rank also broadcasts the leading axes
-    tensor, nodes = expand.outputs[0], []
+    shape = expand.inputs[1]
+    steps = int(shape.values[0]) if isinstance(shape, gs.Constant) else None
+
+    def broadcast_frame(graph: gs.Graph, base: str, fold: gs.Constant) -> gs.Tensor:
+        """The frame broadcast as the Expand would (its shape past the time entry)."""
+        frame_shape = graph.layer(op="Slice", inputs=[shape, _ints(f"{base}_hoist_from1", [1]),
+                                                      _ints(f"{base}_hoist_end", [2**62])],
+                                  outputs=[gs.Variable(f"{base}_hoist_frame_shape", dtype=np.int64)])[0]
+        return graph.layer(op="Expand", inputs=[frame, frame_shape],
+                           outputs=[gs.Variable(f"{base}_hoist_frame", dtype=frame.dtype)])[0]
+
+    return _RepeatSource(expand.outputs[0], rank, steps, broadcast_frame)
+
+
+def _hnnx_source(node: gs.Node, kept: set[str]) -> _RepeatSource | None:
+    declaration = ops.declaration(node.op)
+    view = ops.view_of(node.op, node.attrs, [bool(t.name) for t in node.inputs], len(node.outputs), node.name)
+    repeated = declaration.repeated_step(view)
+    if repeated is None:
+        return None
+    steps, one_step = repeated
+    dims = _known_dims(node.inputs[0])
+    extra = [t for t in node.outputs[1:] if t.name]
+    if dims is None or extra or not node.outputs or node.outputs[0].name in kept:
+        return None  # another output (a state) would need the node itself
+
+    def one_frame(graph: gs.Graph, base: str, fold: gs.Constant) -> gs.Tensor:
+        """The node with one step, reshaped as the fold reshaped the steps (so that the frame's
+        rank and dims are known to shape inference, as they were after the fold)."""
+        step = gs.Variable(f"{base}_hoist_step", dtype=node.outputs[0].dtype)
+        graph.layer(op=node.op, domain=ops.DOMAIN, name=f"{node.name or node.outputs[0].name}_one_step",
+                    inputs=list(node.inputs), outputs=[step],
+                    attrs={key: value for key, value in one_step.items() if value is not None})
+        return graph.layer(op="Reshape", inputs=[step, fold],
+                           outputs=[gs.Variable(f"{base}_hoist_frame", dtype=node.outputs[0].dtype)])[0]
+
+    return _RepeatSource(node.outputs[0], len(dims), steps, one_frame, tuple(dims[1:]))
+
+
+_SAME_SHAPE = {"QuantizeLinear", "DequantizeLinear", "Cast", "Identity", "Relu", "Clip", "LeakyRelu", "Sigmoid",
+               "Tanh", "Neg", "Abs"}
+"""Element-wise ops with one data input: their output has its shape."""
+
+
+def _known_dims(tensor: gs.Tensor) -> tuple[Any, ...] | None:
+    """The shape of ``tensor``: its own, else followed back through element-wise ops (a quantized
+    input's QuantizeLinear, casts, activations) to a known one; None when not known."""
+    while tensor.shape is None:
+        producer = tensor.inputs[0] if tensor.inputs else None
+        if producer is None or producer.domain not in (None, "", "ai.onnx") or producer.op not in _SAME_SHAPE:
+            return None
+        tensor = producer.inputs[0]
+    return tuple(tensor.shape)
+
+
+def _folded_chain(source: _RepeatSource, kept: set[str]) -> tuple[gs.Constant, list[gs.Node], gs.Node] | None:
+    """(fold shape, chain, unfold) where ``source``'s repetition goes into a fold → per-frame ops (a layer among
+    them) → unfold chain that nothing else reads and whose tensors are not ``kept`` (probes, graph
+    outputs); None for anything else."""
+    rank = source.rank
+    tensor, nodes = source.repeated, []
     while True:
         readers = tensor.outputs
         if tensor.name in kept or len(readers) != 1 or readers[0].inputs[0] is not tensor:
@@ -181,26 +270,28 @@ def _repeated_chain(expand: gs.Node, kept: set[str]) -> tuple[gs.Tensor, list[gs
             return None
         tensor = node.outputs[0]
     fold, chain, unfold = nodes[0], nodes[1:-1], nodes[-1]
-    if fold.op != "Reshape" or not any(node.op in ("Conv", "ConvInteger") for node in chain):
+    if fold.op != "Reshape" or not any(node.op in _LAYERS for node in chain):
         return None
     if not isinstance(fold.inputs[1], gs.Constant) or not isinstance(unfold.inputs[1], gs.Constant):
         return None
     folded, unfolded = fold.inputs[1].values.tolist(), unfold.inputs[1].values.tolist()
     # The fold merges the time and batch axes ([−1, *frame dims]); the unfold splits them again
-    # ([T, −1, *output dims]), T the Expand's first entry when that is a constant.
+    # ([T, −1, *output dims]), T the source's number of steps when known.
     if len(folded) != rank or folded[0] != -1 or any(d < 0 for d in folded[1:]):
         return None
+    if source.dims is not None and tuple(folded[1:]) != source.dims:
+        return None  # the fold's rows would not be frames
     if len(unfolded) != rank + 1 or unfolded[1] != -1 or unfolded[0] <= 0 or any(d < 0 for d in unfolded[2:]):
         return None
-    shape = expand.inputs[1]
-    if isinstance(shape, gs.Constant) and int(shape.values[0]) != unfolded[0]:
+    if source.steps is not None and source.steps != unfolded[0]:
         return None
-    return frame, chain, unfold
+    return fold.inputs[1], chain, unfold
 
 
 def _per_frame(node: gs.Node, rank: int) -> bool:
     """Whether ``node`` maps each frame of its (rank-``rank``, batch-first) data input on its own:
-    a per-frame op whose other inputs are constants without a batch extent."""
+    a per-frame op whose other inputs are constants without a batch extent (a dense layer: a
+    matrix of weights, frames as rows)."""
     if node.op not in _PER_FRAME or node.domain not in (None, "", "ai.onnx") or len(node.outputs) != 1:
         return False
     others = [t for t in node.inputs[1:] if t.name]
@@ -208,6 +299,11 @@ def _per_frame(node: gs.Node, rank: int) -> bool:
         return False
     if node.op in ("Conv", "ConvInteger"):
         return True  # weights and bias, not broadcast against the data
+    if node.op in ("Gemm", "MatMul", "MatMulInteger"):
+        zero_points = others[1:] if node.op == "MatMulInteger" else []
+        return (rank == 2 and others[0].values.ndim == 2 and not node.attrs.get("transA", 0)
+                and all(t.values.size == 1 for t in zero_points[:1])  # the data's zero point: per tensor
+                and all(t.values.ndim < 2 for t in (others[1:] if node.op == "Gemm" else zero_points)))
     return all(t.values.ndim < rank or t.values.shape[0] == 1 for t in others)
 
 
@@ -245,17 +341,13 @@ def _constant_current_reader(tensor: gs.Tensor, kept: set[str]) -> gs.Node | Non
     return node if node.inputs[0] is tensor else None
 
 
-def _hoist(graph: gs.Graph, expand: gs.Node, frame: gs.Tensor, chain: list[gs.Node], unfold: gs.Node,
+def _hoist(graph: gs.Graph, source: _RepeatSource, fold: gs.Constant, chain: list[gs.Node], unfold: gs.Node,
            kept: set[str]) -> None:
-    """``chain`` on ``frame`` broadcast as the Expand would (its shape past the time entry), then
-    the result repeated over time into ``unfold``'s output — or, for a neuron that takes a constant
-    current, fed to it as one step with the number of steps."""
-    base = next(node.name or node.outputs[0].name for node in chain if node.op in ("Conv", "ConvInteger"))
-    frame_shape = graph.layer(op="Slice", inputs=[expand.inputs[1], _ints(f"{base}_hoist_from1", [1]),
-                                                  _ints(f"{base}_hoist_end", [2**62])],
-                              outputs=[gs.Variable(f"{base}_hoist_frame_shape", dtype=np.int64)])[0]
-    current = graph.layer(op="Expand", inputs=[frame, frame_shape],
-                          outputs=[gs.Variable(f"{base}_hoist_frame", dtype=frame.dtype)])[0]
+    """``chain`` on ``source``'s frame, then the result repeated over time into ``unfold``'s
+    output — or, for a neuron that takes a constant current, fed to it as one step with the
+    number of steps."""
+    base = next(node.name or node.outputs[0].name for node in chain if node.op in _LAYERS)
+    current = source.frame(graph, base, fold)
     for node in chain:
         out = gs.Variable(f"{node.outputs[0].name}_hoisted", dtype=node.outputs[0].dtype)
         current = graph.layer(op=node.op, inputs=[current, *node.inputs[1:]], outputs=[out], attrs=dict(node.attrs),
