@@ -300,10 +300,14 @@ def _per_frame(node: gs.Node, rank: int) -> bool:
     if node.op in ("Conv", "ConvInteger"):
         return True  # weights and bias, not broadcast against the data
     if node.op in ("Gemm", "MatMul", "MatMulInteger"):
-        zero_points = others[1:] if node.op == "MatMulInteger" else []
-        return (rank == 2 and others[0].values.ndim == 2 and not node.attrs.get("transA", 0)
-                and all(t.values.size == 1 for t in zero_points[:1])  # the data's zero point: per tensor
-                and all(t.values.ndim < 2 for t in (others[1:] if node.op == "Gemm" else zero_points)))
+        # Frames as rows of 2-D data times a 2-D weight matrix; Gemm's bias and MatMulInteger's
+        # weight zero point per column, its data zero point one for every row.
+        if rank != 2 or node.inputs[1].values.ndim != 2 or node.attrs.get("transA", 0):
+            return False
+        extra = [(port, t) for port, t in enumerate(node.inputs) if port >= 2 and t.name]
+        if node.op == "MatMulInteger":
+            return all(t.values.size == 1 if port == 2 else t.values.ndim < 2 for port, t in extra)
+        return all(t.values.ndim < 2 or t.values.shape[0] == 1 for _, t in extra)
     return all(t.values.ndim < rank or t.values.shape[0] == 1 for t in others)
 
 
