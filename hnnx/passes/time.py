@@ -57,8 +57,9 @@ def fold_time(graph: gs.Graph) -> bool:
 
 # Ranks the shapes may not tell before folding (a Conv fed a 5-D tensor has no inferred
 # output), followed through the ops that spiking graphs put between per-frame ops.
-_SAME_RANK_AS_INPUT0 = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "Relu", "Sigmoid", "Tanh",
-                        "Neg", "Abs", "Clip", "Cast", "Identity", "Dropout", "BatchNormalization", "LeakyRelu"}
+_ELEMENT_WISE = {"Relu", "Sigmoid", "Tanh", "Neg", "Abs", "Clip", "Cast", "Identity", "Dropout", "LeakyRelu"}
+"""Element-wise ops of one data input (output 0 has its shape)."""
+_SAME_RANK_AS_INPUT0 = _ELEMENT_WISE | {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "BatchNormalization"}
 _BROADCASTING = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Where", "Pow"}
 
 
@@ -236,9 +237,8 @@ def _hnnx_source(node: gs.Node, kept: set[str]) -> _RepeatSource | None:
     return _RepeatSource(node.outputs[0], len(dims), steps, one_frame, tuple(dims[1:]))
 
 
-_SAME_SHAPE = {"QuantizeLinear", "DequantizeLinear", "Cast", "Identity", "Relu", "Clip", "LeakyRelu", "Sigmoid",
-               "Tanh", "Neg", "Abs"}
-"""Element-wise ops with one data input: their output has its shape."""
+_SAME_SHAPE = _ELEMENT_WISE | {"QuantizeLinear", "DequantizeLinear"}
+"""Ops whose output has the shape of their data input."""
 
 
 def _known_dims(tensor: gs.Tensor) -> tuple[Any, ...] | None:
